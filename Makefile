@@ -1,0 +1,36 @@
+# goambient: `make test` is what CI runs (.ci/run); `make bench` reruns the README's figures.
+GO ?= go
+OPA := bin/opa
+
+.PHONY: test vet gotest opa-test bench fuzz build clean
+
+test: vet gotest opa-test
+
+vet:
+	$(GO) vet ./...
+
+gotest:
+	$(GO) test -race -count=1 ./...
+
+# The Rego reference's unit tests, with OPA built from the version pinned in go.mod.
+opa-test: $(OPA)
+	$(OPA) test -v policies/rego
+
+$(OPA): go.mod go.sum
+	$(GO) build -o $(OPA) github.com/open-policy-agent/opa
+
+build:
+	$(GO) build -o bin/ ./cmd/...
+
+# Benchmarks that compare against a baseline in the same run (see README, Performance).
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./policies/...
+
+# A short run of every fuzz target; FUZZTIME=5m for longer.
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) ./policies
+	$(GO) test -run '^$$' -fuzz FuzzEvaluate -fuzztime $(FUZZTIME) ./policies
+
+clean:
+	rm -rf bin
