@@ -1,0 +1,359 @@
+package policies
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	securityv1beta1 "istio.io/api/security/v1beta1"
+	typev1beta1 "istio.io/api/type/v1beta1"
+)
+
+// Options configure how a set of policies is compiled.
+type Options struct {
+	RootNamespace string // the mesh-wide namespace; "istio-system" when empty
+}
+
+// DefaultRootNamespace is Istio's default root namespace.
+const DefaultRootNamespace = "istio-system"
+
+// Engine is an immutable, compiled set of AuthorizationPolicies. It is safe for concurrent use;
+// to change policies, compile a new Engine and swap it in.
+type Engine struct {
+	root      string
+	byNS      map[string]*bucket // workload targets: policies without targetRefs, by namespace
+	byGateway map[string]*bucket // waypoint targets: "ns/name" of a Gateway
+	byClass   map[string]*bucket // GatewayClass name (root-namespace policies)
+	byService map[string]*bucket // "ns/name" of a Service or ServiceEntry
+	policies  []*cpolicy
+}
+
+// bucket holds the compiled rules of the policies that share one attachment point.
+type bucket struct {
+	custom, audit, deny, allow []*entry
+	allowPolicies              []*cpolicy // every ALLOW policy, rules or not: if one applies, ALLOW is required
+	dryDeny, dryAllow          []*entry
+	dryPolicies                []*cpolicy // dry-run ALLOW and DENY policies
+	dryAllowPolicies           []*cpolicy
+}
+
+// cpolicy is the per-policy part of a compiled rule.
+type cpolicy struct {
+	src      *AuthorizationPolicy
+	key      string // ns/name
+	selector map[string]string
+	hasSel   bool
+	action   Action
+	provider string
+	dryRun   bool
+}
+
+func (p *cpolicy) selects(labels map[string]string) bool {
+	if !p.hasSel {
+		return true
+	}
+	for k, v := range p.selector {
+		if got, ok := labels[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// entry is one compiled rule; entries of a bucket are in Envoy's order (by name).
+type entry struct {
+	pol     *cpolicy
+	idx     int
+	name    string // ns[NS]-policy[NAME]-rule[IDX]
+	details string // rbac_access_denied_matched_policy[<name>]
+	rule    crule
+}
+
+type crule struct {
+	from []csource
+	to   []coperation
+	when []ccondition
+}
+
+type csource struct {
+	principals, notPrincipals []strMatch
+	reqPrinc, notReqPrinc     []reqPrincipalMatch
+	namespaces, notNamespaces []glob
+	sas, notSAs               []saMatch
+	tds, notTDs               []glob
+	ips, notIPs               []netip.Prefix
+	remoteIPs, notRemoteIPs   []netip.Prefix
+}
+
+type coperation struct {
+	hosts, notHosts     []strMatch
+	ports, notPorts     []uint16
+	methods, notMethods []strMatch
+	paths, notPaths     []pathMatch
+}
+
+// condKind says which request attribute a `when` condition reads.
+type condKind uint8
+
+const (
+	condSourceIP condKind = iota
+	condRemoteIP
+	condDestIP
+	condSourceNS
+	condSourcePrincipal
+	condSourceSA
+	condSourceTD
+	condDestPort
+	condSNI
+	condHeader
+	condReqPrincipal
+	condAudiences
+	condPresenter
+	condClaim
+	condMetadata
+)
+
+type ccondition struct {
+	kind        condKind
+	name        string   // header name (lower case) or metadata key
+	claim       []string // claim path
+	values, not cvalues
+}
+
+// cvalues are the compiled values of one side of a condition; only the slice for its kind is set.
+type cvalues struct {
+	n        int
+	strs     []strMatch
+	globs    []glob
+	sas      []saMatch
+	prefixes []netip.Prefix
+	ports    []uint16
+	reqPrinc []reqPrincipalMatch
+}
+
+// Compile builds an Engine from validated policies. Policies that failed validation must not
+// be passed (Load leaves them out). Rules are ordered as Envoy orders RBAC policies.
+func Compile(aps []*AuthorizationPolicy, opts Options) *Engine {
+	e := &Engine{
+		root:      cmp.Or(opts.RootNamespace, DefaultRootNamespace),
+		byNS:      map[string]*bucket{},
+		byGateway: map[string]*bucket{},
+		byClass:   map[string]*bucket{},
+		byService: map[string]*bucket{},
+	}
+	for _, ap := range aps {
+		p := compilePolicy(ap)
+		e.policies = append(e.policies, p)
+		for _, b := range e.bucketsFor(ap) {
+			b.add(p)
+		}
+	}
+	for _, m := range []map[string]*bucket{e.byNS, e.byGateway, e.byClass, e.byService} {
+		for _, b := range m {
+			b.sort()
+		}
+	}
+	return e
+}
+
+// RootNamespace is the namespace whose policies apply mesh-wide.
+func (e *Engine) RootNamespace() string { return e.root }
+
+// bucketsFor returns the attachment points of a policy, creating them as needed.
+func (e *Engine) bucketsFor(ap *AuthorizationPolicy) []*bucket {
+	get := func(m map[string]*bucket, k string) *bucket {
+		b := m[k]
+		if b == nil {
+			b = &bucket{}
+			m[k] = b
+		}
+		return b
+	}
+	refs := targetRefs(ap.Spec)
+	if len(refs) == 0 {
+		return []*bucket{get(e.byNS, ap.Namespace)}
+	}
+	var out []*bucket
+	for _, r := range refs {
+		switch r.GetKind() {
+		case "Gateway":
+			out = append(out, get(e.byGateway, ap.Namespace+"/"+r.GetName()))
+		case "GatewayClass":
+			if ap.Namespace == e.root {
+				out = append(out, get(e.byClass, r.GetName()))
+			}
+		case "Service", "ServiceEntry":
+			out = append(out, get(e.byService, ap.Namespace+"/"+r.GetName()))
+		}
+	}
+	return slices.Compact(out)
+}
+
+func compilePolicy(ap *AuthorizationPolicy) *cpolicy {
+	s := ap.Spec
+	p := &cpolicy{
+		src:      ap,
+		key:      ap.Key(),
+		action:   Action(s.GetAction().String()),
+		provider: s.GetProvider().GetName(),
+		dryRun:   ap.DryRun(),
+	}
+	if sel := s.GetSelector(); sel != nil {
+		p.hasSel = true
+		p.selector = sel.GetMatchLabels()
+	}
+	return p
+}
+
+func (b *bucket) add(p *cpolicy) {
+	if p.dryRun {
+		if p.action != ActionAllow && p.action != ActionDeny {
+			return
+		}
+		b.dryPolicies = append(b.dryPolicies, p)
+		if p.action == ActionAllow {
+			b.dryAllowPolicies = append(b.dryAllowPolicies, p)
+		}
+	} else if p.action == ActionAllow {
+		b.allowPolicies = append(b.allowPolicies, p)
+	}
+	for i, r := range p.src.Spec.GetRules() {
+		name := fmt.Sprintf("ns[%s]-policy[%s]-rule[%d]", p.src.Namespace, p.src.Name, i)
+		en := &entry{pol: p, idx: i, name: name, details: "rbac_access_denied_matched_policy[" + name + "]", rule: compileRule(r, p.src.Namespace)}
+		switch {
+		case p.dryRun && p.action == ActionDeny:
+			b.dryDeny = append(b.dryDeny, en)
+		case p.dryRun:
+			b.dryAllow = append(b.dryAllow, en)
+		case p.action == ActionCustom:
+			b.custom = append(b.custom, en)
+		case p.action == ActionAudit:
+			b.audit = append(b.audit, en)
+		case p.action == ActionDeny:
+			b.deny = append(b.deny, en)
+		default:
+			b.allow = append(b.allow, en)
+		}
+	}
+}
+
+func (b *bucket) sort() {
+	byName := func(a, b *entry) int { return strings.Compare(a.name, b.name) }
+	for _, es := range [][]*entry{b.custom, b.audit, b.deny, b.allow, b.dryDeny, b.dryAllow} {
+		slices.SortFunc(es, byName)
+	}
+}
+
+func compileRule(r *securityv1beta1.Rule, ns string) crule {
+	var c crule
+	for _, f := range r.GetFrom() {
+		s := f.GetSource()
+		c.from = append(c.from, csource{
+			principals:    strMatches(s.Principals, false),
+			notPrincipals: strMatches(s.NotPrincipals, false),
+			reqPrinc:      reqPrincipalMatches(s.RequestPrincipals),
+			notReqPrinc:   reqPrincipalMatches(s.NotRequestPrincipals),
+			namespaces:    globs(s.Namespaces),
+			notNamespaces: globs(s.NotNamespaces),
+			sas:           saMatches(s.ServiceAccounts, ns),
+			notSAs:        saMatches(s.NotServiceAccounts, ns),
+			tds:           globs(s.TrustDomains),
+			notTDs:        globs(s.NotTrustDomains),
+			ips:           prefixes(s.IpBlocks),
+			notIPs:        prefixes(s.NotIpBlocks),
+			remoteIPs:     prefixes(s.RemoteIpBlocks),
+			notRemoteIPs:  prefixes(s.NotRemoteIpBlocks),
+		})
+	}
+	for _, t := range r.GetTo() {
+		o := t.GetOperation()
+		c.to = append(c.to, coperation{
+			hosts:      strMatches(o.Hosts, true),
+			notHosts:   strMatches(o.NotHosts, true),
+			ports:      ports(o.Ports),
+			notPorts:   ports(o.NotPorts),
+			methods:    strMatches(o.Methods, false),
+			notMethods: strMatches(o.NotMethods, false),
+			paths:      pathMatches(o.Paths),
+			notPaths:   pathMatches(o.NotPaths),
+		})
+	}
+	for _, w := range r.GetWhen() {
+		c.when = append(c.when, compileCondition(w, ns))
+	}
+	return c
+}
+
+func compileCondition(w *securityv1beta1.Condition, ns string) ccondition {
+	key := w.GetKey()
+	c := ccondition{}
+	switch key {
+	case "source.ip":
+		c.kind = condSourceIP
+	case "remote.ip":
+		c.kind = condRemoteIP
+	case "destination.ip":
+		c.kind = condDestIP
+	case "source.namespace":
+		c.kind = condSourceNS
+	case "source.principal":
+		c.kind = condSourcePrincipal
+	case "source.serviceAccount":
+		c.kind = condSourceSA
+	case "source.trustDomain":
+		c.kind = condSourceTD
+	case "destination.port":
+		c.kind = condDestPort
+	case "connection.sni":
+		c.kind = condSNI
+	case "request.auth.principal":
+		c.kind = condReqPrincipal
+	case "request.auth.audiences":
+		c.kind = condAudiences
+	case "request.auth.presenter":
+		c.kind = condPresenter
+	default:
+		names, _ := bracketNames(key)
+		switch {
+		case strings.HasPrefix(key, keyHeaders):
+			c.kind, c.name = condHeader, strings.ToLower(names[0])
+		case strings.HasPrefix(key, keyClaims):
+			c.kind, c.claim = condClaim, names
+		default:
+			c.kind, c.name = condMetadata, key
+		}
+	}
+	c.values = compileValues(c.kind, w.GetValues(), ns)
+	c.not = compileValues(c.kind, w.GetNotValues(), ns)
+	return c
+}
+
+func compileValues(k condKind, values []string, ns string) cvalues {
+	v := cvalues{n: len(values)}
+	switch k {
+	case condSourceIP, condRemoteIP, condDestIP:
+		v.prefixes = prefixes(values)
+	case condSourceNS, condSourceTD:
+		v.globs = globs(values)
+	case condSourceSA:
+		v.sas = saMatches(values, ns)
+	case condDestPort:
+		v.ports = ports(values)
+	case condReqPrincipal:
+		v.reqPrinc = reqPrincipalMatches(values)
+	default:
+		v.strs = strMatches(values, false)
+	}
+	return v
+}
+
+// targetRefs is targetRefs plus the deprecated targetRef.
+func targetRefs(s *securityv1beta1.AuthorizationPolicy) []*typev1beta1.PolicyTargetReference {
+	refs := s.GetTargetRefs()
+	if r := s.GetTargetRef(); r != nil {
+		refs = append(slices.Clip(refs), r)
+	}
+	return refs
+}

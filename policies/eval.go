@@ -1,0 +1,373 @@
+package policies
+
+import (
+	"net/netip"
+	"strings"
+)
+
+// detailsNone is Envoy's details when ALLOW policies exist and none matched.
+const detailsNone = "rbac_access_denied_matched_policy[none]"
+
+// evalCtx is what one evaluation derives from a request once.
+type evalCtx struct {
+	r      *Request
+	peer   Peer
+	peerOK bool
+	path   string // without the query
+	remote netip.Addr
+}
+
+// Decide evaluates r and returns the decision. It allocates only for AUDIT matches; use
+// Evaluate with a reused Decision to avoid that too.
+func (e *Engine) Decide(r *Request) Decision {
+	var d Decision
+	e.Evaluate(r, &d)
+	return d
+}
+
+// Evaluate decides r into d, reusing d.Audit's storage.
+func (e *Engine) Evaluate(r *Request, d *Decision) {
+	*d = Decision{Rule: -1, Audit: d.Audit[:0]}
+	if strings.Contains(r.Path, "%00") {
+		d.Reason, d.Details = ReasonBadRequest, "path contains %00"
+		return
+	}
+	c := evalCtx{r: r, remote: r.remoteIP()}
+	c.peer, c.peerOK = ParsePrincipal(r.Principal)
+	c.path, _, _ = strings.Cut(r.Path, "?")
+
+	var bs [3]*bucket
+	n := e.applicable(&r.Target, &bs)
+	buckets := bs[:n]
+	labels := r.Target.Labels
+	if r.Target.Waypoint {
+		labels = nil // selectors never apply at waypoints; targetRef policies have none
+	}
+
+	if en := firstMatch(buckets, func(b *bucket) []*entry { return b.custom }, labels, &c); en != nil {
+		d.Custom = RuleRef{Policy: en.pol.key, Rule: en.idx}
+		d.CustomProvider = en.pol.provider
+	}
+	for _, b := range buckets {
+		for _, en := range b.audit {
+			if en.pol.selects(labels) && en.rule.match(&c) {
+				d.Audit = append(d.Audit, RuleRef{Policy: en.pol.key, Rule: en.idx})
+			}
+		}
+	}
+	if len(buckets) > 1 && len(d.Audit) > 1 {
+		sortAudit(d.Audit)
+	}
+
+	decide(buckets, labels, &c, false, func(allowed bool, reason Reason, en *entry) {
+		d.Allowed, d.Reason = allowed, reason
+		if en != nil {
+			d.Action, d.Policy, d.Rule = en.pol.action, en.pol.key, en.idx
+			if !allowed {
+				d.Details = en.details
+			}
+		} else if reason == ReasonNoAllowMatched {
+			d.Details = detailsNone
+		}
+	})
+	if hasDryRun(buckets, labels) {
+		d.DryRun = DryRun{Applied: true, Rule: -1}
+		decide(buckets, labels, &c, true, func(allowed bool, reason Reason, en *entry) {
+			d.DryRun.Allowed = allowed
+			if en != nil {
+				d.DryRun.Policy, d.DryRun.Rule = en.pol.key, en.idx
+				if !allowed {
+					d.DryRun.Details = en.details
+				}
+			} else if reason == ReasonNoAllowMatched {
+				d.DryRun.Details = detailsNone
+			}
+		})
+	}
+}
+
+// applicable fills bs with the buckets whose policies may apply to t.
+func (e *Engine) applicable(t *Target, bs *[3]*bucket) int {
+	n := 0
+	put := func(b *bucket) {
+		if b != nil {
+			bs[n] = b
+			n++
+		}
+	}
+	if !t.Waypoint {
+		put(e.byNS[e.root])
+		if t.Namespace != e.root {
+			put(e.byNS[t.Namespace])
+		}
+		return n
+	}
+	if t.Gateway != "" {
+		put(e.byGateway[t.Namespace+"/"+t.Gateway])
+	}
+	if t.GatewayClass != "" {
+		put(e.byClass[t.GatewayClass])
+	}
+	if t.Service != "" {
+		put(e.byService[t.ServiceNS()+"/"+t.Service])
+	}
+	return n
+}
+
+// decide runs the DENY then ALLOW steps over the enforced or the dry-run policies.
+func decide(buckets []*bucket, labels map[string]string, c *evalCtx, dry bool, out func(bool, Reason, *entry)) {
+	deny := func(b *bucket) []*entry { return b.deny }
+	allow := func(b *bucket) []*entry { return b.allow }
+	allowPolicies := func(b *bucket) []*cpolicy { return b.allowPolicies }
+	if dry {
+		deny = func(b *bucket) []*entry { return b.dryDeny }
+		allow = func(b *bucket) []*entry { return b.dryAllow }
+		allowPolicies = func(b *bucket) []*cpolicy { return b.dryAllowPolicies }
+	}
+	if en := firstMatch(buckets, deny, labels, c); en != nil {
+		out(false, ReasonDenyMatched, en)
+		return
+	}
+	if !anySelects(buckets, allowPolicies, labels) {
+		out(true, ReasonNoPolicies, nil)
+		return
+	}
+	if en := firstMatch(buckets, allow, labels, c); en != nil {
+		out(true, ReasonAllowMatched, en)
+		return
+	}
+	out(false, ReasonNoAllowMatched, nil)
+}
+
+// firstMatch is the matching rule that comes first in Envoy's order across the buckets.
+func firstMatch(buckets []*bucket, list func(*bucket) []*entry, labels map[string]string, c *evalCtx) *entry {
+	var best *entry
+	for _, b := range buckets {
+		for _, en := range list(b) {
+			if best != nil && en.name >= best.name {
+				break
+			}
+			if en.pol.selects(labels) && en.rule.match(c) {
+				best = en
+				break
+			}
+		}
+	}
+	return best
+}
+
+func anySelects(buckets []*bucket, list func(*bucket) []*cpolicy, labels map[string]string) bool {
+	for _, b := range buckets {
+		for _, p := range list(b) {
+			if p.selects(labels) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func hasDryRun(buckets []*bucket, labels map[string]string) bool {
+	return anySelects(buckets, func(b *bucket) []*cpolicy { return b.dryPolicies }, labels)
+}
+
+// sortAudit orders audit matches from several buckets as Envoy would, dropping duplicates
+// (a policy attached to two targets of the same request).
+func sortAudit(a []RuleRef) {
+	// Insertion sort: tiny lists, no allocation.
+	for i := 1; i < len(a); i++ {
+		for j := i; j > 0 && auditLess(a[j], a[j-1]); j-- {
+			a[j], a[j-1] = a[j-1], a[j]
+		}
+	}
+}
+
+func auditLess(x, y RuleRef) bool {
+	// Envoy's order is by "ns[NS]-policy[NAME]-rule[IDX]"; compare the same fields the same way.
+	xn, xp, _ := strings.Cut(x.Policy, "/")
+	yn, yp, _ := strings.Cut(y.Policy, "/")
+	if xn != yn {
+		return xn+"]" < yn+"]"
+	}
+	if xp != yp {
+		return xp+"]" < yp+"]"
+	}
+	return itoaLess(x.Rule, y.Rule)
+}
+
+// itoaLess compares two rule indexes as their decimal strings compare.
+func itoaLess(a, b int) bool {
+	var ab, bb [20]byte
+	return string(appendInt(ab[:0], a)) < string(appendInt(bb[:0], b))
+}
+
+func appendInt(b []byte, n int) []byte {
+	if n >= 10 {
+		b = appendInt(b, n/10)
+	}
+	return append(b, byte('0'+n%10))
+}
+
+func (r *crule) match(c *evalCtx) bool {
+	if len(r.from) > 0 {
+		ok := false
+		for i := range r.from {
+			if r.from[i].match(c) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	if len(r.to) > 0 {
+		ok := false
+		for i := range r.to {
+			if r.to[i].match(c) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	for i := range r.when {
+		if !r.when[i].match(c) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *csource) match(c *evalCtx) bool {
+	p, r := c.r.Principal, c.r
+	if len(s.principals) > 0 && (p == "" || !anyStr(s.principals, p)) {
+		return false
+	}
+	if len(s.notPrincipals) > 0 && p != "" && anyStr(s.notPrincipals, p) {
+		return false
+	}
+	if len(s.reqPrinc) > 0 && !anyReqPrincipal(s.reqPrinc, &r.Auth) {
+		return false
+	}
+	if len(s.notReqPrinc) > 0 && anyReqPrincipal(s.notReqPrinc, &r.Auth) {
+		return false
+	}
+	if len(s.namespaces) > 0 && !anyNS(s.namespaces, &c.peer, c.peerOK) {
+		return false
+	}
+	if len(s.notNamespaces) > 0 && anyNS(s.notNamespaces, &c.peer, c.peerOK) {
+		return false
+	}
+	if len(s.sas) > 0 && !anySA(s.sas, &c.peer, c.peerOK) {
+		return false
+	}
+	if len(s.notSAs) > 0 && anySA(s.notSAs, &c.peer, c.peerOK) {
+		return false
+	}
+	if len(s.tds) > 0 && !anyTD(s.tds, &c.peer, c.peerOK) {
+		return false
+	}
+	if len(s.notTDs) > 0 && anyTD(s.notTDs, &c.peer, c.peerOK) {
+		return false
+	}
+	if len(s.ips) > 0 && !anyPrefix(s.ips, r.SourceIP) {
+		return false
+	}
+	if len(s.notIPs) > 0 && anyPrefix(s.notIPs, r.SourceIP) {
+		return false
+	}
+	if len(s.remoteIPs) > 0 && !anyPrefix(s.remoteIPs, c.remote) {
+		return false
+	}
+	if len(s.notRemoteIPs) > 0 && anyPrefix(s.notRemoteIPs, c.remote) {
+		return false
+	}
+	return true
+}
+
+func (o *coperation) match(c *evalCtx) bool {
+	r := c.r
+	if len(o.hosts) > 0 && !anyStr(o.hosts, r.Host) {
+		return false
+	}
+	if len(o.notHosts) > 0 && anyStr(o.notHosts, r.Host) {
+		return false
+	}
+	if len(o.ports) > 0 && !anyPort(o.ports, r.DestPort) {
+		return false
+	}
+	if len(o.notPorts) > 0 && anyPort(o.notPorts, r.DestPort) {
+		return false
+	}
+	if len(o.methods) > 0 && !anyStr(o.methods, r.Method) {
+		return false
+	}
+	if len(o.notMethods) > 0 && anyStr(o.notMethods, r.Method) {
+		return false
+	}
+	if len(o.paths) > 0 && !anyPath(o.paths, c.path) {
+		return false
+	}
+	if len(o.notPaths) > 0 && anyPath(o.notPaths, c.path) {
+		return false
+	}
+	return true
+}
+
+func (w *ccondition) match(c *evalCtx) bool {
+	if w.values.n > 0 && !w.values.match(w, c) {
+		return false
+	}
+	if w.not.n > 0 && w.not.match(w, c) {
+		return false
+	}
+	return true
+}
+
+// match reports whether some value matches the condition's attribute.
+func (v *cvalues) match(w *ccondition, c *evalCtx) bool {
+	r := c.r
+	switch w.kind {
+	case condSourceIP:
+		return anyPrefix(v.prefixes, r.SourceIP)
+	case condRemoteIP:
+		return anyPrefix(v.prefixes, c.remote)
+	case condDestIP:
+		return anyPrefix(v.prefixes, r.DestIP)
+	case condSourceNS:
+		return anyNS(v.globs, &c.peer, c.peerOK)
+	case condSourcePrincipal:
+		return r.Principal != "" && anyStr(v.strs, r.Principal)
+	case condSourceSA:
+		return anySA(v.sas, &c.peer, c.peerOK)
+	case condSourceTD:
+		return anyTD(v.globs, &c.peer, c.peerOK)
+	case condDestPort:
+		return anyPort(v.ports, r.DestPort)
+	case condSNI:
+		return anyStr(v.strs, r.SNI)
+	case condHeader:
+		h, ok := r.Headers[w.name]
+		return ok && anyStr(v.strs, h)
+	case condReqPrincipal:
+		return anyReqPrincipal(v.reqPrinc, &r.Auth)
+	case condAudiences:
+		for _, a := range r.Auth.Audiences {
+			if anyStr(v.strs, a) {
+				return true
+			}
+		}
+		return false
+	case condPresenter:
+		return r.Auth.Presenter != "" && anyStr(v.strs, r.Auth.Presenter)
+	case condClaim:
+		return claimMatches(r.Auth.Claims, w.claim, v.strs)
+	case condMetadata:
+		m, ok := r.Metadata[w.name]
+		return ok && anyStr(v.strs, m)
+	}
+	return false
+}
