@@ -3,6 +3,7 @@ package policies
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -30,8 +31,17 @@ type Engine struct {
 	policies  []*cpolicy
 }
 
-// bucket holds the compiled rules of the policies that share one attachment point.
+// bucket holds the compiled rules of the policies that share one attachment point. Policies
+// without a selector are in all; those with one are indexed by their first label, so that a
+// request only visits the policies whose selector can match.
 type bucket struct {
+	all     ruleSet
+	selKeys []string                       // the label names bySel is indexed by
+	bySel   map[string]map[string]*ruleSet // label name → value → policies whose first label it is
+}
+
+// ruleSet is a list of rules per action, each in Envoy's order.
+type ruleSet struct {
 	custom, audit, deny, allow []*entry
 	allowPolicies              []*cpolicy // every ALLOW policy, rules or not: if one applies, ALLOW is required
 	dryDeny, dryAllow          []*entry
@@ -42,20 +52,19 @@ type bucket struct {
 // cpolicy is the per-policy part of a compiled rule.
 type cpolicy struct {
 	src      *AuthorizationPolicy
-	key      string // ns/name
-	selector map[string]string
+	key      string  // ns/name
+	selector []label // sorted by name
 	hasSel   bool
 	action   Action
 	provider string
 	dryRun   bool
 }
 
+type label struct{ name, value string }
+
 func (p *cpolicy) selects(labels map[string]string) bool {
-	if !p.hasSel {
-		return true
-	}
-	for k, v := range p.selector {
-		if got, ok := labels[k]; !ok || got != v {
+	for _, l := range p.selector {
+		if got, ok := labels[l.name]; !ok || got != l.value {
 			return false
 		}
 	}
@@ -202,12 +211,45 @@ func compilePolicy(ap *AuthorizationPolicy) *cpolicy {
 	}
 	if sel := s.GetSelector(); sel != nil {
 		p.hasSel = true
-		p.selector = sel.GetMatchLabels()
+		for _, k := range slices.Sorted(maps.Keys(sel.GetMatchLabels())) {
+			p.selector = append(p.selector, label{k, sel.GetMatchLabels()[k]})
+		}
 	}
 	return p
 }
 
 func (b *bucket) add(p *cpolicy) {
+	if len(p.selector) == 0 {
+		b.all.add(p)
+		return
+	}
+	first := p.selector[0]
+	if b.bySel == nil {
+		b.bySel = map[string]map[string]*ruleSet{}
+	}
+	if b.bySel[first.name] == nil {
+		b.bySel[first.name] = map[string]*ruleSet{}
+		b.selKeys = append(b.selKeys, first.name)
+		slices.Sort(b.selKeys)
+	}
+	rs := b.bySel[first.name][first.value]
+	if rs == nil {
+		rs = &ruleSet{}
+		b.bySel[first.name][first.value] = rs
+	}
+	rs.add(p)
+}
+
+func (b *bucket) sort() {
+	b.all.sort()
+	for _, byValue := range b.bySel {
+		for _, rs := range byValue {
+			rs.sort()
+		}
+	}
+}
+
+func (b *ruleSet) add(p *cpolicy) {
 	if p.dryRun {
 		if p.action != ActionAllow && p.action != ActionDeny {
 			return
@@ -239,7 +281,7 @@ func (b *bucket) add(p *cpolicy) {
 	}
 }
 
-func (b *bucket) sort() {
+func (b *ruleSet) sort() {
 	byName := func(a, b *entry) int { return strings.Compare(a.name, b.name) }
 	for _, es := range [][]*entry{b.custom, b.audit, b.deny, b.allow, b.dryDeny, b.dryAllow} {
 		slices.SortFunc(es, byName)

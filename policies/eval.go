@@ -36,15 +36,11 @@ func (e *Engine) Evaluate(r *Request, d *Decision) {
 	c.peer, c.peerOK = ParsePrincipal(r.Principal)
 	c.path, _, _ = strings.Cut(r.Path, "?")
 
-	var bs [3]*bucket
-	n := e.applicable(&r.Target, &bs)
-	buckets := bs[:n]
+	var store [8]*ruleSet
+	buckets := e.ruleSets(&r.Target, store[:0])
 	labels := r.Target.Labels
-	if r.Target.Waypoint {
-		labels = nil // selectors never apply at waypoints; targetRef policies have none
-	}
 
-	if en := firstMatch(buckets, func(b *bucket) []*entry { return b.custom }, labels, &c); en != nil {
+	if en := firstMatch(buckets, func(b *ruleSet) []*entry { return b.custom }, labels, &c); en != nil {
 		d.Custom = RuleRef{Policy: en.pol.key, Rule: en.idx}
 		d.CustomProvider = en.pol.provider
 	}
@@ -86,6 +82,26 @@ func (e *Engine) Evaluate(r *Request, d *Decision) {
 	}
 }
 
+// ruleSets appends to out the rule sets whose policies may apply to t: the buckets of its
+// attachment points, and within them the selector groups its labels can match.
+func (e *Engine) ruleSets(t *Target, out []*ruleSet) []*ruleSet {
+	var bs [3]*bucket
+	for _, b := range bs[:e.applicable(t, &bs)] {
+		out = append(out, &b.all)
+		if t.Waypoint {
+			continue // selectors never apply at waypoints
+		}
+		for _, k := range b.selKeys {
+			if v, ok := t.Labels[k]; ok {
+				if rs := b.bySel[k][v]; rs != nil {
+					out = append(out, rs)
+				}
+			}
+		}
+	}
+	return out
+}
+
 // applicable fills bs with the buckets whose policies may apply to t.
 func (e *Engine) applicable(t *Target, bs *[3]*bucket) int {
 	n := 0
@@ -115,14 +131,14 @@ func (e *Engine) applicable(t *Target, bs *[3]*bucket) int {
 }
 
 // decide runs the DENY then ALLOW steps over the enforced or the dry-run policies.
-func decide(buckets []*bucket, labels map[string]string, c *evalCtx, dry bool, out func(bool, Reason, *entry)) {
-	deny := func(b *bucket) []*entry { return b.deny }
-	allow := func(b *bucket) []*entry { return b.allow }
-	allowPolicies := func(b *bucket) []*cpolicy { return b.allowPolicies }
+func decide(buckets []*ruleSet, labels map[string]string, c *evalCtx, dry bool, out func(bool, Reason, *entry)) {
+	deny := func(b *ruleSet) []*entry { return b.deny }
+	allow := func(b *ruleSet) []*entry { return b.allow }
+	allowPolicies := func(b *ruleSet) []*cpolicy { return b.allowPolicies }
 	if dry {
-		deny = func(b *bucket) []*entry { return b.dryDeny }
-		allow = func(b *bucket) []*entry { return b.dryAllow }
-		allowPolicies = func(b *bucket) []*cpolicy { return b.dryAllowPolicies }
+		deny = func(b *ruleSet) []*entry { return b.dryDeny }
+		allow = func(b *ruleSet) []*entry { return b.dryAllow }
+		allowPolicies = func(b *ruleSet) []*cpolicy { return b.dryAllowPolicies }
 	}
 	if en := firstMatch(buckets, deny, labels, c); en != nil {
 		out(false, ReasonDenyMatched, en)
@@ -140,7 +156,7 @@ func decide(buckets []*bucket, labels map[string]string, c *evalCtx, dry bool, o
 }
 
 // firstMatch is the matching rule that comes first in Envoy's order across the buckets.
-func firstMatch(buckets []*bucket, list func(*bucket) []*entry, labels map[string]string, c *evalCtx) *entry {
+func firstMatch(buckets []*ruleSet, list func(*ruleSet) []*entry, labels map[string]string, c *evalCtx) *entry {
 	var best *entry
 	for _, b := range buckets {
 		for _, en := range list(b) {
@@ -156,7 +172,7 @@ func firstMatch(buckets []*bucket, list func(*bucket) []*entry, labels map[strin
 	return best
 }
 
-func anySelects(buckets []*bucket, list func(*bucket) []*cpolicy, labels map[string]string) bool {
+func anySelects(buckets []*ruleSet, list func(*ruleSet) []*cpolicy, labels map[string]string) bool {
 	for _, b := range buckets {
 		for _, p := range list(b) {
 			if p.selects(labels) {
@@ -167,8 +183,8 @@ func anySelects(buckets []*bucket, list func(*bucket) []*cpolicy, labels map[str
 	return false
 }
 
-func hasDryRun(buckets []*bucket, labels map[string]string) bool {
-	return anySelects(buckets, func(b *bucket) []*cpolicy { return b.dryPolicies }, labels)
+func hasDryRun(buckets []*ruleSet, labels map[string]string) bool {
+	return anySelects(buckets, func(b *ruleSet) []*cpolicy { return b.dryPolicies }, labels)
 }
 
 // sortAudit orders audit matches from several buckets as Envoy would, dropping duplicates

@@ -21,12 +21,10 @@ func (e *Engine) Explain(r *Request) []Explanation {
 	c := evalCtx{r: r, remote: r.remoteIP()}
 	c.peer, c.peerOK = ParsePrincipal(r.Principal)
 	c.path, _, _ = strings.Cut(r.Path, "?")
-	var bs [3]*bucket
-	buckets := bs[:e.applicable(&r.Target, &bs)]
 	var out []Explanation
 	for _, p := range e.policies {
 		x := Explanation{Policy: p.key, Action: p.action, DryRun: p.dryRun}
-		x.Applies, x.Why = e.applies(p, buckets, &r.Target)
+		x.Applies, x.Why = e.applies(p, &r.Target)
 		if x.Applies {
 			rules := p.src.Spec.GetRules()
 			if len(rules) == 0 {
@@ -41,40 +39,50 @@ func (e *Engine) Explain(r *Request) []Explanation {
 	return out
 }
 
-func (e *Engine) applies(p *cpolicy, buckets []*bucket, t *Target) (bool, string) {
-	inBucket := false
-	for _, b := range buckets {
-		for _, list := range [][]*cpolicy{b.allowPolicies, b.dryPolicies} {
-			for _, q := range list {
-				inBucket = inBucket || q == p
-			}
-		}
-		for _, list := range [][]*entry{b.custom, b.audit, b.deny, b.allow, b.dryDeny, b.dryAllow} {
-			for _, en := range list {
-				inBucket = inBucket || en.pol == p
-			}
-		}
-	}
-	refs := len(targetRefs(p.src.Spec)) > 0
+func (e *Engine) applies(p *cpolicy, t *Target) (bool, string) {
+	refs := targetRefs(p.src.Spec)
+	ns := p.src.Namespace
 	switch {
-	case t.Waypoint && !refs:
+	case t.Waypoint && len(refs) == 0:
 		return false, "it has no targetRefs, and waypoints only enforce policies that target them"
-	case !t.Waypoint && refs:
+	case !t.Waypoint && len(refs) > 0:
 		return false, "it has targetRefs, so only waypoints enforce it"
-	case !inBucket && refs:
+	case t.Waypoint:
+		for _, r := range refs {
+			switch r.GetKind() {
+			case "Gateway":
+				if ns == t.Namespace && r.GetName() == t.Gateway {
+					return true, "it targets the Gateway " + ns + "/" + t.Gateway
+				}
+			case "GatewayClass":
+				if ns == e.root && r.GetName() == t.GatewayClass {
+					return true, "it targets the GatewayClass " + t.GatewayClass
+				}
+			case "Service", "ServiceEntry":
+				if t.Service != "" && ns == t.ServiceNS() && r.GetName() == t.Service {
+					return true, "it targets the Service " + ns + "/" + t.Service
+				}
+			}
+		}
 		return false, "none of its targetRefs names this waypoint, its GatewayClass or the addressed Service"
-	case !inBucket:
-		return false, fmt.Sprintf("it is in namespace %s, neither %s nor the root namespace %s", p.src.Namespace, t.Namespace, e.root)
-	case !t.Waypoint && !p.selects(t.Labels):
-		return false, fmt.Sprintf("its selector %v does not match the workload labels %v", p.selector, t.Labels)
-	case refs:
-		return true, "one of its targetRefs names this waypoint target"
+	case ns != t.Namespace && ns != e.root:
+		return false, fmt.Sprintf("it is in namespace %s, neither %s nor the root namespace %s", ns, t.Namespace, e.root)
+	case !p.selects(t.Labels):
+		return false, fmt.Sprintf("its selector %s does not match the workload labels %v", selectorString(p.selector), t.Labels)
 	case p.hasSel:
-		return true, fmt.Sprintf("its selector %v matches the workload", p.selector)
-	case p.src.Namespace == e.root:
+		return true, fmt.Sprintf("its selector %s matches the workload", selectorString(p.selector))
+	case ns == e.root:
 		return true, "it is in the root namespace and has no selector"
 	}
 	return true, "it is in the workload's namespace and has no selector"
+}
+
+func selectorString(ls []label) string {
+	var parts []string
+	for _, l := range ls {
+		parts = append(parts, l.name+"="+l.value)
+	}
+	return "{" + strings.Join(parts, ",") + "}"
 }
 
 func explainRule(r crule, c *evalCtx) string {
