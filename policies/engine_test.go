@@ -3,6 +3,8 @@ package policies
 import (
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"sigs.k8s.io/yaml"
@@ -64,5 +66,44 @@ func TestDecisions(t *testing.T) {
 				t.Errorf("decision:\n%s\nwant:\n%s", gotJSON, wantJSON)
 			}
 		})
+	}
+}
+
+func TestAuditAcrossTargetsIsOrderedOnceAndAllocationFree(t *testing.T) {
+	const yaml = `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: b, namespace: foo}
+spec:
+  action: AUDIT
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}, {kind: Service, name: svc}]
+  rules: [{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: a, namespace: foo}
+spec:
+  action: AUDIT
+  targetRefs: [{kind: Service, name: svc}]
+  rules: [{}]
+`
+	objs, errs := Load([]byte(yaml), "audit")
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	e := Compile(objs.AuthorizationPolicies, Options{})
+	r := Request{Target: Target{Namespace: "foo", Waypoint: true, Gateway: "wp", Service: "svc"}}
+	var d Decision
+	e.Evaluate(&r, &d)
+	var got []string
+	for _, a := range d.Audit {
+		got = append(got, a.Policy+"#"+strconv.Itoa(a.Rule))
+	}
+	want := "foo/a#0 foo/b#0 foo/b#1 foo/b#10 foo/b#2 foo/b#3 foo/b#4 foo/b#5 foo/b#6 foo/b#7 foo/b#8 foo/b#9"
+	if strings.Join(got, " ") != want {
+		t.Errorf("audit = %s\nwant    %s", strings.Join(got, " "), want)
+	}
+	if n := testing.AllocsPerRun(50, func() { e.Evaluate(&r, &d) }); n != 0 {
+		t.Errorf("allocations = %v, want 0", n)
 	}
 }

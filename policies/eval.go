@@ -2,6 +2,8 @@ package policies
 
 import (
 	"net/netip"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -52,7 +54,7 @@ func (e *Engine) Evaluate(r *Request, d *Decision) {
 		}
 	}
 	if len(buckets) > 1 && len(d.Audit) > 1 {
-		sortAudit(d.Audit)
+		sortAudit(&d.Audit)
 	}
 
 	decide(buckets, labels, &c, false, func(allowed bool, reason Reason, en *entry) {
@@ -187,41 +189,45 @@ func hasDryRun(buckets []*ruleSet, labels map[string]string) bool {
 	return anySelects(buckets, func(b *ruleSet) []*cpolicy { return b.dryPolicies }, labels)
 }
 
-// sortAudit orders audit matches from several buckets as Envoy would, dropping duplicates
-// (a policy attached to two targets of the same request).
-func sortAudit(a []RuleRef) {
-	// Insertion sort: tiny lists, no allocation.
-	for i := 1; i < len(a); i++ {
-		for j := i; j > 0 && auditLess(a[j], a[j-1]); j-- {
-			a[j], a[j-1] = a[j-1], a[j]
+// sortAudit orders audit matches from several rule sets as Envoy would and drops duplicates
+// (a policy attached to two targets of the same request), without allocating.
+func sortAudit(a *[]RuleRef) {
+	s := *a
+	for i := 1; i < len(s); i++ { // insertion sort: tiny lists
+		for j := i; j > 0 && auditLess(s[j], s[j-1]); j-- {
+			s[j], s[j-1] = s[j-1], s[j]
 		}
 	}
+	*a = slices.Compact(s)
 }
 
+// auditLess compares two rules as their names "ns[NS]-policy[NAME]-rule[IDX]" compare.
 func auditLess(x, y RuleRef) bool {
-	// Envoy's order is by "ns[NS]-policy[NAME]-rule[IDX]"; compare the same fields the same way.
 	xn, xp, _ := strings.Cut(x.Policy, "/")
 	yn, yp, _ := strings.Cut(y.Policy, "/")
 	if xn != yn {
-		return xn+"]" < yn+"]"
+		return lessBracketed(xn, yn)
 	}
 	if xp != yp {
-		return xp+"]" < yp+"]"
+		return lessBracketed(xp, yp)
 	}
-	return itoaLess(x.Rule, y.Rule)
+	var xb, yb [20]byte
+	return string(strconv.AppendInt(xb[:0], int64(x.Rule), 10)) < string(strconv.AppendInt(yb[:0], int64(y.Rule), 10))
 }
 
-// itoaLess compares two rule indexes as their decimal strings compare.
-func itoaLess(a, b int) bool {
-	var ab, bb [20]byte
-	return string(appendInt(ab[:0], a)) < string(appendInt(bb[:0], b))
-}
-
-func appendInt(b []byte, n int) []byte {
-	if n >= 10 {
-		b = appendInt(b, n/10)
+// lessBracketed reports whether a+"]" < b+"]" without building the strings.
+func lessBracketed(a, b string) bool {
+	n := min(len(a), len(b))
+	if a[:n] != b[:n] {
+		return a[:n] < b[:n]
 	}
-	return append(b, byte('0'+n%10))
+	next := func(s string) byte {
+		if len(s) > n {
+			return s[n]
+		}
+		return ']'
+	}
+	return next(a) < next(b)
 }
 
 func (r *crule) match(c *evalCtx) bool {
