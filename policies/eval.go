@@ -30,13 +30,19 @@ func (e *Engine) Decide(r *Request) Decision {
 // Evaluate decides r into d, reusing d.Audit's storage.
 func (e *Engine) Evaluate(r *Request, d *Decision) {
 	*d = Decision{Rule: -1, Audit: d.Audit[:0]}
-	if strings.Contains(r.Path, "%00") {
-		d.Reason, d.Details = ReasonBadRequest, "path contains %00"
-		return
-	}
 	c := evalCtx{r: r, remote: r.remoteIP()}
 	c.peer, c.peerOK = ParsePrincipal(r.Principal)
 	c.path, _, _ = strings.Cut(r.Path, "?")
+	if c.path != "" && !isNormal(c.path) {
+		// Callers normalise (the filter does); an engine that trusted them would let
+		// "/admin/../secret" past a DENY on "/secret" when one forgets.
+		p, err := NormalizePath(c.path)
+		if err != nil {
+			d.Reason, d.Details = ReasonBadRequest, err.Error()
+			return
+		}
+		c.path = p
+	}
 
 	var store [8]*ruleSet
 	buckets := e.ruleSets(&r.Target, store[:0])

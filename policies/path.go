@@ -50,16 +50,22 @@ func NormalizePath(raw string) (string, error) {
 	return removeDotSegments(b.String()), nil
 }
 
-// isNormal reports whether p needs no change: it starts with '/', has no '\' or '%' and no
-// "." or ".." segment.
+// isNormal reports whether p needs no change: it starts with '/', has no '\\' or '%' and no
+// "." or ".." segment. It does not allocate.
 func isNormal(p string) bool {
 	if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, `\%`) {
 		return false
 	}
-	for seg := range strings.SplitSeq(p[1:], "/") {
-		if seg == "." || seg == ".." {
+	for i := 0; i < len(p); {
+		j := strings.IndexByte(p[i+1:], '/')
+		end := len(p)
+		if j >= 0 {
+			end = i + 1 + j
+		}
+		if seg := p[i+1 : end]; seg == "." || seg == ".." {
 			return false
 		}
+		i = end
 	}
 	return true
 }

@@ -25,7 +25,7 @@ type Request struct {
 	// HTTP; all empty for a TCP connection.
 	Host    string            `json:"host,omitempty"`
 	Method  string            `json:"method,omitempty"`
-	Path    string            `json:"path,omitempty"`    // as normalised by NormalizePath (the query is ignored)
+	Path    string            `json:"path,omitempty"`    // normalised with NormalizePath; Evaluate does it if the caller has not. The query is ignored
 	Headers map[string]string `json:"headers,omitempty"` // lower-case names; repeated headers joined with ","
 
 	SNI string `json:"sni,omitempty"` // TLS server name of the downstream connection
