@@ -1,0 +1,409 @@
+package identity
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// File names of a CA kept on disk. RootCertFile is also the trust bundle of an SVID directory.
+const (
+	RootCertFile = "root-cert.pem"
+	RootKeyFile  = "root-key.pem"
+)
+
+// Default lifetimes.
+const (
+	DefaultSVIDTTL = 24 * time.Hour
+	DefaultRootTTL = 10 * 365 * 24 * time.Hour
+)
+
+// CA is a root certificate authority that issues X.509-SVIDs for one trust domain. It is safe
+// for concurrent use.
+type CA struct {
+	td   spiffeid.TrustDomain
+	cert *x509.Certificate
+	key  crypto.Signer
+	now  func() time.Time
+}
+
+// CAOption configures NewCA, LoadCA and LoadOrCreateCA.
+type CAOption func(*caOptions)
+
+type caOptions struct {
+	now     func() time.Time
+	rootTTL time.Duration
+}
+
+// WithClock makes the CA read the time from now (for validity periods); tests pass a fake.
+func WithClock(now func() time.Time) CAOption { return func(o *caOptions) { o.now = now } }
+
+// WithRootTTL sets the lifetime of a generated root (DefaultRootTTL otherwise).
+func WithRootTTL(d time.Duration) CAOption { return func(o *caOptions) { o.rootTTL = d } }
+
+func newCAOptions(opts []CAOption) caOptions {
+	o := caOptions{now: time.Now, rootTTL: DefaultRootTTL}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// NewCA generates a self-signed root (ECDSA P-256) for td. The root carries the URI SAN
+// spiffe://<td>: Istio's roots do not need one, and go-spiffe bundles accept any CA.
+func NewCA(td spiffeid.TrustDomain, opts ...CAOption) (*CA, error) {
+	if td.IsZero() {
+		return nil, errors.New("identity: CA: empty trust domain")
+	}
+	o := newCAOptions(opts)
+	if o.rootTTL <= 0 {
+		return nil, fmt.Errorf("identity: CA: root lifetime must be positive, got %s", o.rootTTL)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("identity: CA: generating the root key: %w", err)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	now := o.now().Truncate(time.Second)
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{Organization: []string{td.Name()}, CommonName: "goambient root CA"},
+		NotBefore:             now,
+		NotAfter:              now.Add(o.rootTTL),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		URIs:                  []*url.URL{td.ID().URL()},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, fmt.Errorf("identity: CA: signing the root: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("identity: CA: parsing the root: %w", err)
+	}
+	return &CA{td: td, cert: cert, key: key, now: o.now}, nil
+}
+
+// LoadCA reads dir/root-cert.pem and dir/root-key.pem. The root must be a CA whose key matches;
+// when it has a SPIFFE URI SAN, its trust domain must be td (a root without one, as Istio's
+// are, serves any trust domain).
+func LoadCA(dir string, td spiffeid.TrustDomain, opts ...CAOption) (*CA, error) {
+	if td.IsZero() {
+		return nil, errors.New("identity: CA: empty trust domain")
+	}
+	o := newCAOptions(opts)
+	certPath, keyPath := filepath.Join(dir, RootCertFile), filepath.Join(dir, RootKeyFile)
+	certPEM, err := os.ReadFile(certPath)
+	if err != nil {
+		return nil, fmt.Errorf("identity: CA: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("identity: CA: %w", err)
+	}
+	certs, err := parseCertsPEM(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("identity: CA: %s: %w", certPath, err)
+	}
+	cert := certs[0]
+	if !cert.IsCA || !cert.BasicConstraintsValid {
+		return nil, fmt.Errorf("identity: CA: %s: the certificate is not a CA", certPath)
+	}
+	key, err := parseKeyPEM(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("identity: CA: %s: %w", keyPath, err)
+	}
+	if !publicKeyEqual(key.Public(), cert.PublicKey) {
+		return nil, fmt.Errorf("identity: CA: %s does not match the key of %s", keyPath, certPath)
+	}
+	if rootTD, ok := RootTrustDomain(cert); ok && rootTD != td {
+		return nil, fmt.Errorf("identity: CA: %s is the root of trust domain %q, not %q", certPath, rootTD.Name(), td.Name())
+	}
+	return &CA{td: td, cert: cert, key: key, now: o.now}, nil
+}
+
+// LoadOrCreateCA loads the CA kept in dir, or creates one and saves it there when neither of its
+// files exists. created tells which happened.
+func LoadOrCreateCA(dir string, td spiffeid.TrustDomain, opts ...CAOption) (ca *CA, created bool, err error) {
+	_, certErr := os.Stat(filepath.Join(dir, RootCertFile))
+	_, keyErr := os.Stat(filepath.Join(dir, RootKeyFile))
+	if !errors.Is(certErr, fs.ErrNotExist) || !errors.Is(keyErr, fs.ErrNotExist) {
+		ca, err = LoadCA(dir, td, opts...)
+		return ca, false, err
+	}
+	if ca, err = NewCA(td, opts...); err != nil {
+		return nil, false, err
+	}
+	if err = ca.Save(dir); err != nil {
+		return nil, false, err
+	}
+	return ca, true, nil
+}
+
+// RootTrustDomain returns the trust domain named by a root's SPIFFE URI SAN, if it has one.
+func RootTrustDomain(root *x509.Certificate) (spiffeid.TrustDomain, bool) {
+	for _, u := range root.URIs {
+		if td, err := spiffeid.TrustDomainFromURI(u); err == nil {
+			return td, true
+		}
+	}
+	return spiffeid.TrustDomain{}, false
+}
+
+// Save writes root-cert.pem (0644) and root-key.pem (0600, PKCS#8) into dir, creating it.
+func (ca *CA) Save(dir string) error {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.key)
+	if err != nil {
+		return fmt.Errorf("identity: CA: encoding the root key: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("identity: CA: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, RootKeyFile), pemBlock("PRIVATE KEY", keyDER), 0o600); err != nil {
+		return fmt.Errorf("identity: CA: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, RootCertFile), pemBlock("CERTIFICATE", ca.cert.Raw), 0o644); err != nil {
+		return fmt.Errorf("identity: CA: %w", err)
+	}
+	return nil
+}
+
+// TrustDomain is the trust domain the CA issues for.
+func (ca *CA) TrustDomain() spiffeid.TrustDomain { return ca.td }
+
+// Root is the root certificate.
+func (ca *CA) Root() *x509.Certificate { return ca.cert }
+
+// Bundle is the trust bundle of the CA's trust domain: the root.
+func (ca *CA) Bundle() *x509bundle.Bundle {
+	return x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})
+}
+
+// IssueSVID generates an ECDSA P-256 key and issues an X.509-SVID for id, valid for ttl from
+// now (DefaultSVIDTTL when ttl is 0).
+func (ca *CA) IssueSVID(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("identity: CA: generating a key for %s: %w", id, err)
+	}
+	leaf, err := ca.sign(key.Public(), id, ttl)
+	if err != nil {
+		return nil, err
+	}
+	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{leaf}, PrivateKey: key}, nil
+}
+
+// SignCSR issues a certificate for id, valid for ttl (DefaultSVIDTTL when 0), to the public key
+// of a DER certificate request. The caller decides the identity: the CSR's subject and SANs are
+// ignored. The CSR's signature must verify and its key must be ECDSA P-256/P-384/P-521,
+// RSA of at least 2048 bits, or Ed25519. It returns the chain, leaf first, without the root (see
+// Bundle): with this root-only CA, just the leaf.
+func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
+	csr, err := x509.ParseCertificateRequest(csrDER)
+	if err != nil {
+		return nil, fmt.Errorf("identity: CA: CSR for %s: %w", id, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("identity: CA: CSR for %s: bad signature: %w", id, err)
+	}
+	if err := checkPublicKey(csr.PublicKey); err != nil {
+		return nil, fmt.Errorf("identity: CA: CSR for %s: %w", id, err)
+	}
+	leaf, err := ca.sign(csr.PublicKey, id, ttl)
+	if err != nil {
+		return nil, err
+	}
+	return []*x509.Certificate{leaf}, nil
+}
+
+// SignCSRPEM is SignCSR for a PEM "CERTIFICATE REQUEST", as Istio's CreateCertificate sends.
+func (ca *CA) SignCSRPEM(csrPEM []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
+	block, _ := pem.Decode(csrPEM)
+	if block == nil || (block.Type != "CERTIFICATE REQUEST" && block.Type != "NEW CERTIFICATE REQUEST") {
+		return nil, fmt.Errorf("identity: CA: CSR for %s: no PEM CERTIFICATE REQUEST block", id)
+	}
+	return ca.SignCSR(block.Bytes, id, ttl)
+}
+
+// sign issues the leaf: the URI SAN only, digitalSignature|keyEncipherment, serverAuth and
+// clientAuth, not a CA, NotAfter-NotBefore = ttl.
+func (ca *CA) sign(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (*x509.Certificate, error) {
+	if id.IsZero() {
+		return nil, errors.New("identity: CA: empty SPIFFE ID")
+	}
+	if id.TrustDomain() != ca.td {
+		return nil, fmt.Errorf("identity: CA: %s is not in trust domain %q", id, ca.td.Name())
+	}
+	if ttl == 0 {
+		ttl = DefaultSVIDTTL
+	}
+	if ttl < time.Second {
+		return nil, fmt.Errorf("identity: CA: lifetime of %s must be at least 1s, got %s", id, ttl)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	now := ca.now().Truncate(time.Second)
+	notAfter := now.Add(ttl)
+	if notAfter.After(ca.cert.NotAfter) {
+		return nil, fmt.Errorf("identity: CA: %s would outlive the root (expires %s)", id, ca.cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		NotBefore:             now,
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		URIs:                  []*url.URL{id.URL()},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("identity: CA: signing %s: %w", id, err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("identity: CA: parsing %s: %w", id, err)
+	}
+	return leaf, nil
+}
+
+func checkPublicKey(pub crypto.PublicKey) error {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256(), elliptic.P384(), elliptic.P521():
+			return nil
+		}
+		return fmt.Errorf("unsupported ECDSA curve %s", k.Curve.Params().Name)
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return fmt.Errorf("RSA key of %d bits is too short (at least 2048)", k.N.BitLen())
+		}
+		return nil
+	case ed25519.PublicKey:
+		return nil
+	}
+	return fmt.Errorf("unsupported public key type %T", pub)
+}
+
+func newSerial() (*big.Int, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, fmt.Errorf("identity: CA: serial number: %w", err)
+	}
+	return serial.Add(serial, big.NewInt(1)), nil // never 0
+}
+
+func publicKeyEqual(a, b crypto.PublicKey) bool {
+	ak, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && ak.Equal(b)
+}
+
+func pemBlock(typ string, der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}
+
+// parseCertsPEM returns the CERTIFICATE blocks of data, at least one.
+func parseCertsPEM(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, cert)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("no PEM CERTIFICATE block")
+	}
+	return certs, nil
+}
+
+// parseKeyPEM reads a PKCS#8, SEC 1 (EC) or PKCS#1 (RSA) private key.
+func parseKeyPEM(data []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("no PEM private key block")
+	}
+	var key any
+	var err error
+	switch block.Type {
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	case "EC PRIVATE KEY":
+		key, err = x509.ParseECPrivateKey(block.Bytes)
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+	default:
+		return nil, fmt.Errorf("unsupported PEM block %q", block.Type)
+	}
+	if err != nil {
+		return nil, err
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("unsupported private key type %T", key)
+	}
+	return signer, nil
+}
+
+// writeFileAtomic writes data to a temporary file in the same folder and renames it over path, so
+// a reader sees the old file or the new one, never a part.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after a successful rename
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
