@@ -40,6 +40,8 @@ type Engine struct {
 
 type auth struct {
 	key    string
+	denied string // "explicitly denied by: <key>", built once
+	allows string // "allowed by: <key>"
 	scope  security.Scope
 	deny   bool
 	dryRun bool
@@ -80,7 +82,8 @@ func Compile(auths []*security.Authorization) *Engine {
 }
 
 func compile(a *security.Authorization) *auth {
-	c := &auth{key: a.GetNamespace() + "/" + a.GetName(), scope: a.GetScope(), deny: a.GetAction() == security.Action_DENY, dryRun: a.GetDryRun()}
+	key := a.GetNamespace() + "/" + a.GetName()
+	c := &auth{key: key, denied: "explicitly denied by: " + key, allows: "allowed by: " + key, scope: a.GetScope(), deny: a.GetAction() == security.Action_DENY, dryRun: a.GetDryRun()}
 	for _, g := range a.GetGroups() {
 		var clauses [][]match
 		for _, r := range g.GetRules() {
@@ -112,7 +115,7 @@ func (e *Engine) Check(w *Workload, c *Conn) Result {
 	}
 	v := view{c: c, id: id, peer: peer, peerOK: ok}
 	hasAllow := false
-	var allowed string
+	var allowed *auth
 	each := func(f func(a *auth) bool) {
 		for _, a := range e.global {
 			if f(a) {
@@ -130,19 +133,19 @@ func (e *Engine) Check(w *Workload, c *Conn) Result {
 			}
 		}
 	}
-	var denied string
+	var denied *auth
 	each(func(a *auth) bool {
 		if a.dryRun || !a.deny {
 			return false
 		}
 		if a.matches(&v) {
-			denied = a.key
+			denied = a
 			return true
 		}
 		return false
 	})
-	if denied != "" {
-		return Result{Policy: denied, Reason: "explicitly denied by: " + denied}
+	if denied != nil {
+		return Result{Policy: denied.key, Reason: denied.denied}
 	}
 	each(func(a *auth) bool {
 		if a.dryRun || a.deny {
@@ -150,7 +153,7 @@ func (e *Engine) Check(w *Workload, c *Conn) Result {
 		}
 		hasAllow = true
 		if a.matches(&v) {
-			allowed = a.key
+			allowed = a
 			return true
 		}
 		return false
@@ -158,8 +161,8 @@ func (e *Engine) Check(w *Workload, c *Conn) Result {
 	switch {
 	case !hasAllow:
 		return Result{Allowed: true, Reason: "no allow policies"}
-	case allowed != "":
-		return Result{Allowed: true, Policy: allowed, Reason: "allowed by: " + allowed}
+	case allowed != nil:
+		return Result{Allowed: true, Policy: allowed.key, Reason: allowed.allows}
 	}
 	return Result{Reason: "allow policies exist, but none allowed"}
 }

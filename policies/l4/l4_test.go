@@ -150,3 +150,14 @@ func randomSource(rng *rand.Rand) string {
 	}
 	return fmt.Sprintf("principals: [%q], ipBlocks: [%q]", pick(rng, "cluster.local/ns/foo/sa/x", "*"), pick(rng, "10.0.0.0/8"))
 }
+
+func TestCheckDoesNotAllocate(t *testing.T) {
+	objs, _ := policies.LoadPath("../../manifests/examples/handson/L4-authorization-policy.yaml")
+	z := policies.ToZtunnel(objs, policies.Options{})
+	e := Compile(z.Authorizations())
+	w := &Workload{Namespace: "handson", Policies: z.WorkloadPolicies("handson", map[string]string{"app": "handson"})}
+	c := &Conn{SrcIdentity: "spiffe://cluster.local/ns/handson/sa/curl-deny", DstPort: 8080}
+	if n := testing.AllocsPerRun(100, func() { e.Check(w, c) }); n != 0 {
+		t.Errorf("Check allocates %v times, want 0", n)
+	}
+}
