@@ -1,0 +1,306 @@
+// Package files is the Source that reads the mesh from folders of Kubernetes YAML and watches them for changes.
+package files
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/goambient/goambient/policies"
+	"github.com/goambient/goambient/xdsserver/kubeobj"
+	"github.com/goambient/goambient/xdsserver/model"
+	"github.com/goambient/goambient/xdsserver/source"
+)
+
+// DefaultInterval is how often the folders are looked at for changes.
+const DefaultInterval = 500 * time.Millisecond
+
+// Options configure a files Source.
+type Options struct {
+	Paths    []string      // folders (read recursively) or files; .yaml, .yml and .json files are read
+	Interval time.Duration // how often to look for changes; DefaultInterval when zero
+	Model    model.Config  // how to build the mesh; model.DefaultConfig() suits a folder of YAML
+	Logger   *slog.Logger  // nil: no logs
+}
+
+// Source reads folders of YAML: every Namespace, ServiceAccount, Service, Pod, EndpointSlice,
+// Gateway, GatewayClass, AuthorizationPolicy and PeerAuthentication in them, in the order of
+// their paths (a later file overrides an object an earlier one defines).
+//
+// It polls: a file whose size or modification time changed, or was modified in the last
+// moments, is read again, and the mesh is rebuilt when some file's content changed, appeared or
+// disappeared. A bad object is reported and left out. A file that cannot be read, or is not
+// valid YAML as a whole (a file being written), keeps the objects it had before, so a
+// half-written file never empties the mesh.
+type Source struct {
+	opts  Options
+	log   *slog.Logger
+	files map[string]*file // by path
+	now   func() time.Time
+}
+
+type file struct {
+	modTime time.Time
+	size    int64
+	sum     [sha256.Size]byte
+	set     *kubeobj.Set // the objects of the last good read (nil: none yet)
+	errs    []error      // their problems
+	broken  []error      // why the last read failed (nil: it did not)
+}
+
+// New returns a Source for the options.
+func New(opts Options) *Source {
+	opts.Interval = cmp.Or(opts.Interval, DefaultInterval)
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Source{opts: opts, log: log, files: map[string]*file{}, now: time.Now}
+}
+
+// Run pushes the mesh, then a new one after each change, until ctx is done.
+func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
+	m, err := s.Load()
+	if err != nil {
+		return err
+	}
+	push(m)
+	t := time.NewTicker(s.opts.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if s.poll() {
+				m, err := s.build()
+				if err != nil {
+					return err
+				}
+				push(m)
+			}
+		}
+	}
+}
+
+// Load reads the folders once and returns the mesh (Run calls it first). It fails only when
+// the options are unusable.
+func (s *Source) Load() (*model.Mesh, error) {
+	if len(s.opts.Paths) == 0 {
+		return nil, errors.New("files source: no path to read")
+	}
+	if err := s.opts.Model.WithDefaults().Validate(); err != nil {
+		return nil, fmt.Errorf("files source: %w", err)
+	}
+	s.poll()
+	return s.build()
+}
+
+// recent is how long after a write a file is read again even if its size and modification
+// time look unchanged (a rewrite within the file system's timestamp granularity).
+const recent = 2 * time.Second
+
+// poll looks at the files and reads the changed ones. It reports whether the mesh must be
+// rebuilt.
+func (s *Source) poll() bool {
+	changed := false
+	seen := map[string]bool{}
+	for _, root := range s.opts.Paths {
+		paths, err := list(root)
+		if err != nil {
+			// Keep what was read under this path before (a folder being replaced).
+			for p := range s.files {
+				if under(p, root) {
+					seen[p] = true
+				}
+			}
+			s.log.Warn("cannot list configuration path; keeping its previous objects", "path", root, "error", err)
+			continue
+		}
+		for _, p := range paths {
+			seen[p] = true
+			if s.read(p) {
+				changed = true
+			}
+		}
+	}
+	for p := range s.files {
+		if !seen[p] {
+			delete(s.files, p)
+			s.log.Info("configuration file removed", "path", p)
+			changed = true
+		}
+	}
+	return changed
+}
+
+// read looks at one file; it reports whether what the file contributes changed.
+func (s *Source) read(path string) bool {
+	f := s.files[path]
+	if f == nil {
+		f = &file{}
+		s.files[path] = f
+	}
+	info, err := os.Stat(path)
+	if err == nil && info.ModTime().Equal(f.modTime) && info.Size() == f.size && s.now().Sub(f.modTime) > recent && f.broken == nil {
+		return false
+	}
+	var data []byte
+	if err == nil {
+		data, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return s.fail(path, f, []error{fmt.Errorf("%s: cannot read: %w", path, err)})
+	}
+	sum := sha256.Sum256(data)
+	f.modTime, f.size = info.ModTime(), info.Size()
+	if f.set != nil && sum == f.sum && f.broken == nil {
+		return false
+	}
+	set, problems, err := kubeobj.Load(data, path)
+	if err != nil {
+		return s.fail(path, f, unjoin(err))
+	}
+	f.sum, f.set, f.errs, f.broken = sum, set, problems, nil
+	s.log.Info("configuration file read", "path", path, "objects", set.Len(), "problems", len(problems))
+	return true
+}
+
+// fail records why a file could not be used; its previous objects stay.
+func (s *Source) fail(path string, f *file, errs []error) bool {
+	suffix := "; the file is skipped until it is fixed"
+	if f.set != nil {
+		suffix = "; its previous objects are kept until it is fixed"
+	}
+	var broken []error
+	for _, e := range errs {
+		var pe *policies.Error
+		if errors.As(e, &pe) {
+			c := *pe
+			c.Reason += suffix
+			broken = append(broken, &c)
+			continue
+		}
+		broken = append(broken, fmt.Errorf("%w%s", e, suffix))
+	}
+	if len(broken) == 0 {
+		broken = []error{fmt.Errorf("%s: not valid YAML%s", path, suffix)}
+	}
+	was := f.broken
+	f.broken, f.modTime = broken, time.Time{} // read it again next time
+	for _, e := range broken {
+		s.log.Warn("configuration file unusable", "error", e)
+	}
+	return !sameErrors(was, broken)
+}
+
+// build makes the mesh from every file's last good objects.
+func (s *Source) build() (*model.Mesh, error) {
+	all := &kubeobj.Set{}
+	var problems []error
+	for _, p := range slices.Sorted(maps.Keys(s.files)) {
+		f := s.files[p]
+		all.Append(f.set)
+		problems = append(problems, f.broken...)
+		problems = append(problems, f.errs...)
+	}
+	m, err := model.Build(all, s.opts.Model)
+	if err != nil {
+		return nil, fmt.Errorf("files source: %w", err)
+	}
+	m.Errors = append(problems, m.Errors...)
+	slices.SortStableFunc(m.Errors, func(a, b error) int {
+		x, y := originOf(a), originOf(b)
+		return cmp.Or(cmp.Compare(x.File, y.File), cmp.Compare(x.Doc, y.Doc))
+	})
+	for _, e := range m.Errors {
+		s.log.Warn("configuration error; object left out", "error", e)
+	}
+	for _, e := range m.Warnings {
+		s.log.Info("configuration remark", "warning", e)
+	}
+	s.log.Info("mesh built", "files", len(s.files), "workloads", len(m.Workloads), "services", len(m.Services),
+		"waypoints", len(m.Waypoints), "policies", len(m.Policies.AuthorizationPolicies)+len(m.Policies.PeerAuthentications), "errors", len(m.Errors))
+	return m, nil
+}
+
+// list returns the configuration files of a folder (recursively, sorted) or the file itself.
+func list(root string) ([]string, error) {
+	info, err := os.Stat(root)
+	if err != nil {
+		return nil, err
+	}
+	if !info.IsDir() {
+		return []string{root}, nil
+	}
+	var out []string
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if p != root && strings.HasPrefix(d.Name(), ".") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		switch strings.ToLower(filepath.Ext(p)) {
+		case ".yaml", ".yml", ".json":
+			if !strings.HasPrefix(d.Name(), ".") {
+				out = append(out, p)
+			}
+		}
+		return nil
+	})
+	slices.Sort(out)
+	return out, err
+}
+
+func under(path, root string) bool {
+	return path == root || strings.HasPrefix(path, strings.TrimSuffix(root, string(filepath.Separator))+string(filepath.Separator))
+}
+
+func unjoin(err error) []error {
+	var out []error
+	var walk func(error)
+	walk = func(e error) {
+		switch x := e.(type) {
+		case interface{ Unwrap() []error }:
+			for _, c := range x.Unwrap() {
+				walk(c)
+			}
+		case *policies.Error:
+			out = append(out, x)
+		default:
+			if e != kubeobj.ErrSyntax {
+				out = append(out, e)
+			}
+		}
+	}
+	walk(err)
+	return out
+}
+
+func sameErrors(a, b []error) bool {
+	return slices.EqualFunc(a, b, func(x, y error) bool { return x.Error() == y.Error() })
+}
+
+func originOf(err error) policies.Origin {
+	var pe *policies.Error
+	if errors.As(err, &pe) {
+		return pe.Origin
+	}
+	return policies.Origin{}
+}
+
+var _ source.Source = (*Source)(nil)
