@@ -1,0 +1,3 @@
+package hbone
+import ("testing";"os")
+func TestMain(m *testing.M){ NoCork = os.Getenv("NOCORK")!=""; os.Exit(m.Run()) }

@@ -1,0 +1,334 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/http2"
+)
+
+// Istio ztunnel's HTTP/2 and pool settings (reference/istio-ambient.md §1.1, §1.6).
+const (
+	DefaultMaxStreamsPerConn = 100              // POOL_MAX_STREAMS_PER_CONNECTION
+	DefaultIdleTimeout       = 5 * time.Minute  // POOL_UNUSED_RELEASE_TIMEOUT
+	DefaultPingInterval      = 10 * time.Second // PING after this long without a frame received
+	DefaultPingTimeout       = 20 * time.Second // close the connection when the PING is not answered
+	StreamWindow             = 4 << 20          // HTTP2_STREAM_WINDOW_SIZE
+	ConnWindow               = 16 << 20         // HTTP2_CONNECTION_WINDOW_SIZE
+	MaxFrameSize             = 1 << 20          // HTTP2_FRAME_SIZE
+)
+
+// ClientConfig configures a Client. Bundle is required; zero values mean Istio's defaults.
+type ClientConfig struct {
+	Logger *slog.Logger // nil: no logs
+	// Bundle holds the roots that servers' certificates must chain to.
+	Bundle x509bundle.Source
+	// DialContext opens the TCP connections (a net.Dialer when nil).
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// MaxStreamsPerConn is how many streams a pooled connection carries before another
+	// connection to the same key is opened (DefaultMaxStreamsPerConn when 0).
+	MaxStreamsPerConn int
+	// IdleTimeout closes a connection that has had no stream for this long (DefaultIdleTimeout
+	// when 0; negative: never).
+	IdleTimeout time.Duration
+	// PingInterval and PingTimeout: a PING is sent after PingInterval without any frame
+	// received, and the connection is closed when it is not answered within PingTimeout
+	// (DefaultPingInterval and DefaultPingTimeout when 0; a negative PingInterval: no PINGs).
+	PingInterval, PingTimeout time.Duration
+}
+
+// Client opens HBONE streams over pooled mutual-TLS HTTP/2 connections. It is safe for
+// concurrent use.
+type Client struct {
+	log    *slog.Logger
+	bundle x509bundle.Source
+	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	pool   *pool
+}
+
+// NewClient returns a Client; Close it to close its connections.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if cfg.Bundle == nil {
+		return nil, errors.New("hbone: ClientConfig.Bundle is required")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dial := cfg.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	maxStreams := orDefault(cfg.MaxStreamsPerConn, DefaultMaxStreamsPerConn)
+	idle := orDefault(cfg.IdleTimeout, DefaultIdleTimeout)
+	pingEvery := orDefault(cfg.PingInterval, DefaultPingInterval)
+	pingTimeout := orDefault(cfg.PingTimeout, DefaultPingTimeout)
+	// The flow-control windows are only reachable through net/http's HTTP2Config of a linked
+	// http.Transport; x/net reads them from there. That Transport is never used for requests.
+	t1 := &http.Transport{HTTP2: &http.HTTP2Config{
+		MaxReceiveBufferPerStream:     StreamWindow,
+		MaxReceiveBufferPerConnection: ConnWindow,
+		MaxReadFrameSize:              MaxFrameSize,
+		SendPingTimeout:               max(pingEvery, 0),
+		PingTimeout:                   pingTimeout,
+	}}
+	t2, err := http2.ConfigureTransports(t1)
+	if err != nil {
+		return nil, fmt.Errorf("hbone: %w", err)
+	}
+	t2.DisableCompression = true // no accept-encoding on CONNECT, no gzip decoding of the tunnel
+	t2.IdleConnTimeout = max(idle, 0)
+	return &Client{
+		log:    log,
+		bundle: cfg.Bundle,
+		dial:   dial,
+		pool: &pool{
+			log:        log,
+			t:          t2,
+			maxStreams: maxStreams,
+			conns:      make(map[poolKey][]*poolConn),
+			dialing:    make(map[poolKey]chan struct{}),
+		},
+	}, nil
+}
+
+func orDefault[T int | time.Duration](v, def T) T {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// Target says where and how to open one HBONE stream.
+type Target struct {
+	// Source is the SVID of the source workload: the client certificate, and (its ID) part of
+	// the pool key. Required.
+	Source *x509svid.SVID
+	// Address is where the TCP connection goes: the destination's HBONE address (podIP:15008,
+	// or the waypoint's). Required.
+	Address netip.AddrPort
+	// Identities are the SPIFFE IDs the server may present; any one of them is accepted.
+	// Required.
+	Identities []spiffeid.ID
+	// Authority is the :authority of the CONNECT: "podIP:port", "VIP:port" for a waypoint, or
+	// "hostname:port". Required.
+	Authority string
+	// SourceAddr, when valid, is sent as forwarded: for="<SourceAddr>".
+	SourceAddr netip.AddrPort
+	// Host, when set with SourceAddr, is appended to forwarded as ;host=<Host> (the service
+	// hostname when the connection was addressed to a service).
+	Host string
+	// Baggage, when set, is sent as the baggage header (k8s.namespace.name=..., ...).
+	Baggage []KeyValue
+	// Traceparent is sent as is; a random one (NewTraceparent) when empty.
+	Traceparent string
+	// Header holds extra request headers (e.g. X-Forwarded-Network), may be nil.
+	Header http.Header
+}
+
+// StatusError is a CONNECT answered with a status other than 200.
+type StatusError struct{ Code int }
+
+func (e StatusError) Error() string {
+	return fmt.Sprintf("http status: %d %s", e.Code, http.StatusText(e.Code))
+}
+
+// Dial opens an HBONE stream to t: it takes a pooled connection for t's key (or opens one:
+// TCP, TLS 1.3 with t.Source's certificate, the server verified against t.Identities), sends
+// the CONNECT and waits for the answer. A status other than 200 is returned as a StatusError
+// (errors.As). ctx bounds the dial and the CONNECT only, not the stream's life.
+func (c *Client) Dial(ctx context.Context, t Target) (*Conn, error) {
+	if t.Source == nil || !t.Address.IsValid() || t.Authority == "" {
+		return nil, errors.New("hbone: Target needs Source, Address and Authority")
+	}
+	tlsConf, err := ClientTLSConfig(t.Source, c.bundle, t.Identities)
+	if err != nil {
+		return nil, err
+	}
+	addr := t.Address.String()
+	dial := func(ctx context.Context) (*corkedTLS, error) {
+		raw, err := c.dial(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := newCorkedTLS(raw, func(raw net.Conn) *tls.Conn { return tls.Client(raw, tlsConf) })
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("TLS handshake: %w", err)
+		}
+		return tc, nil
+	}
+	key := newPoolKey(t.Source.ID, t.Identities, t.Address)
+	for attempt := 0; ; attempt++ {
+		pc, reused, err := c.pool.get(ctx, key, dial)
+		if err != nil {
+			return nil, fmt.Errorf("hbone: dial %s: %w", addr, err)
+		}
+		conn, err := c.connect(ctx, pc, &t)
+		if err == nil {
+			return conn, nil
+		}
+		c.pool.put(pc)
+		// A pooled connection may have died (GOAWAY, peer gone) just before this stream:
+		// try once more, on whatever connection the pool has then.
+		var se StatusError
+		if reused && attempt == 0 && ctx.Err() == nil && !errors.As(err, &se) && !pc.cc.CanTakeNewRequest() {
+			continue
+		}
+		return nil, fmt.Errorf("hbone: CONNECT %s via %s: %w", t.Authority, addr, err)
+	}
+}
+
+func (c *Client) connect(ctx context.Context, pc *poolConn, t *Target) (*Conn, error) {
+	h := make(http.Header, 5+len(t.Header))
+	for k, v := range t.Header {
+		h[k] = v
+	}
+	h["User-Agent"] = []string{""} // no user-agent, as ztunnel
+	if t.SourceAddr.IsValid() {
+		h.Set(HeaderForwarded, forwardedValue(t.SourceAddr, t.Host))
+	}
+	if len(t.Baggage) > 0 {
+		h.Set(HeaderBaggage, BaggageValue(t.Baggage))
+	}
+	tp := t.Traceparent
+	if tp == "" {
+		tp = NewTraceparent()
+	}
+	h.Set(HeaderTraceparent, tp)
+
+	// The stream lives until Close, not until ctx ends: ctx only bounds the wait for the answer.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, cancel)
+	pr, pw := io.Pipe()
+	req := (&http.Request{
+		Method:     http.MethodConnect,
+		URL:        &url.URL{Host: t.Authority},
+		Host:       t.Authority,
+		Proto:      "HTTP/2.0",
+		ProtoMajor: 2,
+		Header:     h,
+		Body:       pr,
+	}).WithContext(sctx)
+	resp, err := pc.cc.RoundTrip(req)
+	if !stop() && err == nil {
+		err = context.Cause(ctx) // canceled as the answer arrived: the stream is torn down
+		resp.Body.Close()
+	}
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = StatusError{Code: resp.StatusCode}
+		resp.Body.Close()
+	}
+	if err != nil {
+		cancel()
+		pw.CloseWithError(err)
+		return nil, err
+	}
+	return &Conn{
+		pool:   c.pool,
+		pc:     pc,
+		body:   resp.Body,
+		pw:     pw,
+		cancel: cancel,
+		header: resp.Header,
+	}, nil
+}
+
+// Close closes every pooled connection, aborting their streams; Dial fails afterwards.
+func (c *Client) Close() error {
+	c.pool.close()
+	return nil
+}
+
+// Conns is the number of HTTP/2 connections in the pool.
+func (c *Client) Conns() int { return c.pool.size() }
+
+// Conn is one HBONE stream: what the client writes is the CONNECT's request body, what it
+// reads is the response body. CloseWrite ends the request body (the server half-closes its
+// upstream connection); Close aborts what is left of the stream and must always be called.
+// Deadlines are not supported (the Set*Deadline methods return an error): to bound a stream,
+// Close it. Reads and writes may run concurrently with each other.
+type Conn struct {
+	pool   *pool
+	pc     *poolConn
+	body   io.ReadCloser
+	pw     *io.PipeWriter
+	cancel context.CancelFunc
+	header http.Header
+
+	sent, received atomic.Int64
+	closeOnce      sync.Once
+}
+
+var errDeadline = fmt.Errorf("hbone: stream deadlines: %w", errors.ErrUnsupported)
+
+func (c *Conn) Read(p []byte) (int, error) {
+	n, err := c.body.Read(p)
+	c.received.Add(int64(n))
+	return n, err
+}
+
+func (c *Conn) Write(p []byte) (int, error) {
+	n, err := c.pw.Write(p)
+	c.sent.Add(int64(n))
+	if errors.Is(err, io.ErrClosedPipe) {
+		err = net.ErrClosed
+	}
+	return n, err
+}
+
+// CloseWrite ends the request body: END_STREAM, seen by the server as EOF.
+func (c *Conn) CloseWrite() error { return c.pw.Close() }
+
+// Close ends the stream (RST_STREAM when it is not finished both ways) and gives its slot back
+// to the pool. It does not close the pooled connection.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.pw.CloseWithError(net.ErrClosed)
+		c.body.Close()
+		c.cancel()
+		c.pool.put(c.pc)
+	})
+	return nil
+}
+
+// BytesSent is the number of bytes written to the stream so far.
+func (c *Conn) BytesSent() int64 { return c.sent.Load() }
+
+// BytesReceived is the number of bytes read from the stream so far.
+func (c *Conn) BytesReceived() int64 { return c.received.Load() }
+
+// PeerID is the verified SPIFFE ID of the server.
+func (c *Conn) PeerID() spiffeid.ID { return c.pc.peer }
+
+// ResponseHeader is the header of the CONNECT's 200 answer (e.g. the destination's baggage).
+func (c *Conn) ResponseHeader() http.Header { return c.header }
+
+// ConnectionState is the TLS state of the connection that carries the stream.
+func (c *Conn) ConnectionState() tls.ConnectionState { return c.pc.tls.ConnectionState() }
+
+// LocalAddr is the local address of the TCP connection that carries the stream.
+func (c *Conn) LocalAddr() net.Addr { return c.pc.tls.LocalAddr() }
+
+// RemoteAddr is the HBONE server's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.pc.tls.RemoteAddr() }
+
+func (c *Conn) SetDeadline(time.Time) error      { return errDeadline }
+func (c *Conn) SetReadDeadline(time.Time) error  { return errDeadline }
+func (c *Conn) SetWriteDeadline(time.Time) error { return errDeadline }
+
+var _ net.Conn = (*Conn)(nil)
