@@ -1,0 +1,165 @@
+// Command ztunnel is the node proxy of the mesh: it reads the workload state from a file, the SVIDs from a folder, and serves HBONE, SOCKS5 and the admin endpoints (see ztunnel/proxy).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/goambient/goambient/ztunnel/accesslog"
+	"github.com/goambient/goambient/ztunnel/identity"
+	"github.com/goambient/goambient/ztunnel/proxy"
+	"github.com/goambient/goambient/ztunnel/state"
+)
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
+	node := fs.String("node", os.Getenv("NODE_NAME"), "node name: workloads with this node are served here (required)")
+	configFile := fs.String("config-file", "", "workload state file (istio.workload resources as YAML/JSON), watched (required)")
+	svidDir := fs.String("svid-dir", "", "SVID folder written by `meshctl certs` (required)")
+	td := fs.String("trust-domain", "cluster.local", "trust domain of workloads that name none")
+	loopback := fs.Bool("loopback", false, "loopback mode: pods are 127.x addresses, listeners per pod IP, apps on private addresses")
+	appOffset := fs.Uint("app-offset", proxy.DefaultAppOffset, "loopback: the app of pod a.b.c.d:p listens on a.(b+offset mod 256).c.d:p")
+	var apps appMap
+	fs.Var(&apps, "app", "loopback: explicit app address `podIP:port=appIP:port` (repeatable; wins over --app-offset)")
+	hboneAddr := fs.String("inbound-hbone", "[::]:15008", "inbound HBONE listener (not in loopback mode)")
+	plainAddr := fs.String("inbound-plaintext", "[::]:15006", "inbound plaintext listener, iptables-redirected (not in loopback mode)")
+	outAddr := fs.String("outbound", "[::]:15001", "outbound capture listener, iptables-redirected (\"\" to turn off; default off in loopback mode)")
+	socksAddr := fs.String("socks5", "127.0.0.1:15080", "SOCKS5 listener (\"\" to turn off)")
+	metricsAddr := fs.String("metrics", "[::]:15020", "Prometheus listener (/metrics, /stats/prometheus)")
+	readyAddr := fs.String("readiness", "[::]:15021", "readiness listener (/healthz/ready)")
+	adminAddr := fs.String("admin", "127.0.0.1:15000", "admin listener (/config_dump, /debug/pprof/)")
+	grace := fs.Duration("drain-grace", 5*time.Second, "on SIGTERM, how long open connections get before they are closed")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *node == "" || *configFile == "" || *svidDir == "" {
+		fmt.Fprintln(os.Stderr, "ztunnel: --node, --config-file and --svid-dir are required")
+		return 2
+	}
+	outSet := false
+	fs.Visit(func(f *flag.Flag) { outSet = outSet || f.Name == "outbound" })
+	if *loopback && !outSet {
+		*outAddr = ""
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintln(os.Stderr, "ztunnel: --log-level:", err)
+		return 2
+	}
+	format := accesslog.Text
+	switch *logFormat {
+	case "text":
+	case "json":
+		format = accesslog.JSON
+	default:
+		fmt.Fprintln(os.Stderr, "ztunnel: --log-format must be text or json")
+		return 2
+	}
+	log := slog.New(accesslog.NewHandler(os.Stdout, &accesslog.HandlerOptions{Format: format, Level: level}))
+	trust, err := spiffeid.TrustDomainFromString(*td)
+	if err != nil {
+		log.Error("bad --trust-domain", "error", err.Error())
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	idm, err := identity.NewManager(ctx, identity.ManagerOptions{
+		Source: identity.NewDirSource(*svidDir, trust), Logger: log.With("scope", "identity"), RefreshInterval: time.Minute,
+	})
+	if err != nil {
+		log.Error("identities", "error", err.Error())
+		return 1
+	}
+	defer idm.Close()
+
+	opts := []state.Option{state.WithTrustDomain(*td)}
+	store := state.NewStore(state.Empty(opts...))
+	var loaded atomic.Bool
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go state.Watch(watchCtx, *configFile, log.With("scope", "state"), func(st *state.State) {
+		store.Store(st)
+		loaded.Store(true)
+		log.Info("state loaded", "scope", "state", "file", *configFile, "workloads", len(st.Resources().Workloads),
+			"services", len(st.Resources().Services), "authorizations", len(st.Resources().Authorizations))
+	}, opts...)
+
+	offsetRule := proxy.AppOffsetRule(byte(*appOffset))
+	p, err := proxy.New(proxy.Config{
+		Logger: log, Node: *node, TrustDomain: *td, Store: store, Identity: idm,
+		Loopback: *loopback,
+		AppAddr: func(pod netip.AddrPort) netip.AddrPort {
+			if a, ok := apps[pod]; ok {
+				return a
+			}
+			return offsetRule(pod)
+		},
+		Ready:      loaded.Load,
+		DrainGrace: *grace,
+		Listen: proxy.Listen{
+			InboundHBONE: *hboneAddr, InboundPlaintext: *plainAddr, Outbound: *outAddr, SOCKS5: *socksAddr,
+			Metrics: *metricsAddr, Readiness: *readyAddr, Admin: *adminAddr,
+		},
+	})
+	if err == nil {
+		err = p.Start()
+	}
+	if err != nil {
+		log.Error("cannot start", "error", err.Error())
+		return 1
+	}
+	log.Info("ztunnel started", "node", *node, "loopback", *loopback)
+	<-ctx.Done()
+	log.Info("draining", "grace", grace.String())
+	stopWatch()
+	p.Shutdown(context.Background())
+	log.Info("stopped")
+	return 0
+}
+
+// appMap is the repeatable --app flag.
+type appMap map[netip.AddrPort]netip.AddrPort
+
+func (m *appMap) String() string {
+	var s []string
+	for k, v := range *m {
+		s = append(s, k.String()+"="+v.String())
+	}
+	return strings.Join(s, ",")
+}
+
+func (m *appMap) Set(v string) error {
+	pod, app, ok := strings.Cut(v, "=")
+	if !ok {
+		return fmt.Errorf("want podIP:port=appIP:port, got %q", v)
+	}
+	pa, err := netip.ParseAddrPort(pod)
+	if err != nil {
+		return err
+	}
+	aa, err := netip.ParseAddrPort(app)
+	if err != nil {
+		return err
+	}
+	if *m == nil {
+		*m = appMap{}
+	}
+	(*m)[pa] = aa
+	return nil
+}

@@ -1,0 +1,49 @@
+package proxy
+
+import (
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+)
+
+func (p *Proxy) httpServe(h http.Handler) func(net.Listener) {
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	p.mu.Lock()
+	p.http = append(p.http, hs)
+	p.mu.Unlock()
+	return func(ln net.Listener) { hs.Serve(ln) }
+}
+
+// readyHandler serves /healthz/ready: 200 once the state is loaded and the listeners are up.
+func (p *Proxy) readyHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !p.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+// adminHandler serves /config_dump (the state, in the --config-file format) and pprof.
+func (p *Proxy) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, _ *http.Request) {
+		b, err := p.cfg.Store.Load().ConfigDump()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(b)
+	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}

@@ -1,0 +1,195 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"istio.io/istio/pkg/workloadapi"
+
+	"github.com/goambient/goambient/policies/l4"
+	"github.com/goambient/goambient/ztunnel/accesslog"
+	"github.com/goambient/goambient/ztunnel/hbone"
+	"github.com/goambient/goambient/ztunnel/metrics"
+	"github.com/goambient/goambient/ztunnel/state"
+)
+
+// inboundCertificate is the SVID presented on an HBONE connection that arrived at local: the
+// destination workload's.
+func (p *Proxy) inboundCertificate(local netip.Addr) (*x509svid.SVID, error) {
+	st := p.cfg.Store.Load()
+	w := st.WorkloadByIP(local)
+	if w == nil || w.GetNode() != p.cfg.Node {
+		return nil, fmt.Errorf("no local workload has address %s", local)
+	}
+	s, _, err := p.svid(st.Identity(w))
+	return s, err
+}
+
+// inboundConn is an accepted inbound connection, kept for re-checks after a policy change.
+type inboundConn struct {
+	uid    string
+	conn   l4.Conn
+	up     net.Conn // closing it ends the relay
+	entry  *accesslog.Entry
+	denied error // set (under Proxy.mu) when a re-check closed it
+}
+
+// serveHBONE answers one CONNECT stream.
+func (p *Proxy) serveHBONE(ctx context.Context, req *hbone.Request) hbone.Response {
+	start := time.Now()
+	st := p.cfg.Store.Load()
+	local := req.LocalAddr.Addr()
+	dst := st.WorkloadByIP(local)
+	src := req.RemoteAddr
+	if fwd, _ := hbone.ParseForwarded(req.Forwarded); fwd.IsValid() {
+		src = fwd
+	}
+	e := &accesslog.Entry{
+		SrcAddr: src, SrcIdentity: req.Peer.String(), DstAddr: req.LocalAddr,
+		DstHBONEAddr: req.Authority.String(), Direction: accesslog.Inbound, MTLS: true,
+	}
+	if sw := st.WorkloadByIP(src.Addr()); sw != nil {
+		e.SrcWorkload, e.SrcNamespace = sw.GetName(), sw.GetNamespace()
+	}
+	labels := metrics.Labels{Reporter: metrics.ReporterDestination, SourcePrincipal: req.Peer.String(), ConnectionSecurityPolicy: metrics.SecurityMutualTLS}
+	fillSrcLabels(&labels, st.WorkloadByIP(src.Addr()))
+	fail := func(status int, err error, flag metrics.ResponseFlags) hbone.Response {
+		mc := p.metrics.Open(labels)
+		e.BytesSent, e.BytesRecv = mc.Close(flag)
+		e.Duration, e.Err = time.Since(start), err
+		e.Log(ctx, p.log)
+		return hbone.Response{Status: status}
+	}
+	if dst == nil || dst.GetNode() != p.cfg.Node {
+		return fail(http.StatusServiceUnavailable, fmt.Errorf("unknown destination %s", local), metrics.FlagConnect)
+	}
+	e.DstWorkload, e.DstNamespace, e.DstIdentity = dst.GetName(), dst.GetNamespace(), st.Identity(dst)
+	fillDstLabels(&labels, st, dst, nil)
+	if !req.Authority.Addr.IsValid() || req.Authority.Addr.Addr() != local {
+		return fail(http.StatusBadRequest, accesslog.ErrIPMismatch, metrics.FlagConnect)
+	}
+	conn := l4.Conn{SrcIdentity: req.Peer.String(), SrcIP: src.Addr(), DstIP: local, DstPort: req.Authority.Addr.Port()}
+	if r := st.Authorize(dst, conn); !r.Allowed {
+		return fail(http.StatusUnauthorized, &accesslog.PolicyError{Reason: r.Reason}, metrics.FlagDeny)
+	}
+	app := req.Authority.Addr
+	if p.cfg.Loopback {
+		app = p.appAddr(app)
+	}
+	var d net.Dialer
+	up, err := d.DialContext(ctx, "tcp", app.String())
+	if err != nil {
+		return fail(http.StatusServiceUnavailable, err, metrics.FlagConnect)
+	}
+	mc := p.metrics.Open(labels)
+	ic := &inboundConn{uid: dst.GetUid(), conn: conn, up: up, entry: e}
+	p.track(ic, true)
+	return hbone.Response{Status: http.StatusOK, Upstream: up, Done: func(res hbone.Result) {
+		denied := p.track(ic, false)
+		mc.Received(res.Received)
+		mc.Sent(res.Sent)
+		flag := metrics.FlagNone
+		e.Err = res.Err
+		if denied != nil {
+			e.Err, flag = denied, metrics.FlagDeny
+		}
+		e.BytesSent, e.BytesRecv = mc.Close(flag)
+		e.Duration = time.Since(start)
+		e.Log(context.Background(), p.log)
+	}}
+}
+
+// track adds or removes an open inbound connection; on removal it returns why a re-check
+// closed it, if one did.
+func (p *Proxy) track(ic *inboundConn, add bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if add {
+		p.open[ic] = struct{}{}
+	} else {
+		delete(p.open, ic)
+	}
+	return ic.denied
+}
+
+// errPolicyUpdate is the log wording of a connection closed by a re-check.
+var errPolicyUpdate = errors.New("connection closed because it's no longer allowed after a policy update")
+
+// recheck closes the open inbound connections that st no longer allows.
+func (p *Proxy) recheck(st *state.State) {
+	p.mu.Lock()
+	conns := make([]state.OpenConn, 0, len(p.open))
+	for ic := range p.open {
+		conns = append(conns, state.OpenConn{WorkloadUID: ic.uid, Conn: ic.conn, Handle: ic})
+	}
+	p.mu.Unlock()
+	for _, c := range st.Recheck(conns) {
+		ic := c.Handle.(*inboundConn)
+		p.log.Info(errPolicyUpdate.Error(), "scope", "inbound", "src.identity", ic.conn.SrcIdentity,
+			"dst.addr", netip.AddrPortFrom(ic.conn.DstIP, ic.conn.DstPort).String(), "reason", c.Result.Reason)
+		p.mu.Lock()
+		ic.denied = &accesslog.PolicyError{Reason: c.Result.Reason}
+		p.mu.Unlock()
+		ic.up.Close()
+	}
+}
+
+// closeInbound closes the plaintext and captured connections still open.
+func (p *Proxy) closeInbound() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.relays {
+		c.Close()
+	}
+	for ic := range p.open {
+		ic.up.Close()
+	}
+}
+
+func fillSrcLabels(l *metrics.Labels, w *workloadapi.Workload) {
+	if w == nil {
+		return
+	}
+	l.SourceWorkload, l.SourceWorkloadNamespace = w.GetWorkloadName(), w.GetNamespace()
+	l.SourceCanonicalService, l.SourceCanonicalRevision = w.GetCanonicalName(), w.GetCanonicalRevision()
+	l.SourceApp, l.SourceVersion, l.SourceCluster = w.GetCanonicalName(), w.GetCanonicalRevision(), w.GetClusterId()
+}
+
+func fillDstLabels(l *metrics.Labels, st *state.State, w *workloadapi.Workload, svc *workloadapi.Service) {
+	if svc != nil {
+		l.DestinationService, l.DestinationServiceNamespace, l.DestinationServiceName = svc.GetHostname(), svc.GetNamespace(), svc.GetName()
+	}
+	if w == nil {
+		return
+	}
+	l.DestinationPrincipal = st.Identity(w)
+	l.DestinationWorkload, l.DestinationWorkloadNamespace = w.GetWorkloadName(), w.GetNamespace()
+	l.DestinationCanonicalService, l.DestinationCanonicalRevision = w.GetCanonicalName(), w.GetCanonicalRevision()
+	l.DestinationApp, l.DestinationVersion, l.DestinationCluster = w.GetCanonicalName(), w.GetCanonicalRevision(), w.GetClusterId()
+}
+
+// targetPorts are the ports a workload's application listens on: the target ports of its
+// services (the service port when the target port is 0), without duplicates.
+func targetPorts(w *workloadapi.Workload) []uint16 {
+	seen := map[uint16]bool{}
+	var out []uint16
+	for _, pl := range w.GetServices() {
+		for _, pt := range pl.GetPorts() {
+			port := uint16(pt.GetTargetPort())
+			if port == 0 {
+				port = uint16(pt.GetServicePort())
+			}
+			if port != 0 && !seen[port] {
+				seen[port] = true
+				out = append(out, port)
+			}
+		}
+	}
+	return out
+}

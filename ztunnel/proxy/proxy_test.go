@@ -1,0 +1,169 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/goambient/goambient/ztunnel/accesslog"
+	"github.com/goambient/goambient/ztunnel/identity"
+	"github.com/goambient/goambient/ztunnel/state"
+)
+
+func TestAppOffsetRule(t *testing.T) {
+	rule := AppOffsetRule(100)
+	for in, want := range map[string]string{
+		"127.10.0.5:8080":  "127.110.0.5:8080",
+		"127.200.1.2:9090": "127.44.1.2:9090", // mod 256
+	} {
+		if got := rule(netip.MustParseAddrPort(in)); got.String() != want {
+			t.Errorf("AppOffsetRule(100)(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+// TestOriginalDstWithoutRedirect: on a connection no iptables rule redirected, the kernel has
+// no NAT entry and SO_ORIGINAL_DST fails (ENOENT); the redirected case needs root and iptables.
+func TestOriginalDstWithoutRedirect(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err == nil {
+			time.Sleep(100 * time.Millisecond)
+			c.Close()
+		}
+	}()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if dst, err := OriginalDst(c); err == nil {
+		t.Errorf("OriginalDst of a direct connection = %v, want an error", dst)
+	}
+}
+
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// TestPolicyChangeClosesOpenConnection: a plaintext connection to a loopback pod is relayed to
+// its app; a policy that denies it closes it, with ztunnel's log line.
+func TestPolicyChangeClosesOpenConnection(t *testing.T) {
+	pod := fmt.Sprintf("127.%d.%d.5", 10+rand.IntN(90), 1+rand.IntN(250))
+	app := AppOffsetRule(DefaultAppOffset)(netip.MustParseAddrPort(pod + ":7070"))
+	ln, err := net.Listen("tcp", app.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // echo
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); bufio.NewReader(c).WriteTo(c) }()
+		}
+	}()
+
+	ca, err := identity.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	idm, err := identity.NewManager(ctx, identity.ManagerOptions{Source: identity.NewCASource(ca, time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idm.Close()
+	doc := func(auths string) *state.State {
+		st, err := state.Parse([]byte(fmt.Sprintf(`workloads:
+- uid: Kubernetes//Pod/ns/app
+  name: app
+  namespace: ns
+  addresses: [%q]
+  node: n1
+  tunnelProtocol: HBONE
+  services: {ns/app.ns.svc.cluster.local: {ports: [{servicePort: 7070, targetPort: 7070}]}}
+authorizations: [%s]
+`, pod, auths)), "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	store := state.NewStore(doc(""))
+	logs := &logBuf{}
+	p, err := New(Config{
+		Logger: slog.New(accesslog.NewHandler(logs, nil)), Node: "n1", Store: store, Identity: idm, Loopback: true,
+		Listen: Listen{Readiness: "127.0.0.1:0"}, DrainGrace: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Shutdown(context.Background())
+	if !p.Ready() {
+		t.Fatal("not ready after Start")
+	}
+
+	c, err := net.DialTimeout("tcp", pod+":7070", 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(c)
+	fmt.Fprintln(c, "hello")
+	if line, err := r.ReadString('\n'); err != nil || line != "hello\n" {
+		t.Fatalf("echo through the plaintext inbound: %q %v", line, err)
+	}
+	// A STRICT-like policy: deny any connection without an identity, namespace-wide.
+	store.Store(doc(`{name: strict, namespace: ns, scope: NAMESPACE, action: DENY, groups: [{rules: [{matches: [{notPrincipals: [{presence: {}}]}]}]}]}`))
+	if _, err := r.ReadString('\n'); err == nil {
+		t.Fatal("the connection stayed open after the policy denied it")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "connection closed due to policy rejection") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, want := range []string{"connection closed because it's no longer allowed after a policy update", "explicitly denied by: ns/strict"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, logs)
+		}
+	}
+	// A new plaintext connection is refused at once.
+	c2, err := net.DialTimeout("tcp", pod+":7070", 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintln(c2, "again")
+	if line, err := bufio.NewReader(c2).ReadString('\n'); err == nil {
+		t.Fatalf("denied connection answered %q", line)
+	}
+}
