@@ -1,7 +1,8 @@
-// Command ztunnel is the node proxy of the mesh: it reads the workload state from a file, the SVIDs from a folder, and serves HBONE, SOCKS5 and the admin endpoints (see ztunnel/proxy).
+// Command ztunnel is the node proxy of the mesh: it reads the workload state from a file or the control plane (delta ADS), the SVIDs from a folder, and serves HBONE, SOCKS5 and the admin endpoints (see ztunnel/proxy).
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"github.com/goambient/goambient/ztunnel/identity"
 	"github.com/goambient/goambient/ztunnel/proxy"
 	"github.com/goambient/goambient/ztunnel/state"
+	"github.com/goambient/goambient/ztunnel/xds"
 )
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -27,7 +29,8 @@ func main() { os.Exit(run(os.Args[1:])) }
 func run(args []string) int {
 	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
 	node := fs.String("node", os.Getenv("NODE_NAME"), "node name: workloads with this node are served here (required)")
-	configFile := fs.String("config-file", "", "workload state file (istio.workload resources as YAML/JSON), watched (required)")
+	configFile := fs.String("config-file", "", "workload state file (istio.workload resources as YAML/JSON), watched (this or --xds-address)")
+	xdsAddr := fs.String("xds-address", "", "control plane delta ADS address, host:port, plaintext (this or --config-file)")
 	svidDir := fs.String("svid-dir", "", "SVID folder written by `meshctl certs` (required)")
 	td := fs.String("trust-domain", "cluster.local", "trust domain of workloads that name none")
 	loopback := fs.Bool("loopback", false, "loopback mode: pods are 127.x addresses, listeners per pod IP, apps on private addresses")
@@ -47,8 +50,8 @@ func run(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *node == "" || *configFile == "" || *svidDir == "" {
-		fmt.Fprintln(os.Stderr, "ztunnel: --node, --config-file and --svid-dir are required")
+	if *node == "" || *svidDir == "" || (*configFile == "") == (*xdsAddr == "") {
+		fmt.Fprintln(os.Stderr, "ztunnel: --node, --svid-dir and exactly one of --config-file and --xds-address are required")
 		return 2
 	}
 	outSet := false
@@ -93,12 +96,19 @@ func run(args []string) int {
 	var loaded atomic.Bool
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	go state.Watch(watchCtx, *configFile, log.With("scope", "state"), func(st *state.State) {
-		store.Store(st)
-		loaded.Store(true)
-		log.Info("state loaded", "scope", "state", "file", *configFile, "workloads", len(st.Resources().Workloads),
-			"services", len(st.Resources().Services), "authorizations", len(st.Resources().Authorizations))
-	}, opts...)
+	if *xdsAddr != "" {
+		if err := runXDS(watchCtx, *xdsAddr, *node, store, &loaded, log, opts); err != nil {
+			log.Error("xds", "error", err.Error())
+			return 2
+		}
+	} else {
+		go state.Watch(watchCtx, *configFile, log.With("scope", "state"), func(st *state.State) {
+			store.Store(st)
+			loaded.Store(true)
+			log.Info("state loaded", "scope", "state", "file", *configFile, "workloads", len(st.Resources().Workloads),
+				"services", len(st.Resources().Services), "authorizations", len(st.Resources().Authorizations))
+		}, opts...)
+	}
 
 	offsetRule := proxy.AppOffsetRule(byte(*appOffset))
 	p, err := proxy.New(proxy.Config{
@@ -131,6 +141,36 @@ func run(args []string) int {
 	p.Shutdown(context.Background())
 	log.Info("stopped")
 	return 0
+}
+
+// runXDS starts the delta ADS client into store; loaded turns true once every type was
+// received. The ztunnel pod's identity comes from Istio's environment variables (POD_NAME,
+// POD_NAMESPACE, INSTANCE_IP), with local defaults.
+func runXDS(ctx context.Context, addr, node string, store *state.Store, loaded *atomic.Bool, log *slog.Logger, opts []state.Option) error {
+	c, err := xds.New(xds.Options{
+		Address: addr, Store: store, StateOptions: opts, Logger: log.With("scope", "xds"),
+		Node: xds.Node{
+			IP:        cmp.Or(os.Getenv("INSTANCE_IP"), "127.0.0.1"),
+			PodName:   cmp.Or(os.Getenv("POD_NAME"), "ztunnel-"+node),
+			Namespace: cmp.Or(os.Getenv("POD_NAMESPACE"), "istio-system"),
+			NodeName:  node,
+		},
+	})
+	if err != nil {
+		return err
+	}
+	go func() { _ = c.Run(ctx) }()
+	go func() {
+		select {
+		case <-c.Synced():
+			loaded.Store(true)
+			st := store.Load().Resources()
+			log.Info("state received", "scope", "xds", "address", addr, "workloads", len(st.Workloads),
+				"services", len(st.Services), "authorizations", len(st.Authorizations))
+		case <-ctx.Done():
+		}
+	}()
+	return nil
 }
 
 // appMap is the repeatable --app flag.

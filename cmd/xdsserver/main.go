@@ -1,0 +1,148 @@
+// Command xdsserver is the control plane: it reads the mesh from folders of YAML and serves Istio's workload API to ztunnels over plaintext delta ADS, with readiness and metrics on a separate HTTP port.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/goambient/goambient/xdsserver/model"
+	"github.com/goambient/goambient/xdsserver/server"
+	"github.com/goambient/goambient/xdsserver/source/files"
+	"github.com/goambient/goambient/xdsserver/wds"
+)
+
+func main() { os.Exit(run(os.Args[1:])) }
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("xdsserver", flag.ContinueOnError)
+	var dirs multi
+	fs.Var(&dirs, "config-dir", "folder (read recursively) or file of mesh YAML (repeatable; required)")
+	loopback := fs.Bool("loopback", false, "place pods and VIPs without addresses on loopback (127.10.0.0/16, 127.96.0.0/16) for local runs")
+	xdsListen := fs.String("xds-listen", "127.0.0.1:15010", "plaintext gRPC delta ADS listener")
+	httpListen := fs.String("http-listen", "127.0.0.1:15014", "HTTP listener for /healthz/ready and /metrics")
+	interval := fs.Duration("interval", files.DefaultInterval, "how often the config folders are looked at")
+	waypointHostname := fs.Bool("waypoint-hostname", false, "refer to waypoints by hostname instead of VIP")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if len(dirs) == 0 {
+		fmt.Fprintln(os.Stderr, "xdsserver: --config-dir is required")
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintln(os.Stderr, "xdsserver: --log-level:", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	configErrors := prometheus.NewGauge(prometheus.GaugeOpts{Name: "goambient_config_errors", Help: "Objects left out of the mesh because they are invalid."})
+	configWarnings := prometheus.NewGauge(prometheus.GaugeOpts{Name: "goambient_config_warnings", Help: "Remarks on objects kept in the mesh."})
+	meshPushes := prometheus.NewCounter(prometheus.CounterOpts{Name: "goambient_mesh_updates_total", Help: "Meshes built from the configuration and translated."})
+	reg.MustRegister(configErrors, configWarnings, meshPushes)
+
+	srv, err := server.New(server.Options{Logger: log.With("scope", "xds"), Registerer: reg})
+	if err != nil {
+		log.Error("xds server", "error", err.Error())
+		return 1
+	}
+	cfg := model.DefaultConfig()
+	if *loopback {
+		cfg.Placement = model.LoopbackPlacement
+	}
+	src := files.New(files.Options{Paths: dirs, Interval: *interval, Model: cfg, Logger: log.With("scope", "files")})
+	topts := wds.Options{WaypointHostname: *waypointHostname}
+
+	xl, err := net.Listen("tcp", *xdsListen)
+	if err != nil {
+		log.Error("xds listener", "error", err.Error())
+		return 1
+	}
+	hl, err := net.Listen("tcp", *httpListen)
+	if err != nil {
+		log.Error("http listener", "error", err.Error())
+		return 1
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !srv.Ready() {
+			http.Error(w, "no mesh yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	errc := make(chan error, 3)
+	go func() { errc <- srv.Serve(xl) }()
+	go func() {
+		if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+			return
+		}
+		errc <- nil
+	}()
+	go func() {
+		errc <- src.Run(ctx, func(m *model.Mesh) {
+			for _, e := range m.Errors {
+				log.Warn("config error (object left out)", "error", e.Error())
+			}
+			for _, w := range m.Warnings {
+				log.Info("config warning", "warning", w.Error())
+			}
+			configErrors.Set(float64(len(m.Errors)))
+			configWarnings.Set(float64(len(m.Warnings)))
+			r := wds.Translate(m, topts)
+			for _, w := range r.Warnings {
+				log.Info("translation warning", "warning", w.Error())
+			}
+			srv.SetResources(r)
+			meshPushes.Inc()
+			log.Info("mesh pushed", "addresses", len(r.Addresses), "authorizations", len(r.Authorizations), "errors", len(m.Errors))
+		})
+	}()
+	log.Info("xdsserver started", "xds", xl.Addr().String(), "http", hl.Addr().String(), "config", strings.Join(dirs, ","), "loopback", *loopback)
+
+	code := 0
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if err != nil {
+			log.Error("stopped", "error", err.Error())
+			code = 1
+		}
+	}
+	stop()
+	srv.Stop()
+	shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = hs.Shutdown(shut)
+	log.Info("stopped")
+	return code
+}
+
+// multi is a repeatable string flag.
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(v string) error { *m = append(*m, v); return nil }

@@ -1,0 +1,337 @@
+// Package xds is ztunnel's delta ADS client: it subscribes to Istio's workload API, applies the updates into a state.Store, ACKs or NACKs them, and reconnects with backoff, resuming with the versions it holds.
+package xds
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+	"istio.io/istio/pkg/workloadapi"
+	"istio.io/istio/pkg/workloadapi/security"
+
+	"github.com/goambient/goambient/ztunnel/state"
+)
+
+// Type URLs of the workload API.
+const (
+	AddressType       = "type.googleapis.com/istio.workload.Address"
+	AuthorizationType = "type.googleapis.com/istio.security.Authorization"
+)
+
+// Types are the type URLs the client subscribes to, in the order it subscribes.
+var Types = []string{AddressType, AuthorizationType}
+
+// Defaults of Options.
+const (
+	DefaultMinBackoff = 100 * time.Millisecond
+	DefaultMaxBackoff = 15 * time.Second
+)
+
+// Node says who the ztunnel is, as Istio's ztunnel tells istiod.
+type Node struct {
+	IP        string // the ztunnel pod's IP (INSTANCE_IPS)
+	PodName   string // the ztunnel pod (NAME)
+	Namespace string // its namespace (NAMESPACE)
+	NodeName  string // the node it serves (NODE_NAME)
+}
+
+// ID is the node id ztunnel sends: "ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local".
+func (n Node) ID() string {
+	return fmt.Sprintf("ztunnel~%s~%s.%s~%s.svc.cluster.local", n.IP, n.PodName, n.Namespace, n.Namespace)
+}
+
+func (n Node) proto() *core.Node {
+	md, _ := structpb.NewStruct(map[string]any{
+		"NAME": n.PodName, "NAMESPACE": n.Namespace, "INSTANCE_IPS": n.IP, "NODE_NAME": n.NodeName,
+	})
+	return &core.Node{Id: n.ID(), Metadata: md}
+}
+
+// Options configure a Client.
+type Options struct {
+	Address      string            // the control plane, host:port
+	Node         Node              // who we are
+	Store        *state.Store      // where each new State goes (required)
+	StateOptions []state.Option    // how States are built
+	Logger       *slog.Logger      // nil: no logs
+	DialOptions  []grpc.DialOption // nil: plaintext
+	MinBackoff   time.Duration     // first delay before reconnecting; DefaultMinBackoff when zero
+	MaxBackoff   time.Duration     // longest delay; DefaultMaxBackoff when zero
+}
+
+// Stats are the client's counters.
+type Stats struct {
+	Connects  int64 // streams opened
+	Responses int64 // responses received
+	ACKs      int64
+	NACKs     int64
+	States    int64 // States stored
+}
+
+// Client is a delta ADS client of the workload API. It holds the resources it accepted (by
+// type URL and name, with their versions) across reconnections: when the control plane is
+// away the Store keeps the last good State, and a new stream resumes with
+// initial_resource_versions so only what changed meanwhile is sent.
+type Client struct {
+	opts Options
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	resources map[string]map[string]*entry // type URL → name → accepted resource
+	synced    map[string]bool
+	syncedCh  chan struct{}
+	lastErr   error
+
+	connects, responses, acks, nacks, states atomic.Int64
+}
+
+type entry struct {
+	version string
+	msg     proto.Message // *workloadapi.Address or *security.Authorization
+}
+
+// New returns a Client; Run starts it.
+func New(opts Options) (*Client, error) {
+	if opts.Address == "" {
+		return nil, errors.New("xds client: no address")
+	}
+	if opts.Store == nil {
+		return nil, errors.New("xds client: no store")
+	}
+	opts.MinBackoff = cmp.Or(opts.MinBackoff, DefaultMinBackoff)
+	opts.MaxBackoff = max(cmp.Or(opts.MaxBackoff, DefaultMaxBackoff), opts.MinBackoff)
+	if opts.DialOptions == nil {
+		opts.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	// gRPC's own reconnection backoff (1 s to 120 s by default) follows ours.
+	opts.DialOptions = append([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: opts.MinBackoff, Multiplier: 2, Jitter: 0.2, MaxDelay: opts.MaxBackoff},
+		MinConnectTimeout: 5 * time.Second,
+	})}, opts.DialOptions...)
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{opts: opts, log: log, resources: map[string]map[string]*entry{}, synced: map[string]bool{}, syncedCh: make(chan struct{})}
+	for _, t := range Types {
+		c.resources[t] = map[string]*entry{}
+	}
+	return c, nil
+}
+
+// Synced is closed once a first response of every type was accepted.
+func (c *Client) Synced() <-chan struct{} { return c.syncedCh }
+
+// Stats returns the counters.
+func (c *Client) Stats() Stats {
+	return Stats{Connects: c.connects.Load(), Responses: c.responses.Load(), ACKs: c.acks.Load(), NACKs: c.nacks.Load(), States: c.states.Load()}
+}
+
+// LastError is why the last response was rejected (nil after an accepted one).
+func (c *Client) LastError() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastErr
+}
+
+// Versions returns the versions of the accepted resources of a type, by name.
+func (c *Client) Versions(typeURL string) map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]string, len(c.resources[typeURL]))
+	for n, e := range c.resources[typeURL] {
+		out[n] = e.version
+	}
+	return out
+}
+
+// Run connects and keeps connected until ctx is done; it returns nil then.
+func (c *Client) Run(ctx context.Context) error {
+	conn, err := grpc.NewClient(c.opts.Address, c.opts.DialOptions...)
+	if err != nil {
+		return fmt.Errorf("xds client: %w", err)
+	}
+	defer conn.Close()
+	ads := discovery.NewAggregatedDiscoveryServiceClient(conn)
+	delay := c.opts.MinBackoff
+	for {
+		got, err := c.stream(ctx, ads)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if got {
+			delay = c.opts.MinBackoff // the stream worked: start backing off afresh
+		}
+		wait := delay/2 + rand.N(delay/2+1) // exponential backoff with jitter
+		c.log.Warn("xds stream ended; reconnecting", "address", c.opts.Address, "error", errString(err), "in", wait.String())
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		delay = min(delay*2, c.opts.MaxBackoff)
+	}
+}
+
+// stream runs one ADS stream; got reports whether a response was received on it.
+func (c *Client) stream(ctx context.Context, ads discovery.AggregatedDiscoveryServiceClient) (got bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := ads.DeltaAggregatedResources(ctx, grpc.WaitForReady(false))
+	if err != nil {
+		return false, err
+	}
+	c.connects.Add(1)
+	for i, t := range Types {
+		req := &discovery.DeltaDiscoveryRequest{
+			TypeUrl:                 t,
+			ResourceNamesSubscribe:  []string{"*"},
+			InitialResourceVersions: c.Versions(t),
+		}
+		if i == 0 {
+			req.Node = c.opts.Node.proto()
+		}
+		if err := s.Send(req); err != nil {
+			return false, err
+		}
+	}
+	c.log.Info("xds stream opened", "address", c.opts.Address, "node", c.opts.Node.ID())
+	for {
+		resp, err := s.Recv()
+		if err != nil {
+			return got, err
+		}
+		got = true
+		c.responses.Add(1)
+		ack := &discovery.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
+		if err := c.apply(resp); err != nil {
+			c.nacks.Add(1)
+			c.log.Warn("rejecting xds response (NACK)", "type", resp.GetTypeUrl(), "nonce", resp.GetNonce(), "error", err.Error())
+			ack.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+		} else {
+			c.acks.Add(1)
+		}
+		if err := s.Send(ack); err != nil {
+			return got, err
+		}
+	}
+}
+
+// apply builds the State the response leads to and stores it; on any error nothing changes.
+func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := resp.GetTypeUrl()
+	cur, ok := c.resources[t]
+	if !ok {
+		c.lastErr = fmt.Errorf("unexpected type %q", t)
+		return c.lastErr
+	}
+	next := maps.Clone(cur)
+	var errs []error
+	for _, name := range resp.GetRemovedResources() {
+		delete(next, name)
+	}
+	for _, r := range resp.GetResources() {
+		msg, err := decode(t, r)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", r.GetName(), err))
+			continue
+		}
+		next[r.GetName()] = &entry{version: r.GetVersion(), msg: msg}
+	}
+	if err := errors.Join(errs...); err != nil {
+		c.lastErr = err
+		return err
+	}
+	all := maps.Clone(c.resources)
+	all[t] = next
+	st, err := state.New(resources(all), c.opts.StateOptions...)
+	if err != nil {
+		c.lastErr = err
+		return err
+	}
+	c.resources = all
+	c.lastErr = nil
+	c.states.Add(1)
+	c.opts.Store.Store(st)
+	if !c.synced[t] {
+		c.synced[t] = true
+		if len(c.synced) == len(Types) {
+			close(c.syncedCh)
+		}
+	}
+	c.log.Debug("xds update applied", "type", t, "updated", len(resp.GetResources()), "removed", len(resp.GetRemovedResources()), "total", len(next))
+	return nil
+}
+
+// decode unpacks one resource into the type its type URL says.
+func decode(typeURL string, r *discovery.Resource) (proto.Message, error) {
+	if r.GetName() == "" {
+		return nil, errors.New("resource without a name")
+	}
+	a := r.GetResource()
+	if a == nil {
+		return nil, errors.New("no resource body")
+	}
+	if a.GetTypeUrl() != typeURL {
+		return nil, fmt.Errorf("resource of type %q in a %q response", a.GetTypeUrl(), typeURL)
+	}
+	var m proto.Message
+	switch typeURL {
+	case AddressType:
+		m = &workloadapi.Address{}
+	case AuthorizationType:
+		m = &security.Authorization{}
+	}
+	if err := proto.Unmarshal(a.GetValue(), m); err != nil {
+		return nil, fmt.Errorf("cannot decode: %w", err)
+	}
+	if ad, ok := m.(*workloadapi.Address); ok && ad.GetType() == nil {
+		return nil, errors.New("address is neither a workload nor a service")
+	}
+	return m, nil
+}
+
+// resources converts the accepted set into state.Resources, ordered by name.
+func resources(all map[string]map[string]*entry) state.Resources {
+	var r state.Resources
+	for _, name := range slices.Sorted(maps.Keys(all[AddressType])) {
+		switch t := all[AddressType][name].msg.(*workloadapi.Address).GetType().(type) {
+		case *workloadapi.Address_Workload:
+			r.Workloads = append(r.Workloads, t.Workload)
+		case *workloadapi.Address_Service:
+			r.Services = append(r.Services, t.Service)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(all[AuthorizationType])) {
+		r.Authorizations = append(r.Authorizations, all[AuthorizationType][name].msg.(*security.Authorization))
+	}
+	return r
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
