@@ -1,157 +1,22 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/net/proxy"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/goambient/goambient/policies"
 )
-
-// buildBinaries builds ztunnel and meshctl into a temporary folder of t (meta_test.go owns
-// TestMain) and returns their paths by name.
-func buildBinaries(t *testing.T) map[string]string {
-	t.Helper()
-	dir := t.TempDir()
-	bins := map[string]string{}
-	for _, name := range []string{"ztunnel", "meshctl"} {
-		out := filepath.Join(dir, name)
-		if b, err := exec.Command("go", "build", "-o", out, "../cmd/"+name).CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", name, err, b)
-		}
-		bins[name] = out
-	}
-	return bins
-}
-
-// syncBuf is a process's output, readable while it runs.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// lines returns the lines of the log that contain every one of subs.
-func (s *syncBuf) lines(subs ...string) []string {
-	var out []string
-next:
-	for _, l := range strings.Split(s.String(), "\n") {
-		for _, sub := range subs {
-			if !strings.Contains(l, sub) {
-				continue next
-			}
-		}
-		out = append(out, l)
-	}
-	return out
-}
-
-// eventually polls cond every 50ms until it holds or d passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-type ztunnelProc struct {
-	name   string
-	cmd    *exec.Cmd
-	out    *syncBuf
-	host   string // the loopback address of its socks5/admin/metrics/readiness listeners
-	exited chan struct{}
-}
-
-func startZtunnel(t *testing.T, bin, node, host, stateFile, svidDir string) *ztunnelProc {
-	t.Helper()
-	z := &ztunnelProc{name: node, out: &syncBuf{}, host: host, exited: make(chan struct{})}
-	z.cmd = exec.Command(bin, "--node", node, "--config-file", stateFile, "--svid-dir", svidDir,
-		"--loopback", "--socks5", host+":15080", "--admin", host+":15000", "--metrics", host+":15020",
-		"--readiness", host+":15021", "--drain-grace", "1s")
-	z.cmd.Stdout, z.cmd.Stderr = z.out, z.out
-	if err := z.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { z.cmd.Wait(); close(z.exited) }()
-	t.Cleanup(func() {
-		z.cmd.Process.Kill()
-		<-z.exited
-		if t.Failed() {
-			t.Logf("%s log:\n%s", node, z.out)
-		}
-	})
-	eventually(t, 10*time.Second, node+" ready", func() bool {
-		resp, err := http.Get("http://" + host + ":15021/healthz/ready")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	return z
-}
-
-func (z *ztunnelProc) get(t *testing.T, path string) string {
-	t.Helper()
-	resp, err := http.Get("http://" + z.host + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
-}
-
-// curl does GET url through the SOCKS5 listener at socks, from the pod address podIP (its
-// forward dialer is bound to it, which is how the ztunnel knows the source workload).
-func curl(socks, podIP, url string) (int, string, error) {
-	fwd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(podIP)}, Timeout: 5 * time.Second}
-	d, err := proxy.SOCKS5("tcp", socks, nil, fwd)
-	if err != nil {
-		return 0, "", err
-	}
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext:       d.(proxy.ContextDialer).DialContext,
-		DisableKeepAlives: true,
-	}}
-	resp, err := client.Get(url)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), err
-}
 
 // handsonState is the workload state of handson steps 1–2 on loopback: pods at net.{2..5},
 // the Service VIP at net.200, with the authorizations given (JSON items).
@@ -190,17 +55,6 @@ func handsonState(net string, auths []string) string {
 authorizations: [%s]
 `, net+".200", strings.Join(auths, ", "))
 	return b.String()
-}
-
-func writeAtomic(t *testing.T, path, content string) {
-	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestZtunnelHandsonLoopback runs handson steps 1–2 with two ztunnels in loopback mode: node

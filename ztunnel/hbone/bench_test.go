@@ -8,6 +8,17 @@ import (
 	"time"
 )
 
+// reportCPU adds cpu-ns/op: the CPU time of the whole process (client, server, echo) per op,
+// which a busy machine disturbs far less than wall time.
+func reportCPU(b *testing.B) func() {
+	start, ok := processCPU()
+	return func() {
+		if end, ok2 := processCPU(); ok && ok2 {
+			b.ReportMetric(float64((end-start).Nanoseconds())/float64(b.N), "cpu-ns/op")
+		}
+	}
+}
+
 // BenchmarkThroughput: bulk bytes through client → HBONE server → echo and back, against the
 // same bytes over direct loopback TCP to the same echo. MB/s counts the payload once.
 func BenchmarkThroughput(b *testing.B) {
@@ -22,6 +33,7 @@ func BenchmarkThroughput(b *testing.B) {
 		b.SetBytes(chunk)
 		b.ReportAllocs()
 		b.ResetTimer()
+		defer reportCPU(b)()
 		werr := make(chan error, 1)
 		go func() {
 			for range b.N {
@@ -78,12 +90,14 @@ func BenchmarkRoundTrip(b *testing.B) {
 		lat := make([]time.Duration, 0, b.N)
 		b.ReportAllocs()
 		b.ResetTimer()
+		cpu := reportCPU(b)
 		for range b.N {
 			start := time.Now()
 			op(buf)
 			lat = append(lat, time.Since(start))
 		}
 		b.StopTimer()
+		cpu()
 		slices.Sort(lat)
 		b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
 		b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")

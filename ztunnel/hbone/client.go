@@ -54,7 +54,6 @@ type ClientConfig struct {
 // Client opens HBONE streams over pooled mutual-TLS HTTP/2 connections. It is safe for
 // concurrent use.
 type Client struct {
-	log    *slog.Logger
 	bundle x509bundle.Source
 	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
 	pool   *pool
@@ -93,7 +92,6 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	t2.DisableCompression = true // no accept-encoding on CONNECT, no gzip decoding of the tunnel
 	t2.IdleConnTimeout = max(idle, 0)
 	return &Client{
-		log:    log,
 		bundle: cfg.Bundle,
 		dial:   dial,
 		pool: &pool{
@@ -160,12 +158,12 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Conn, error) {
 		return nil, err
 	}
 	addr := t.Address.String()
-	dial := func(ctx context.Context) (*corkedTLS, error) {
+	dial := func(ctx context.Context) (*tls.Conn, error) {
 		raw, err := c.dial(ctx, "tcp", addr)
 		if err != nil {
 			return nil, err
 		}
-		tc := newCorkedTLS(raw, func(raw net.Conn) *tls.Conn { return tls.Client(raw, tlsConf) })
+		tc := tls.Client(raw, tlsConf)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			raw.Close()
 			return nil, fmt.Errorf("TLS handshake: %w", err)

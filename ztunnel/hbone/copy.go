@@ -1,7 +1,6 @@
 package hbone
 
 import (
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -100,9 +99,4 @@ func (f *firstError) get() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.err
-}
-
-// isClosedErr reports errors that only say a connection was closed locally.
-func isClosedErr(err error) bool {
-	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
 }

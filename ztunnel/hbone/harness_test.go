@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,6 +28,56 @@ func testLogger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.DiscardHandler)
+}
+
+// logRecorder is a slog.Handler that passes each record on as "message: error".
+type logRecorder struct {
+	ch   chan string
+	next slog.Handler
+}
+
+func newLogRecorder() *logRecorder {
+	return &logRecorder{ch: make(chan string, 256), next: testLogger().Handler()}
+}
+
+func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+
+func (l *logRecorder) Handle(ctx context.Context, r slog.Record) error {
+	s := r.Message
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "error" {
+			s += ": " + a.Value.String()
+		}
+		return true
+	})
+	select {
+	case l.ch <- s:
+	default:
+	}
+	return l.next.Handle(ctx, r)
+}
+
+func (l *logRecorder) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logRecorder) WithGroup(string) slog.Handler      { return l }
+
+// await waits for a record that contains all of parts.
+func (l *logRecorder) await(t testing.TB, parts ...string) string {
+	t.Helper()
+	deadline := time.After(wait)
+	for {
+		select {
+		case s := <-l.ch:
+			ok := true
+			for _, p := range parts {
+				ok = ok && strings.Contains(s, p)
+			}
+			if ok {
+				return s
+			}
+		case <-deadline:
+			t.Fatalf("no log record with %q", parts)
+		}
+	}
 }
 
 // countingListener counts and keeps the connections it accepts.
@@ -99,7 +150,7 @@ func newUpstream(t testing.TB, serve func(c *net.TCPConn)) *upstream {
 // echo copies back what it reads, and half-closes when the client does. (Through a buffer:
 // io.Copy would splice the socket into itself.)
 func echo(c *net.TCPConn) {
-	io.Copy(c, c)
+	copyBuffer(c, c)
 	c.CloseWrite()
 }
 
@@ -125,9 +176,10 @@ type env struct {
 	ln         *countingListener
 	addr       netip.AddrPort
 
-	handled  atomic.Int32 // Handler calls
-	requests chan *Request
-	results  chan Result
+	serverLog *logRecorder
+	handled   atomic.Int32 // Handler calls
+	requests  chan *Request
+	results   chan Result
 	// status, when set, makes the default handler answer it without dialling.
 	status func(*Request) int
 }
@@ -147,6 +199,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		bundle:     ca.bundle(),
 		serverSVID: ca.svid(t, "cluster.local/ns/server/sa/server", leafOpts{}),
 		clientSVID: ca.svid(t, "cluster.local/ns/client/sa/client", leafOpts{}),
+		serverLog:  newLogRecorder(),
 		requests:   make(chan *Request, 64),
 		results:    make(chan Result, 64),
 		status:     o.status,
@@ -156,7 +209,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		h = HandlerFunc(e.dialHandler)
 	}
 	cfg := ServerConfig{
-		Logger:       testLogger(),
+		Logger:       slog.New(e.serverLog),
 		Bundle:       e.bundle,
 		TrustDomains: []spiffeid.TrustDomain{ca.td},
 		GetCertificate: func(netip.Addr) (*x509svid.SVID, error) {

@@ -246,21 +246,25 @@ func TestServerRefusesClientCertificate(t *testing.T) {
 		name   string
 		svid   func(t *testing.T) *x509svid.SVID
 		bundle x509bundle.Source // server's bundle; mesh's when nil
-		want   string            // in the server's error
+		want   string            // in the server's log of the failure
 	}{
 		{name: "other trust domain, other CA",
-			svid: func(t *testing.T) *x509svid.SVID { return foreign.svid(t, "other.domain/ns/a/sa/a", leafOpts{}) }},
+			svid: func(t *testing.T) *x509svid.SVID { return foreign.svid(t, "other.domain/ns/a/sa/a", leafOpts{}) },
+			want: `no X.509 bundle found for trust domain: "other.domain"`},
 		{name: "other trust domain, bundle known but not allowed",
 			svid:   func(t *testing.T) *x509svid.SVID { return foreign.svid(t, "other.domain/ns/a/sa/a", leafOpts{}) },
-			bundle: x509bundle.NewSet(mesh.bundle(), foreign.bundle())},
+			bundle: x509bundle.NewSet(mesh.bundle(), foreign.bundle()),
+			want:   `trust domain "other.domain" of spiffe://other.domain/ns/a/sa/a is not allowed`},
 		{name: "expired",
 			svid: func(t *testing.T) *x509svid.SVID {
 				return mesh.svid(t, "cluster.local/ns/a/sa/a", leafOpts{notBefore: time.Now().Add(-2 * time.Hour), notAfter: time.Now().Add(-time.Hour)})
-			}},
+			},
+			want: "certificate has expired"},
 		{name: "not yet valid",
 			svid: func(t *testing.T) *x509svid.SVID {
 				return mesh.svid(t, "cluster.local/ns/a/sa/a", leafOpts{notBefore: time.Now().Add(time.Hour), notAfter: time.Now().Add(2 * time.Hour)})
-			}},
+			},
+			want: "not yet valid"},
 		{name: "no SPIFFE ID",
 			svid: func(t *testing.T) *x509svid.SVID {
 				return mesh.svid(t, "cluster.local/ns/a/sa/a", leafOpts{noURI: true})
@@ -268,7 +272,8 @@ func TestServerRefusesClientCertificate(t *testing.T) {
 		{name: "self-signed by the mesh's trust domain name",
 			svid: func(t *testing.T) *x509svid.SVID {
 				return newTestCA(t, "cluster.local").svid(t, "cluster.local/ns/a/sa/a", leafOpts{})
-			}},
+			},
+			want: "certificate signed by unknown authority"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -289,6 +294,7 @@ func TestServerRefusesClientCertificate(t *testing.T) {
 			if statusOf(err) != 0 {
 				t.Errorf("got HTTP status %d, want a TLS failure: %v", statusOf(err), err)
 			}
+			e.serverLog.await(t, "connection failed", tc.want)
 			if e.handled.Load() != 0 || up.ln.accepted() != 0 {
 				t.Error("the stream reached the server's handler or the upstream")
 			}
@@ -312,6 +318,7 @@ func TestPlaintextRefused(t *testing.T) {
 	if bytes.Contains(got, []byte("200")) || bytes.Contains(got, []byte("hello")) {
 		t.Errorf("server answered %q", got)
 	}
+	e.serverLog.await(t, "connection failed", "does not look like a TLS handshake")
 	if e.handled.Load() != 0 || up.ln.accepted() != 0 {
 		t.Error("a plaintext request reached the handler or the upstream")
 	}
@@ -351,6 +358,7 @@ func TestBadRequest400(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("GET: status %d, want 400", resp.StatusCode)
 	}
+	e.serverLog.await(t, "expected method CONNECT, got GET")
 
 	c, _ := e.client(ClientConfig{})
 	for _, auth := range []string{"no-port", "10.0.0.1", "10.0.0.1:0", "10.0.0.1:http", ":8080"} {

@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,9 +44,10 @@ func (k poolKey) LogValue() slog.Value {
 type poolConn struct {
 	key     poolKey
 	cc      *http2.ClientConn
-	tls     *corkedTLS
+	tls     *tls.Conn
 	peer    spiffeid.ID
-	streams int // streams handed out and not yet closed; under pool.mu
+	streams int  // streams handed out and not yet closed; under pool.mu
+	closed  bool // its connection is closed; under pool.mu
 }
 
 // pool holds the client's HTTP/2 connections. A connection is taken for a new stream while it
@@ -69,7 +71,7 @@ var errClientClosed = errors.New("hbone: client closed")
 
 // get returns a connection for key with one stream reserved for the caller (release it with
 // put), dialling one with dial when none has room; reused reports a pooled connection.
-func (p *pool) get(ctx context.Context, key poolKey, dial func(context.Context) (*corkedTLS, error)) (pc *poolConn, reused bool, err error) {
+func (p *pool) get(ctx context.Context, key poolKey, dial func(context.Context) (*tls.Conn, error)) (pc *poolConn, reused bool, err error) {
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -107,7 +109,7 @@ func (p *pool) get(ctx context.Context, key poolKey, dial func(context.Context) 
 	if err != nil {
 		return nil, false, err
 	}
-	if p.closed || !pc.cc.ReserveNewRequest() {
+	if p.closed || pc.closed || !pc.cc.ReserveNewRequest() {
 		go pc.cc.Close()
 		return nil, false, fmt.Errorf("hbone: new connection to %s unusable", key.addr)
 	}
@@ -116,7 +118,7 @@ func (p *pool) get(ctx context.Context, key poolKey, dial func(context.Context) 
 	return pc, false, nil
 }
 
-func (p *pool) dial(ctx context.Context, key poolKey, dial func(context.Context) (*corkedTLS, error)) (*poolConn, error) {
+func (p *pool) dial(ctx context.Context, key poolKey, dial func(context.Context) (*tls.Conn, error)) (*poolConn, error) {
 	tc, err := dial(ctx)
 	if err != nil {
 		return nil, err
@@ -124,7 +126,7 @@ func (p *pool) dial(ctx context.Context, key poolKey, dial func(context.Context)
 	pc := &poolConn{key: key, tls: tc}
 	cs := tc.ConnectionState()
 	pc.peer, _ = PeerID(&cs)
-	cc, err := p.t.NewClientConn(&trackedConn{corkedTLS: tc, onClose: func() { p.remove(pc) }})
+	cc, err := p.t.NewClientConn(&trackedConn{Conn: tc, onClose: func() { p.remove(pc) }})
 	if err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("hbone: HTTP/2 to %s: %w", key.addr, err)
@@ -144,6 +146,7 @@ func (p *pool) put(pc *poolConn) {
 // remove drops pc from the pool; called when its connection closes.
 func (p *pool) remove(pc *poolConn) {
 	p.mu.Lock()
+	pc.closed = true
 	conns := p.conns[pc.key]
 	if i := slices.Index(conns, pc); i >= 0 {
 		conns = slices.Delete(conns, i, i+1)
@@ -184,7 +187,7 @@ func (p *pool) close() {
 // trackedConn is the TLS connection under an x/net ClientConn: the ClientConn closes it when
 // it is done with it (idle, ping timeout, GOAWAY, errors), which is when the pool drops it.
 type trackedConn struct {
-	*corkedTLS // also gives the ClientConn the TLS state (ConnectionState)
+	*tls.Conn // also gives the ClientConn the TLS state (ConnectionState)
 	once      sync.Once
 	onClose   func()
 }
@@ -193,9 +196,9 @@ func (c *trackedConn) Close() error {
 	c.once.Do(c.onClose)
 	// A TLS close_notify can block on an unresponsive peer; bound it as x/net does for a
 	// *tls.Conn (it cannot see through this wrapper).
-	t := time.AfterFunc(250*time.Millisecond, func() { c.raw.Close() })
+	t := time.AfterFunc(250*time.Millisecond, func() { c.Conn.NetConn().Close() })
 	defer t.Stop()
-	return c.corkedTLS.Close()
+	return c.Conn.Close()
 }
 
 var _ net.Conn = (*trackedConn)(nil)

@@ -220,7 +220,7 @@ func TestPoolPingTimeoutEvicts(t *testing.T) {
 			go pipe(c, s)
 		}
 	}()
-	c, dt := e.client(ClientConfig{PingInterval: 20 * time.Millisecond, PingTimeout: 50 * time.Millisecond})
+	c, dt := e.client(ClientConfig{PingInterval: 50 * time.Millisecond, PingTimeout: time.Second})
 	tg := e.target(up.addr)
 	tg.Address = addrOf(relay)
 	s := e.dial(c, tg)

@@ -47,7 +47,7 @@ type Request struct {
 	Peer       spiffeid.ID          // the client's SPIFFE ID, from its verified certificate
 	RemoteAddr netip.AddrPort       // the client's end of the TCP connection
 	LocalAddr  netip.AddrPort       // where the connection arrived (the destination pod's IP:15008)
-	TLS        *tls.ConnectionState // the connection's TLS state (ServerName is the SNI the client sent)
+	TLS        *tls.ConnectionState // the connection's TLS state, shared by its streams: read only
 	Authority  Authority            // the parsed :authority (Authority.Addr valid for ip:port)
 	Header     http.Header          // all request headers
 	// Forwarded, Baggage and Traceparent are the values of those headers ("" when absent);
@@ -183,7 +183,8 @@ func (s *Server) Serve(l net.Listener) error {
 			if s.isClosed() {
 				return ErrServerClosed
 			}
-			if ne, ok := err.(net.Error); ok && ne.Timeout() { // EMFILE and friends, as net/http
+			// EMFILE, ECONNABORTED and friends: wait and retry, as net/http does.
+			if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				s.log.Warn("hbone accept error; retrying", "error", err, "delay", backoff)
 				time.Sleep(backoff)
@@ -222,8 +223,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	}()
 
 	remote, local := addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())
-	ct := newCorkedTLS(c, func(raw net.Conn) *tls.Conn { return tls.Server(raw, s.tls) })
-	tc := ct.Conn
+	tc := tls.Server(c, s.tls)
 	hctx, cancel := context.WithTimeout(ctx, s.hsTO)
 	err := tc.HandshakeContext(hctx)
 	cancel()
@@ -246,7 +246,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	}
 	s.log.Debug("hbone connection accepted", "src.addr", remote.String(), "dst.addr", local.String(), "src.identity", peer.String())
 	info := &Request{Peer: peer, RemoteAddr: remote, LocalAddr: local, TLS: &cs}
-	s.h2.ServeConn(ct, &http2.ServeConnOpts{
+	s.h2.ServeConn(tc, &http2.ServeConnOpts{
 		Context:    ctx,
 		BaseConfig: s.hs,
 		Handler:    http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveStream(w, r, info) }),

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -78,14 +79,20 @@ func TestServerHTTP2Settings(t *testing.T) {
 	}
 }
 
-// The client advertises Istio's windows and frame size.
-func TestClientHTTP2Settings(t *testing.T) {
+// The client's ClientHello carries no SNI and offers only TLS 1.3 and h2; its HTTP/2 SETTINGS
+// carry Istio's windows and frame size.
+func TestClientHelloAndHTTP2Settings(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOpts{})
 	// A bare TLS server that only reads what the client sends first.
 	srvConf, err := ServerTLSConfig(e.bundle, nil, func(netip.Addr) (*x509svid.SVID, error) { return e.serverSVID, nil })
 	if err != nil {
 		t.Fatal(err)
+	}
+	hellos := make(chan *tls.ClientHelloInfo, 1)
+	srvConf.GetConfigForClient = func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		hellos <- h
+		return nil, nil
 	}
 	ln := listen(t)
 	type got struct {
@@ -123,6 +130,22 @@ func TestClientHTTP2Settings(t *testing.T) {
 		t.Fatal("no SETTINGS from the client")
 	}
 	cancel()
+	// The ClientHello: no SNI, only h2 offered, only TLS 1.3 offered, AES-GCM among the suites.
+	h := <-hellos
+	if h.ServerName != "" {
+		t.Errorf("ClientHello SNI %q, want none", h.ServerName)
+	}
+	if !slices.Equal(h.SupportedProtos, []string{"h2"}) {
+		t.Errorf("ClientHello ALPN %q, want [h2]", h.SupportedProtos)
+	}
+	if !slices.Equal(h.SupportedVersions, []uint16{tls.VersionTLS13}) {
+		t.Errorf("ClientHello versions %x, want TLS 1.3 only", h.SupportedVersions)
+	}
+	for _, cs := range CipherSuites {
+		if !slices.Contains(h.CipherSuites, cs) {
+			t.Errorf("ClientHello lacks %s", tls.CipherSuiteName(cs))
+		}
+	}
 	if g.settings[http2.SettingInitialWindowSize] != 4<<20 || g.settings[http2.SettingMaxFrameSize] != 1<<20 {
 		t.Errorf("client SETTINGS %v, want INITIAL_WINDOW_SIZE 4 MiB, MAX_FRAME_SIZE 1 MiB", g.settings)
 	}

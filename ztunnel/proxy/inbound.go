@@ -87,9 +87,12 @@ func (p *Proxy) serveHBONE(ctx context.Context, req *hbone.Request) hbone.Respon
 	if err != nil {
 		return fail(http.StatusServiceUnavailable, err, metrics.FlagConnect)
 	}
-	mc := p.metrics.Open(labels)
 	ic := &inboundConn{uid: dst.GetUid(), conn: conn, up: up, entry: e}
-	p.track(ic, true)
+	if denied := p.trackChecked(ic, st); denied != nil {
+		p.track(ic, false) // the re-check closed up
+		return fail(http.StatusUnauthorized, denied, metrics.FlagDeny)
+	}
+	mc := p.metrics.Open(labels)
 	return hbone.Response{Status: http.StatusOK, Upstream: up, Done: func(res hbone.Result) {
 		denied := p.track(ic, false)
 		mc.Received(res.Received)
@@ -118,17 +121,40 @@ func (p *Proxy) track(ic *inboundConn, add bool) error {
 	return ic.denied
 }
 
+// trackChecked tracks ic as open and, when the state is no longer st (the snapshot ic was
+// authorized with), re-checks ic against the current one: a policy change that landed between
+// the Authorize and the track re-checked the open connections without ic, and would otherwise
+// leave it open for good. It returns why ic was denied (its upstream is then closed), or nil.
+func (p *Proxy) trackChecked(ic *inboundConn, st *state.State) error {
+	p.track(ic, true)
+	if cur := p.cfg.Store.Load(); cur != st {
+		p.recheckConns(cur, []*inboundConn{ic})
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return ic.denied
+}
+
 // errPolicyUpdate is the log wording of a connection closed by a re-check.
 var errPolicyUpdate = errors.New("connection closed because it's no longer allowed after a policy update")
 
 // recheck closes the open inbound connections that st no longer allows.
 func (p *Proxy) recheck(st *state.State) {
 	p.mu.Lock()
-	conns := make([]state.OpenConn, 0, len(p.open))
+	open := make([]*inboundConn, 0, len(p.open))
 	for ic := range p.open {
-		conns = append(conns, state.OpenConn{WorkloadUID: ic.uid, Conn: ic.conn, Handle: ic})
+		open = append(open, ic)
 	}
 	p.mu.Unlock()
+	p.recheckConns(st, open)
+}
+
+// recheckConns closes those of open that st no longer allows.
+func (p *Proxy) recheckConns(st *state.State, open []*inboundConn) {
+	conns := make([]state.OpenConn, 0, len(open))
+	for _, ic := range open {
+		conns = append(conns, state.OpenConn{WorkloadUID: ic.uid, Conn: ic.conn, Handle: ic})
+	}
 	for _, c := range st.Recheck(conns) {
 		ic := c.Handle.(*inboundConn)
 		p.log.Info(errPolicyUpdate.Error(), "scope", "inbound", "src.identity", ic.conn.SrcIdentity,

@@ -269,9 +269,13 @@ func (p *Proxy) servePlaintext(ln net.Listener, redirect bool) {
 			fail(err, metrics.FlagConnect)
 			return
 		}
-		mc := p.metrics.Open(labels)
 		ic := &inboundConn{uid: w.GetUid(), conn: conn, up: up, entry: e}
-		p.track(ic, true)
+		if denied := p.trackChecked(ic, st); denied != nil {
+			p.track(ic, false) // the re-check closed up
+			fail(denied, metrics.FlagDeny)
+			return
+		}
+		mc := p.metrics.Open(labels)
 		recv, sent, rerr := hbone.Relay(c, up)
 		denied := p.track(ic, false)
 		mc.Received(recv)
