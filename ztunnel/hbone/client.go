@@ -40,7 +40,7 @@ type ClientConfig struct {
 	// DialContext opens the TCP connections (a net.Dialer when nil).
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// MaxStreamsPerConn is how many streams a pooled connection carries before another
-	// connection to the same key is opened (DefaultMaxStreamsPerConn when 0).
+	// connection to the same key is opened (DefaultMaxStreamsPerConn when ≤ 0).
 	MaxStreamsPerConn int
 	// IdleTimeout closes a connection that has had no stream for this long (DefaultIdleTimeout
 	// when 0; negative: never).
@@ -72,7 +72,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if dial == nil {
 		dial = (&net.Dialer{}).DialContext
 	}
-	maxStreams := orDefault(cfg.MaxStreamsPerConn, DefaultMaxStreamsPerConn)
+	maxStreams := cfg.MaxStreamsPerConn
+	if maxStreams <= 0 {
+		maxStreams = DefaultMaxStreamsPerConn
+	}
 	idle := orDefault(cfg.IdleTimeout, DefaultIdleTimeout)
 	pingEvery := orDefault(cfg.PingInterval, DefaultPingInterval)
 	pingTimeout := orDefault(cfg.PingTimeout, DefaultPingTimeout)
