@@ -23,6 +23,13 @@ import (
 const (
 	DefaultServerMaxStreams = 200      // max_concurrent_streams
 	DefaultMaxHeaderList    = 64 << 10 // max_header_list_size
+
+	// serverMaxFrameSize is the largest frame the server accepts. Istio's ztunnel says 1 MiB,
+	// but Go's HTTP/2 client sizes each stream's request-body buffer from it (up to 512 KiB,
+	// held while the stream lives), which made an idle proxied connection cost ~800 KB of
+	// heap. Frame size is a local tuning, not part of the HBONE contract: peers must accept
+	// whatever the other side advertises.
+	serverMaxFrameSize = 64 << 10
 	DefaultHandshakeTimeout = 10 * time.Second
 )
 
@@ -132,7 +139,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	pingEvery := orDefault(cfg.PingInterval, DefaultPingInterval)
 	h2 := &http2.Server{
 		MaxConcurrentStreams:         uint32(orDefault(int(cfg.MaxConcurrentStreams), DefaultServerMaxStreams)),
-		MaxReadFrameSize:             MaxFrameSize,
+		MaxReadFrameSize:             serverMaxFrameSize,
 		MaxUploadBufferPerConnection: ConnWindow,
 		MaxUploadBufferPerStream:     StreamWindow,
 		ReadIdleTimeout:              max(pingEvery, 0),

@@ -66,7 +66,7 @@ func TestServerHTTP2Settings(t *testing.T) {
 	want := map[http2.SettingID]uint32{
 		http2.SettingMaxConcurrentStreams: 200,
 		http2.SettingInitialWindowSize:    4 << 20,
-		http2.SettingMaxFrameSize:         1 << 20,
+		http2.SettingMaxFrameSize:         serverMaxFrameSize,
 		http2.SettingMaxHeaderListSize:    64 << 10,
 	}
 	for id, v := range want {
