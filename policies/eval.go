@@ -295,10 +295,10 @@ func (s *csource) match(c *evalCtx) bool {
 	if len(s.notSAs) > 0 && anySA(s.notSAs, &c.peer, c.peerOK) {
 		return false
 	}
-	if len(s.tds) > 0 && !anyTD(s.tds, &c.peer, c.peerOK) {
+	if len(s.tds) > 0 && !anyTD(s.tds, p, &c.peer, c.peerOK) {
 		return false
 	}
-	if len(s.notTDs) > 0 && anyTD(s.notTDs, &c.peer, c.peerOK) {
+	if len(s.notTDs) > 0 && anyTD(s.notTDs, p, &c.peer, c.peerOK) {
 		return false
 	}
 	if len(s.ips) > 0 && !anyPrefix(s.ips, r.SourceIP) {
@@ -372,7 +372,7 @@ func (v *cvalues) match(w *ccondition, c *evalCtx) bool {
 	case condSourceSA:
 		return anySA(v.sas, &c.peer, c.peerOK)
 	case condSourceTD:
-		return anyTD(v.globs, &c.peer, c.peerOK)
+		return anyTD(v.globs, r.Principal, &c.peer, c.peerOK)
 	case condDestPort:
 		return anyPort(v.ports, r.DestPort)
 	case condSNI:

@@ -149,13 +149,11 @@ func anySA(ms []saMatch, p *Peer, ok bool) bool {
 	return false
 }
 
-// tdMatch is a trustDomains value: `*` is any authenticated peer, otherwise a glob.
-func anyTD(ms []glob, p *Peer, ok bool) bool {
-	if !ok {
-		return false
-	}
+// anyTD matches trustDomains values: `*` is any authenticated peer, whatever the form of its
+// principal (istiod matches the prefix spiffe://); other values are globs on the trust domain.
+func anyTD(ms []glob, principal string, p *Peer, ok bool) bool {
 	for _, g := range ms {
-		if g == "*" || g.match(p.TrustDomain) {
+		if g == "*" && principal != "" || ok && g.match(p.TrustDomain) {
 			return true
 		}
 	}
