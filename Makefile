@@ -21,7 +21,9 @@ build:
 
 # Benchmarks that compare against a baseline in the same run (see README, Performance).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./policies/...
+	$(GO) test -run '^$$' -bench . -benchmem ./policies/ ./policies/l4/
+	$(GO) test -run '^$$' -bench NativeVsOPA -benchtime 5x ./policies/rego/
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./ztunnel/proxy/ ./ztunnel/hbone/
 
 # A short run of every fuzz target; FUZZTIME=5m for longer.
 FUZZTIME ?= 20s

@@ -99,7 +99,8 @@ spec:
 	for _, a := range d.Audit {
 		got = append(got, a.Policy+"#"+strconv.Itoa(a.Rule))
 	}
-	want := "foo/a#0 foo/b#0 foo/b#1 foo/b#10 foo/b#2 foo/b#3 foo/b#4 foo/b#5 foo/b#6 foo/b#7 foo/b#8 foo/b#9"
+	// Envoy compares "rule[10]" with "rule[1]": '0' sorts before ']', so rule 10 comes first.
+	want := "foo/a#0 foo/b#0 foo/b#10 foo/b#1 foo/b#2 foo/b#3 foo/b#4 foo/b#5 foo/b#6 foo/b#7 foo/b#8 foo/b#9"
 	if strings.Join(got, " ") != want {
 		t.Errorf("audit = %s\nwant    %s", strings.Join(got, " "), want)
 	}

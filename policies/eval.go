@@ -218,7 +218,7 @@ func auditLess(x, y RuleRef) bool {
 		return lessBracketed(xp, yp)
 	}
 	var xb, yb [20]byte
-	return string(strconv.AppendInt(xb[:0], int64(x.Rule), 10)) < string(strconv.AppendInt(yb[:0], int64(y.Rule), 10))
+	return lessBracketed(string(strconv.AppendInt(xb[:0], int64(x.Rule), 10)), string(strconv.AppendInt(yb[:0], int64(y.Rule), 10)))
 }
 
 // lessBracketed reports whether a+"]" < b+"]" without building the strings.

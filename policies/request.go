@@ -85,7 +85,7 @@ type Peer struct {
 func ParsePrincipal(p string) (peer Peer, ok bool) {
 	p = strings.TrimPrefix(p, "spiffe://")
 	td, rest, found := strings.Cut(p, "/ns/")
-	if !found || td == "" {
+	if !found || td == "" || strings.Contains(td, "/") { // a SPIFFE trust domain has no '/'
 		return Peer{}, false
 	}
 	ns, sa, found := strings.Cut(rest, "/sa/")
