@@ -107,7 +107,7 @@ func Load(data []byte, file string) (Objects, []error) {
 
 // LoadPath loads a file, or every .yaml, .yml and .json file below a directory (in lexical order).
 func LoadPath(path string) (Objects, []error) {
-	files, err := policyFiles(path)
+	files, err := ConfigFiles(path)
 	if err != nil {
 		return Objects{}, []error{err}
 	}
@@ -126,7 +126,9 @@ func LoadPath(path string) (Objects, []error) {
 	return objs, errs
 }
 
-func policyFiles(path string) ([]string, error) {
+// ConfigFiles is path itself when it is a file, or else the .yaml, .yml and .json files below
+// it, recursively and in lexical order, leaving out hidden files and folders (such as .git).
+func ConfigFiles(path string) ([]string, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, err
@@ -139,9 +141,16 @@ func policyFiles(path string) ([]string, error) {
 		if err != nil {
 			return err
 		}
+		hidden := p != path && strings.HasPrefix(d.Name(), ".")
+		if d.IsDir() {
+			if hidden {
+				return filepath.SkipDir
+			}
+			return nil
+		}
 		switch strings.ToLower(filepath.Ext(p)) {
 		case ".yaml", ".yml", ".json":
-			if !d.IsDir() {
+			if !hidden {
 				files = append(files, p)
 			}
 		}

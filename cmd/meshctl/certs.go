@@ -261,7 +261,7 @@ type serviceAccount struct{ file, ns, name string }
 // file below a folder: sorted by namespace and name, without duplicates. A ServiceAccount
 // without a namespace is in "default", as kubectl would create it.
 func serviceAccounts(path string) ([]serviceAccount, error) {
-	files, err := yamlFiles(path)
+	files, err := policies.ConfigFiles(path)
 	if err != nil {
 		return nil, err
 	}
@@ -305,32 +305,6 @@ func serviceAccounts(path string) ([]serviceAccount, error) {
 		return strings.Compare(a.ns+"/"+a.name, b.ns+"/"+b.name)
 	})
 	return out, nil
-}
-
-// yamlFiles is path, or the .yaml, .yml and .json files below it, in lexical order.
-func yamlFiles(path string) ([]string, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if !st.IsDir() {
-		return []string{path}, nil
-	}
-	var files []string
-	err = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		switch strings.ToLower(filepath.Ext(p)) {
-		case ".yaml", ".yml", ".json":
-			if !d.IsDir() {
-				files = append(files, p)
-			}
-		}
-		return nil
-	})
-	slices.Sort(files)
-	return files, err
 }
 
 // pemCertificates reads the CERTIFICATE blocks of PEM data.

@@ -29,7 +29,7 @@ const (
 	// held while the stream lives), which made an idle proxied connection cost ~800 KB of
 	// heap. Frame size is a local tuning, not part of the HBONE contract: peers must accept
 	// whatever the other side advertises.
-	serverMaxFrameSize = 64 << 10
+	serverMaxFrameSize      = 64 << 10
 	DefaultHandshakeTimeout = 10 * time.Second
 )
 

@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"maps"
 	"os"
@@ -116,7 +115,7 @@ func (s *Source) poll() bool {
 	changed := false
 	seen := map[string]bool{}
 	for _, root := range s.opts.Paths {
-		paths, err := list(root)
+		paths, err := policies.ConfigFiles(root)
 		if err != nil {
 			// Keep what was read under this path before (a folder being replaced).
 			for p := range s.files {
@@ -232,38 +231,6 @@ func (s *Source) build() (*model.Mesh, error) {
 	s.log.Info("mesh built", "files", len(s.files), "workloads", len(m.Workloads), "services", len(m.Services),
 		"waypoints", len(m.Waypoints), "policies", len(m.Policies.AuthorizationPolicies)+len(m.Policies.PeerAuthentications), "errors", len(m.Errors))
 	return m, nil
-}
-
-// list returns the configuration files of a folder (recursively, sorted) or the file itself.
-func list(root string) ([]string, error) {
-	info, err := os.Stat(root)
-	if err != nil {
-		return nil, err
-	}
-	if !info.IsDir() {
-		return []string{root}, nil
-	}
-	var out []string
-	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			if p != root && strings.HasPrefix(d.Name(), ".") {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		switch strings.ToLower(filepath.Ext(p)) {
-		case ".yaml", ".yml", ".json":
-			if !strings.HasPrefix(d.Name(), ".") {
-				out = append(out, p)
-			}
-		}
-		return nil
-	})
-	slices.Sort(out)
-	return out, err
 }
 
 func under(path, root string) bool {
