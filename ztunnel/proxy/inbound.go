@@ -46,10 +46,7 @@ func (p *Proxy) serveHBONE(ctx context.Context, req *hbone.Request) hbone.Respon
 	st := p.cfg.Store.Load()
 	local := req.LocalAddr.Addr()
 	dst := st.WorkloadByIP(local)
-	src := req.RemoteAddr
-	if fwd, _ := hbone.ParseForwarded(req.Forwarded); fwd.IsValid() {
-		src = fwd
-	}
+	src := claimedSource(st, req)
 	e := &accesslog.Entry{
 		SrcAddr: src, SrcIdentity: req.Peer.String(), DstAddr: req.LocalAddr,
 		DstHBONEAddr: req.Authority.String(), Direction: accesslog.Inbound, MTLS: true,
@@ -218,4 +215,20 @@ func targetPorts(w *workloadapi.Workload) []uint16 {
 		}
 	}
 	return out
+}
+
+// claimedSource is the client's address for logs and ipBlocks: the `forwarded: for=` address
+// the source ztunnel sent (on loopback every ztunnel dials from the node's address), but only
+// when the workload at that address has the peer's own SPIFFE identity. Otherwise any mesh
+// peer could claim another workload's address to pass an ipBlocks rule; its claim is ignored
+// and the TCP peer address is used.
+func claimedSource(st *state.State, req *hbone.Request) netip.AddrPort {
+	fwd, _ := hbone.ParseForwarded(req.Forwarded)
+	if !fwd.IsValid() {
+		return req.RemoteAddr
+	}
+	if w := st.WorkloadByIP(fwd.Addr()); w != nil && st.Identity(w) == req.Peer.String() {
+		return fwd
+	}
+	return req.RemoteAddr
 }
