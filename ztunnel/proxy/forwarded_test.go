@@ -1,13 +1,9 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/netip"
 	"testing"
@@ -15,61 +11,24 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/goambient/goambient/ztunnel/accesslog"
 	"github.com/goambient/goambient/ztunnel/hbone"
-	"github.com/goambient/goambient/ztunnel/identity"
-	"github.com/goambient/goambient/ztunnel/state"
 )
 
 // TestForwardedSourceMustBelongToThePeer: the source ztunnel says where the client is
 // (forwarded: for=...), and ipBlocks rules use it; a peer may only claim an address of a
 // workload with its own identity, or it could borrow another workload's address.
 func TestForwardedSourceMustBelongToThePeer(t *testing.T) {
-	net3 := fmt.Sprintf("127.%d.%d", 10+rand.IntN(90), 1+rand.IntN(250))
+	net3 := randomNet()
 	pod, victim := net3+".6", net3+".7"
-	app := AppOffsetRule(DefaultAppOffset)(netip.MustParseAddrPort(pod + ":7071"))
-	ln, err := net.Listen("tcp", app.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); bufio.NewReader(c).WriteTo(c) }()
-		}
-	}()
-	st, err := state.Parse([]byte(fmt.Sprintf(`workloads:
+	startEcho(t, pod, 7071)
+	tp := startProxy(t, parseState(t, fmt.Sprintf(`workloads:
 - {uid: Kubernetes//Pod/ns/app, name: app, namespace: ns, serviceAccount: app, addresses: [%q], node: n1, tunnelProtocol: HBONE}
 - {uid: Kubernetes//Pod/ns/victim, name: victim, namespace: ns, serviceAccount: victim, addresses: [%q], node: n2, tunnelProtocol: HBONE}
 authorizations:
 - {name: from-victim-ip, namespace: ns, scope: NAMESPACE, action: ALLOW, groups: [{rules: [{matches: [{sourceIps: [{address: %q, length: 32}]}]}]}]}
-`, pod, victim, victim)), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := identity.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	idm, err := identity.NewManager(ctx, identity.ManagerOptions{Source: identity.NewCASource(ca, time.Hour)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idm.Close()
-	p, err := New(Config{Logger: slog.New(accesslog.NewHandler(&logBuf{}, nil)), Node: "n1", Store: state.NewStore(st), Identity: idm, Loopback: true, DrainGrace: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer p.Shutdown(context.Background())
+`, pod, victim, victim)), nil)
+	ca := tp.ca
+	ctx := context.Background()
 	c, err := hbone.NewClient(hbone.ClientConfig{Bundle: ca.Bundle()})
 	if err != nil {
 		t.Fatal(err)

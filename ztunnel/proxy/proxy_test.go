@@ -3,10 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
-	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strings"
@@ -14,10 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/goambient/goambient/ztunnel/accesslog"
-	"github.com/goambient/goambient/ztunnel/identity"
 	"github.com/goambient/goambient/ztunnel/state"
 )
 
@@ -69,36 +62,10 @@ func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock()
 // TestPolicyChangeClosesOpenConnection: a plaintext connection to a loopback pod is relayed to
 // its app; a policy that denies it closes it, with ztunnel's log line.
 func TestPolicyChangeClosesOpenConnection(t *testing.T) {
-	pod := fmt.Sprintf("127.%d.%d.5", 10+rand.IntN(90), 1+rand.IntN(250))
-	app := AppOffsetRule(DefaultAppOffset)(netip.MustParseAddrPort(pod + ":7070"))
-	ln, err := net.Listen("tcp", app.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() { // echo
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); bufio.NewReader(c).WriteTo(c) }()
-		}
-	}()
-
-	ca, err := identity.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	idm, err := identity.NewManager(ctx, identity.ManagerOptions{Source: identity.NewCASource(ca, time.Hour)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer idm.Close()
+	pod := randomNet() + ".5"
+	startEcho(t, pod, 7070)
 	doc := func(auths string) *state.State {
-		st, err := state.Parse([]byte(fmt.Sprintf(`workloads:
+		return parseState(t, fmt.Sprintf(`workloads:
 - uid: Kubernetes//Pod/ns/app
   name: app
   namespace: ns
@@ -107,26 +74,11 @@ func TestPolicyChangeClosesOpenConnection(t *testing.T) {
   tunnelProtocol: HBONE
   services: {ns/app.ns.svc.cluster.local: {ports: [{servicePort: 7070, targetPort: 7070}]}}
 authorizations: [%s]
-`, pod, auths)), "test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
+`, pod, auths))
 	}
-	store := state.NewStore(doc(""))
-	logs := &logBuf{}
-	p, err := New(Config{
-		Logger: slog.New(accesslog.NewHandler(logs, nil)), Node: "n1", Store: store, Identity: idm, Loopback: true,
-		Listen: Listen{Readiness: "127.0.0.1:0"}, DrainGrace: time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer p.Shutdown(context.Background())
-	if !p.Ready() {
+	tp := startProxy(t, doc(""), func(c *Config) { c.Listen = Listen{Readiness: "127.0.0.1:0"} })
+	store, logs := tp.store, tp.logs
+	if !tp.p.Ready() {
 		t.Fatal("not ready after Start")
 	}
 

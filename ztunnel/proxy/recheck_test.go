@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -17,7 +15,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/goambient/goambient/ztunnel/accesslog"
 	"github.com/goambient/goambient/ztunnel/hbone"
 	"github.com/goambient/goambient/ztunnel/identity"
 	"github.com/goambient/goambient/ztunnel/state"
@@ -27,36 +24,10 @@ import (
 // namespace-wide DENY of every connection at its first call: between Authorize and tracking
 // the connection as open.
 func raceSetup(t *testing.T) (pod string, ca *identity.CA, logs *logBuf) {
-	pod = fmt.Sprintf("127.%d.%d.6", 10+rand.IntN(90), 1+rand.IntN(250))
-	rule := AppOffsetRule(DefaultAppOffset)
-	app := rule(netip.MustParseAddrPort(pod + ":7071"))
-	ln, err := net.Listen("tcp", app.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() { // echo
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); bufio.NewReader(c).WriteTo(c) }()
-		}
-	}()
-	ca, err = identity.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	idm, err := identity.NewManager(ctx, identity.ManagerOptions{Source: identity.NewCASource(ca, time.Hour)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { idm.Close() })
+	pod = randomNet() + ".6"
+	startEcho(t, pod, 7071)
 	doc := func(auths string) *state.State {
-		st, err := state.Parse([]byte(fmt.Sprintf(`workloads:
+		return parseState(t, fmt.Sprintf(`workloads:
 - uid: Kubernetes//Pod/ns/app
   name: app
   namespace: ns
@@ -65,34 +36,19 @@ func raceSetup(t *testing.T) (pod string, ca *identity.CA, logs *logBuf) {
   tunnelProtocol: HBONE
   services: {ns/app.ns.svc.cluster.local: {ports: [{servicePort: 7071, targetPort: 7071}]}}
 authorizations: [%s]
-`, pod, auths)), "test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
+`, pod, auths))
 	}
-	store := state.NewStore(doc(""))
 	strict := doc(`{name: deny-all, namespace: ns, scope: NAMESPACE, action: DENY, groups: [{rules: [{matches: [{notPrincipals: [{presence: {}}]}, {principals: [{presence: {}}]}]}]}]}`)
 	var once sync.Once
-	logs = &logBuf{}
-	p, err := New(Config{
-		Logger: slog.New(accesslog.NewHandler(logs, nil)), Node: "n1", Store: store, Identity: idm, Loopback: true,
-		DrainGrace: time.Second,
+	tp := startProxy(t, doc(""), func(c *Config) {
+		store, rule := c.Store, AppOffsetRule(DefaultAppOffset)
 		// Called between Authorize and tracking the connection: the policy lands right then.
-		AppAddr: func(pod netip.AddrPort) netip.AddrPort {
+		c.AppAddr = func(pod netip.AddrPort) netip.AddrPort {
 			once.Do(func() { store.Store(strict) })
 			return rule(pod)
-		},
+		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Shutdown(context.Background()) })
-
-	return pod, ca, logs
+	return pod, tp.ca, tp.logs
 }
 
 // TestPolicyChangeDuringAcceptCloses: a policy that lands after a plaintext connection was
