@@ -72,7 +72,7 @@ func (r *Request) remoteIP() netip.Addr {
 	return r.SourceIP
 }
 
-// requestPrincipal is "<iss>/<sub>", or "" without a JWT.
+// present reports whether the request carries a validated JWT.
 func (a *RequestAuth) present() bool { return a.Issuer != "" || a.Subject != "" }
 
 // Peer is the parsed form of a SPIFFE principal "<td>/ns/<ns>/sa/<sa>".
