@@ -1,0 +1,17 @@
+// Command filters is filters.so: every goambient Envoy Go HTTP filter, registered under its plugin_name, built with -buildmode=c-shared.
+package main
+
+import (
+	"github.com/envoyproxy/envoy/contrib/golang/filters/http/source/go/pkg/http"
+
+	"github.com/goambient/goambient/filters/authz"
+	"github.com/goambient/goambient/filters/authzconfig"
+)
+
+func init() {
+	// The name must be the plugin_name Envoy is given, or Envoy passes every request through:
+	// filters/authz's TestRegisteredName checks this call, and the built library.
+	http.RegisterHttpFilterFactoryAndConfigParser(authzconfig.PluginName, authz.Factory, authz.Parser{})
+}
+
+func main() {}
