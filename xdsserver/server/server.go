@@ -1,4 +1,4 @@
-// Package server serves Istio's workload API (istio.workload.Address, istio.security.Authorization) to ztunnels over gRPC delta ADS, with go-control-plane.
+// Package server serves Istio's workload API (istio.workload.Address, istio.security.Authorization) to ztunnels over gRPC delta ADS, and each waypoint Envoy its own LDS/RDS/CDS/EDS/ECDS/SDS over ADS (SotW or delta), with go-control-plane.
 package server
 
 import (
@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -47,22 +48,26 @@ type Stats struct {
 	Streams       int64 // ADS streams opened in total
 }
 
-// Server is the delta ADS server for ztunnels. Every ztunnel receives the same resources:
+// Server is the ADS server. Waypoint Envoys get their own resources from a per-node
+// SnapshotCache (waypoints.go; SotW or delta). Every ztunnel receives the same resources:
 // one go-control-plane LinearCache per type URL, selected by a MuxCache on the request's type
 // URL. A LinearCache versions each resource by the hash of its deterministic encoding, so a
 // client gets only the resources that changed, and a client resuming with
 // initial_resource_versions gets only what changed while it was away.
 type Server struct {
-	opts    Options
-	log     *slog.Logger
-	caches  map[string]*cache.LinearCache
-	xds     xds.Server
-	ctx     context.Context
-	cancel  context.CancelFunc
-	metrics *metrics
+	opts   Options
+	log    *slog.Logger
+	caches map[string]*cache.LinearCache
+	// snapshots serves the Envoy types per node (waypoints.go).
+	snapshots cache.SnapshotCache
+	xds       xds.Server
+	ctx       context.Context
+	cancel    context.CancelFunc
+	metrics   *metrics
 
-	mu      sync.Mutex // serialises Set
+	mu      sync.Mutex // serialises Set and SetWaypoints, guards wp
 	current map[string]map[string]proto.Message
+	wp      waypoints
 	ready   atomic.Bool
 
 	grpcMu sync.Mutex
@@ -77,17 +82,27 @@ func New(opts Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{opts: opts, log: log, caches: map[string]*cache.LinearCache{}, current: map[string]map[string]proto.Message{}}
+	s := &Server{opts: opts, log: log, caches: map[string]*cache.LinearCache{}, current: map[string]map[string]proto.Message{},
+		wp: waypoints{nodes: map[string]int{}, streams: map[streamKey]string{}}}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
 	}
 	s.metrics = m
 	cl := cacheLogger(log.With("scope", "xds-cache"))
+	// Istio's types go to one LinearCache each (the same for every ztunnel); every other
+	// type (Envoy's) to the per-node snapshot cache of the waypoints.
+	classify := func(typeURL string) string {
+		if slices.Contains(Types, typeURL) {
+			return typeURL
+		}
+		return envoyCache
+	}
+	s.snapshots = cache.NewSnapshotCache(true, cache.IDHash{}, cl)
 	mux := &cache.MuxCache{
-		Classify:      func(r *cache.Request) string { return r.GetTypeUrl() },
-		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
-		Caches:        map[string]cache.Cache{},
+		Classify:      func(r *cache.Request) string { return classify(r.GetTypeUrl()) },
+		ClassifyDelta: func(r *cache.DeltaRequest) string { return classify(r.GetTypeUrl()) },
+		Caches:        map[string]cache.Cache{envoyCache: s.snapshots},
 	}
 	for _, t := range Types {
 		c := cache.NewLinearCache(t, cache.WithLogger(cl))
@@ -199,9 +214,40 @@ func (s *Server) callbacks() xds.CallbackFuncs {
 		DeltaStreamClosedFunc: func(id int64, node *core.Node) {
 			s.clients.Add(-1)
 			s.metrics.clients.Dec()
-			s.log.Info("ztunnel disconnected", "stream", id, "node", node.GetId())
+			if !s.envoyStreamClosed(streamKey{delta: true, id: id}) {
+				s.log.Info("ztunnel disconnected", "stream", id, "node", node.GetId())
+			}
+		},
+		// State-of-the-world ADS: only Envoy uses it (ztunnel speaks delta).
+		StreamOpenFunc: func(ctx context.Context, id int64, typeURL string) error {
+			s.clients.Add(1)
+			s.streams.Add(1)
+			s.metrics.clients.Inc()
+			return nil
+		},
+		StreamClosedFunc: func(id int64, node *core.Node) {
+			s.clients.Add(-1)
+			s.metrics.clients.Dec()
+			s.envoyStreamClosed(streamKey{id: id})
+		},
+		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
+			s.envoyStream(streamKey{id: id}, req.GetNode(), req.GetTypeUrl())
+			if d := req.GetErrorDetail(); d != nil {
+				s.nacks.Add(1)
+				s.metrics.nacks.WithLabelValues(req.GetTypeUrl()).Inc()
+				s.log.Warn("waypoint rejected config (NACK)", "stream", id, "node", req.GetNode().GetId(), "type", req.GetTypeUrl(),
+					"nonce", req.GetResponseNonce(), "error", d.GetMessage())
+			}
+			return nil
+		},
+		StreamResponseFunc: func(_ context.Context, id int64, req *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+			s.pushes.Add(1)
+			s.sent.Add(int64(len(resp.GetResources())))
+			s.metrics.pushes.WithLabelValues(resp.GetTypeUrl()).Inc()
+			s.metrics.sent.WithLabelValues(resp.GetTypeUrl()).Add(float64(len(resp.GetResources())))
 		},
 		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
+			s.envoyStream(streamKey{delta: true, id: id}, req.GetNode(), req.GetTypeUrl())
 			if req.GetNode().GetId() != "" && req.GetResponseNonce() == "" {
 				s.log.Info("ztunnel subscribed", "stream", id, "node", req.GetNode().GetId(), "type", req.GetTypeUrl(),
 					"initial_resource_versions", len(req.GetInitialResourceVersions()))

@@ -1,0 +1,101 @@
+package waypointxds
+
+import (
+	"os"
+	"testing"
+
+	bootstrap "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/bootstrap/internal_listener/v3"
+	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"sigs.k8s.io/yaml"
+
+	golang "github.com/envoyproxy/go-control-plane/contrib/envoy/extensions/filters/http/golang/v3alpha"
+
+	"github.com/goambient/goambient/filters/authzconfig"
+)
+
+// TestEnvoyYAML parses the repository's envoy.yaml as Envoy's Bootstrap and checks what the
+// waypoint needs from it; the ADS node id must be served a waypoint by the translator.
+func TestEnvoyYAML(t *testing.T) {
+	data, err := os.ReadFile("../../envoy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bootstrap.Bootstrap
+	if err := protojson.Unmarshal(js, &b); err != nil {
+		t.Fatalf("envoy.yaml is not a Bootstrap: %v", err)
+	}
+	rf := &refs{routes: map[string][]string{}, clusters: map[string][]string{}, eds: map[string][]string{},
+		ecds: map[string][]string{}, listeners: map[string][]string{}, secrets: map[string][]string{}}
+	for _, err := range walk(&b, "envoy.yaml", rf) {
+		t.Error(err)
+	}
+
+	ads := b.GetDynamicResources().GetAdsConfig()
+	if ads.GetApiType() != core.ApiConfigSource_DELTA_GRPC && ads.GetApiType() != core.ApiConfigSource_GRPC {
+		t.Errorf("ads_config.api_type = %v", ads.GetApiType())
+	}
+	if len(ads.GetGrpcServices()) != 1 || ads.GetGrpcServices()[0].GetEnvoyGrpc().GetClusterName() != "xds-grpc" {
+		t.Errorf("ads_config.grpc_services = %v", ads.GetGrpcServices())
+	}
+	for name, cs := range map[string]*core.ConfigSource{"lds_config": b.GetDynamicResources().GetLdsConfig(), "cds_config": b.GetDynamicResources().GetCdsConfig()} {
+		if cs.GetAds() == nil {
+			t.Errorf("dynamic_resources.%s is not ADS: %v", name, cs)
+		}
+	}
+	var xds bool
+	for _, c := range b.GetStaticResources().GetClusters() {
+		if c.GetName() != "xds-grpc" {
+			continue
+		}
+		xds = true
+		sa := c.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+		if sa.GetAddress() != "xdsserver" || sa.GetPortValue() != 15010 {
+			t.Errorf("xds-grpc points at %s:%d, want xdsserver:15010", sa.GetAddress(), sa.GetPortValue())
+		}
+		var po httpopts.HttpProtocolOptions
+		if err := c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].UnmarshalTo(&po); err != nil ||
+			po.GetExplicitHttpConfig().GetHttp2ProtocolOptions() == nil {
+			t.Errorf("xds-grpc does not speak HTTP/2: %v", err)
+		}
+	}
+	if !xds {
+		t.Error("no static cluster xds-grpc")
+	}
+	if len(b.GetStaticResources().GetListeners()) > 0 {
+		t.Error("envoy.yaml has static listeners; they come from xdsserver")
+	}
+	if a := b.GetAdmin().GetAddress().GetSocketAddress(); a.GetAddress() != "127.0.0.1" || a.GetPortValue() != 15000 {
+		t.Errorf("admin on %s:%d, want 127.0.0.1:15000", a.GetAddress(), a.GetPortValue())
+	}
+	var internal bool
+	for _, e := range b.GetBootstrapExtensions() {
+		if e.GetName() == InternalListener && e.GetTypedConfig().GetTypeUrl() == "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener" {
+			internal = true
+		}
+	}
+	if !internal {
+		t.Error("bootstrap_extensions has no envoy.bootstrap.internal_listener")
+	}
+
+	// The node id is handson's waypoint, whose ECDS config loads filters.so's plugin.
+	_, r := handson(t, Options{})
+	key, err := r.WaypointForNode(b.GetNode().GetId())
+	if err != nil || key != "handson/handson" {
+		t.Fatalf("node %q serves %q, %v", b.GetNode().GetId(), key, err)
+	}
+	ext := r.Waypoints[key].ExtensionConfigs
+	var gc golang.Config
+	if len(ext) != 1 || ext[0].GetTypedConfig().UnmarshalTo(&gc) != nil {
+		t.Fatalf("extension configs = %v", ext)
+	}
+	if gc.GetLibraryPath() != authzconfig.LibraryPath || gc.GetLibraryId() != authzconfig.LibraryID || gc.GetPluginName() != authzconfig.PluginName {
+		t.Errorf("golang filter config = %v", &gc)
+	}
+}

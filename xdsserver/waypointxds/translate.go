@@ -1,0 +1,220 @@
+package waypointxds
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/goambient/goambient/policies"
+	"github.com/goambient/goambient/xdsserver/model"
+)
+
+// Options tune the translation.
+type Options struct {
+	// SVID returns the PEM certificate chain and key of a waypoint's identity; when nil or
+	// when it returns ok=false, the secret "default" is referenced by SDS name only (provided
+	// by an agent next to Envoy, as istio-agent does).
+	SVID func(w *model.Waypoint) (certPEM, keyPEM []byte, ok bool)
+	// RootCertPEM is the trust bundle served as the secret "ROOTCA"; empty: referenced only.
+	RootCertPEM []byte
+}
+
+// Resources are the xDS resources of every waypoint of a mesh.
+type Resources struct {
+	Waypoints map[string]*WaypointResources // by the waypoint's namespace/name
+	// Pods maps the namespace/name of each waypoint pod to its waypoint's namespace/name.
+	Pods     map[string]string
+	Warnings []error // problems found; the resources concerned are left out, never fatal
+}
+
+// WaypointResources are what one waypoint's Envoy receives. Every list is sorted by name.
+type WaypointResources struct {
+	Namespace, Name  string
+	Listeners        []*listener.Listener
+	Routes           []*route.RouteConfiguration
+	Clusters         []*cluster.Cluster
+	Endpoints        []*endpoint.ClusterLoadAssignment
+	ExtensionConfigs []*core.TypedExtensionConfig
+	Secrets          []*tlsv3.Secret
+}
+
+// Types are the xDS type URLs a waypoint receives, in the order Envoy needs them.
+var Types = []string{
+	resource.ClusterType, resource.EndpointType, resource.ListenerType, resource.RouteType,
+	resource.ExtensionConfigType, resource.SecretType,
+}
+
+// ByType indexes the resources by type URL and name.
+func (w *WaypointResources) ByType() map[string]map[string]proto.Message {
+	out := map[string]map[string]proto.Message{}
+	add := func(t, name string, m proto.Message) {
+		if out[t] == nil {
+			out[t] = map[string]proto.Message{}
+		}
+		out[t][name] = m
+	}
+	for _, t := range Types {
+		out[t] = map[string]proto.Message{}
+	}
+	for _, r := range w.Listeners {
+		add(resource.ListenerType, r.GetName(), r)
+	}
+	for _, r := range w.Routes {
+		add(resource.RouteType, r.GetName(), r)
+	}
+	for _, r := range w.Clusters {
+		add(resource.ClusterType, r.GetName(), r)
+	}
+	for _, r := range w.Endpoints {
+		add(resource.EndpointType, r.GetClusterName(), r)
+	}
+	for _, r := range w.ExtensionConfigs {
+		add(resource.ExtensionConfigType, r.GetName(), r)
+	}
+	for _, r := range w.Secrets {
+		add(resource.SecretType, r.GetName(), r)
+	}
+	return out
+}
+
+// WaypointForNode returns the namespace/name of the waypoint an Envoy node id belongs to: the
+// waypoint one of whose pods is <pod>.<namespace>, or else the waypoint Gateway named <pod>
+// in <namespace>. An unknown node is an error (it gets no resources: fail closed).
+func (r *Resources) WaypointForNode(id string) (string, error) {
+	pod, ns, err := ParseNodeID(id)
+	if err != nil {
+		return "", err
+	}
+	if key, ok := r.Pods[ns+"/"+pod]; ok {
+		return key, nil
+	}
+	if _, ok := r.Waypoints[ns+"/"+pod]; ok {
+		return ns + "/" + pod, nil
+	}
+	return "", fmt.Errorf("node id %q: no waypoint runs pod %s/%s and no waypoint Gateway is named so", id, ns, pod)
+}
+
+// servicePort is one HTTP service port bound to a waypoint.
+type servicePort struct {
+	svc  *model.Service
+	port model.ServicePort
+	name string // inbound-vip|<port>|http|<hostname>
+}
+
+// Translate builds every waypoint's resources. It never fails: problems are in Warnings and
+// the resource concerned is left out.
+func Translate(mesh *model.Mesh, opts Options) *Resources {
+	r := &Resources{Waypoints: map[string]*WaypointResources{}, Pods: map[string]string{}}
+	for _, w := range mesh.Waypoints {
+		for _, p := range w.Instances {
+			r.Pods[p.Key()] = w.Key()
+		}
+		r.Waypoints[w.Key()] = translateWaypoint(mesh, w, opts, r)
+	}
+	return r
+}
+
+func (r *Resources) warn(w *model.Waypoint, field, format string, args ...any) {
+	r.Warnings = append(r.Warnings, &policies.Error{Origin: w.Origin, Kind: "Gateway", Object: w.Key(), Field: field,
+		Reason: fmt.Sprintf(format, args...)})
+}
+
+func translateWaypoint(mesh *model.Mesh, w *model.Waypoint, opts Options, r *Resources) *WaypointResources {
+	td := cmp.Or(mesh.TrustDomain, "cluster.local")
+	out := &WaypointResources{Namespace: w.Namespace, Name: w.Name}
+	var ports []servicePort
+	for _, s := range mesh.Services {
+		if s.Waypoint == nil || s.Waypoint.Key() != w.Key() {
+			continue
+		}
+		if len(s.VIPs) == 0 {
+			r.warn(w, "service "+s.Key(), "headless Service is bound to the waypoint: left out (no VIP to match)")
+			continue
+		}
+		for _, p := range s.Ports {
+			proto := p.Protocol()
+			if !proto.IsHTTP() && proto != model.ProtocolUnsupported {
+				r.warn(w, fmt.Sprintf("service %s: port %d", s.Key(), p.Port),
+					"protocol %s is not served by the waypoint (L4 authorization at waypoints is not implemented): connections to it are closed", proto)
+				continue
+			}
+			ports = append(ports, servicePort{svc: s, port: p, name: ServiceName(p.Port, s.Hostname)})
+		}
+	}
+	ecds := ExtensionConfigName(w.Namespace, w.Name)
+
+	out.Listeners = []*listener.Listener{
+		connectTerminateListener(td),
+		mainInternalListener(ports, ecds),
+		connectOriginateListener(),
+	}
+	out.Clusters = []*cluster.Cluster{mainInternalCluster(), connectOriginateCluster(td), blackHoleCluster()}
+	for _, sp := range ports {
+		rc, err := serviceRoute(sp, ecds)
+		if err != nil {
+			r.warn(w, "service "+sp.svc.Key(), "route: %v", err)
+			continue
+		}
+		out.Routes = append(out.Routes, rc)
+		out.Clusters = append(out.Clusters, serviceCluster(sp))
+		out.Endpoints = append(out.Endpoints, serviceEndpoints(mesh, sp))
+	}
+	ext, err := extensionConfig(mesh, w, ecds)
+	if err != nil {
+		r.warn(w, "policies", "authz config: %v", err)
+	} else {
+		out.ExtensionConfigs = append(out.ExtensionConfigs, ext)
+	}
+	out.Secrets = secrets(w, opts)
+
+	sortByName(out.Listeners, (*listener.Listener).GetName)
+	sortByName(out.Routes, (*route.RouteConfiguration).GetName)
+	sortByName(out.Clusters, (*cluster.Cluster).GetName)
+	sortByName(out.Endpoints, (*endpoint.ClusterLoadAssignment).GetClusterName)
+	return out
+}
+
+func sortByName[T any](list []T, name func(T) string) {
+	slices.SortFunc(list, func(a, b T) int { return cmp.Compare(name(a), name(b)) })
+}
+
+// serviceEndpoints are the pods behind one service port, each an internal address of
+// connect_originate carrying podIP:targetPort in metadata, as Istio's endpoint builder does.
+func serviceEndpoints(mesh *model.Mesh, sp servicePort) *endpoint.ClusterLoadAssignment {
+	var lbs []*endpoint.LbEndpoint
+	for _, wl := range mesh.Workloads {
+		if len(wl.IPs) == 0 || !wl.Ambient {
+			continue // only HBONE-capable pods are reached through connect_originate
+		}
+		for _, ws := range wl.Services {
+			if ws.Service == nil || ws.Service.Key() != sp.svc.Key() {
+				continue
+			}
+			for _, pm := range ws.Ports {
+				if pm.ServicePort != sp.port.Port || pm.TargetPort == 0 {
+					continue
+				}
+				lbs = append(lbs, internalEndpoint(netip.AddrPortFrom(wl.IPs[0], uint16(pm.TargetPort)), wl.Healthy))
+			}
+		}
+	}
+	slices.SortFunc(lbs, func(a, b *endpoint.LbEndpoint) int {
+		return cmp.Compare(a.GetEndpoint().GetAddress().GetEnvoyInternalAddress().GetEndpointId(),
+			b.GetEndpoint().GetAddress().GetEnvoyInternalAddress().GetEndpointId())
+	})
+	cla := &endpoint.ClusterLoadAssignment{ClusterName: sp.name}
+	if len(lbs) > 0 {
+		cla.Endpoints = []*endpoint.LocalityLbEndpoints{{LbEndpoints: lbs}}
+	}
+	return cla
+}
