@@ -277,12 +277,20 @@ func (s *Server) callbacks() xds.CallbackFuncs {
 }
 
 // cacheLogger sends go-control-plane's cache logs to slog (its Info is our Debug: it reports
-// every watch it evaluates).
+// every watch it evaluates). Messages are formatted only when their level is on: some carry the
+// version map of every resource, which on a large mesh cost more than the push itself.
 func cacheLogger(l *slog.Logger) cplog.Logger {
+	at := func(level slog.Level) func(string, ...any) {
+		return func(f string, a ...any) {
+			if l.Enabled(context.Background(), level) {
+				l.Log(context.Background(), level, fmt.Sprintf(f, a...))
+			}
+		}
+	}
 	return cplog.LoggerFuncs{
-		DebugFunc: func(f string, a ...any) { l.Debug(fmt.Sprintf(f, a...)) },
-		InfoFunc:  func(f string, a ...any) { l.Debug(fmt.Sprintf(f, a...)) },
-		WarnFunc:  func(f string, a ...any) { l.Warn(fmt.Sprintf(f, a...)) },
-		ErrorFunc: func(f string, a ...any) { l.Error(fmt.Sprintf(f, a...)) },
+		DebugFunc: at(slog.LevelDebug),
+		InfoFunc:  at(slog.LevelDebug),
+		WarnFunc:  at(slog.LevelWarn),
+		ErrorFunc: at(slog.LevelError),
 	}
 }
