@@ -1,0 +1,78 @@
+// Command waypoint is the embedded waypoint for machines without Envoy: it terminates HBONE, runs the goambient.authz Envoy Go filter through a host adapter on each HTTP request, and proxies allowed requests over HBONE, taking its config from xdsserver.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/goambient/goambient/cmd/waypoint/internal/app"
+	"github.com/goambient/goambient/cmd/waypoint/internal/authzhost"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("waypoint", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	xdsAddr := fs.String("xds-address", "127.0.0.1:15010", "xdsserver's plaintext ADS address, host:port")
+	nodeID := fs.String("node-id", "", "Envoy node id: waypoint~<podIP>~<pod>.<namespace>~<namespace>.svc.cluster.local (required)")
+	listen := fs.String("listen", "", "HBONE listener, <podIP>:15008 (default: the node id's IP, port 15008)")
+	svidDir := fs.String("svid-dir", "", "`folder` of SVIDs, as meshctl certs issue writes it (required)")
+	readyListen := fs.String("ready-listen", "", "listener for /healthz/ready (200 once the filter config and routes arrived); empty: none")
+	accessLog := fs.String("access-log", "-", "access log file (JSON lines, Envoy's field names); - for stdout")
+	td := fs.String("trust-domain", "cluster.local", "trust domain of the mesh")
+	sa := fs.String("service-account", "", "the waypoint's service account when the workload API does not name it (default: the pod name)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintln(stderr, "waypoint: --log-level:", err)
+		return 2
+	}
+	if *nodeID == "" || *svidDir == "" {
+		fmt.Fprintln(stderr, "waypoint: --node-id and --svid-dir are required")
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if *listen == "" {
+		*listen = defaultListen(*nodeID)
+	}
+	var al io.Writer = stdout
+	if *accessLog != "-" {
+		f, err := os.OpenFile(*accessLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			log.Error("access log", "error", err.Error())
+			return 1
+		}
+		defer f.Close()
+		al = f
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	a, err := app.Start(ctx, app.Options{
+		XDSAddress: *xdsAddr, NodeID: *nodeID, Listen: *listen, ReadyListen: *readyListen, SVIDDir: *svidDir,
+		TrustDomain: *td, ServiceAccount: *sa, AccessLog: al, Logger: log,
+		Host: authzhost.New(log.With("scope", "authz")),
+	})
+	if err != nil {
+		log.Error("cannot start", "error", err.Error())
+		return 1
+	}
+	<-ctx.Done()
+	log.Info("stopping")
+	a.Stop()
+	log.Info("stopped")
+	return 0
+}
