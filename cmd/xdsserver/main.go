@@ -1,4 +1,4 @@
-// Command xdsserver is the control plane: it reads the mesh from folders of YAML and serves Istio's workload API to ztunnels over plaintext delta ADS, with readiness and metrics on a separate HTTP port.
+// Command xdsserver is the control plane: it reads the mesh from folders of YAML and serves Istio's workload API to ztunnels and Envoy xDS to waypoints over plaintext ADS, with readiness and metrics on a separate HTTP port.
 package main
 
 import (
@@ -37,6 +37,9 @@ func run(args []string) int {
 	interval := fs.Duration("interval", files.DefaultInterval, "how often the config folders are looked at")
 	waypointHostname := fs.Bool("waypoint-hostname", false, "refer to waypoints by hostname instead of VIP")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	secureListen := fs.String("secure-listen", "127.0.0.1:15012", "TLS gRPC listener: the CA and delta ADS (on when --ca-dir is set)")
+	caDir := fs.String("ca-dir", "", "folder of the CA root (root-cert.pem, root-key.pem), created on first start; turns on --secure-listen")
+	bootstrapTokens := fs.String("bootstrap-tokens", "", "file of bootstrap tokens accepted by the CA (format in xdsserver/ca/README.md)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -69,6 +72,7 @@ func run(args []string) int {
 	}
 	src := files.New(files.Options{Paths: dirs, Interval: *interval, Model: cfg, Logger: log.With("scope", "files")})
 	topts := wds.Options{WaypointHostname: *waypointHostname}
+	waypoints := newWaypointPusher(log.With("scope", "waypoints"), srv)
 
 	xl, err := net.Listen("tcp", *xdsListen)
 	if err != nil {
@@ -89,12 +93,23 @@ func run(args []string) int {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	var sec *secure
+	if *caDir != "" {
+		if sec, err = startSecure(log.With("scope", "ca"), reg, srv, *secureListen, *caDir, *bootstrapTokens, cfg.TrustDomain); err != nil {
+			log.Error("secure listener", "error", err.Error())
+			return 1
+		}
+		defer sec.stop()
+	}
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- srv.Serve(xl) }()
+	if sec != nil {
+		go func() { errc <- sec.serve() }()
+	}
 	go func() {
 		if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
@@ -112,16 +127,24 @@ func run(args []string) int {
 			}
 			configErrors.Set(float64(len(m.Errors)))
 			configWarnings.Set(float64(len(m.Warnings)))
+			if sec != nil {
+				sec.mesh.Set(m) // before the ztunnels see the workloads they will ask certificates for
+			}
 			r := wds.Translate(m, topts)
 			for _, w := range r.Warnings {
 				log.Info("translation warning", "warning", w.Error())
 			}
 			srv.SetResources(r)
+			waypoints.push(m)
 			meshPushes.Inc()
 			log.Info("mesh pushed", "addresses", len(r.Addresses), "authorizations", len(r.Authorizations), "errors", len(m.Errors))
 		})
 	}()
-	log.Info("xdsserver started", "xds", xl.Addr().String(), "http", hl.Addr().String(), "config", strings.Join(dirs, ","), "loopback", *loopback)
+	secAddr := ""
+	if sec != nil {
+		secAddr = sec.ln.Addr().String()
+	}
+	log.Info("xdsserver started", "xds", xl.Addr().String(), "http", hl.Addr().String(), "config", strings.Join(dirs, ","), "loopback", *loopback, "secure", secAddr)
 
 	code := 0
 	select {

@@ -1,0 +1,278 @@
+package integration
+
+// The control plane's CA end to end: a real xdsserver with --ca-dir serves the CA and delta ADS
+// on its TLS listener, and real ztunnels get their workloads' certificates from it.
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"testing"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	"github.com/goambient/goambient/ztunnel/identity"
+)
+
+const (
+	caTokenA = "catest-token-node-a-4f1e9c2b7d"
+	caTokenB = "catest-token-node-b-8a3d6e0f5c"
+)
+
+// caMesh is one ambient namespace with a client pod on node-a and a server pod on node-b.
+func caMesh(clientIP, serverIP string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata: {name: catest, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: client, namespace: catest}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: server, namespace: catest}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: catest, labels: {app: client}}
+spec:
+  serviceAccountName: client
+  nodeName: node-a
+  containers: [{name: client, image: curl}]
+status: {podIP: %s}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: catest, labels: {app: server}}
+spec:
+  serviceAccountName: server
+  nodeName: node-b
+  containers: [{name: server, image: echo, ports: [{containerPort: 8080}]}]
+status: {podIP: %s}
+`, clientIP, serverIP)
+}
+
+var caStartedRE = regexp.MustCompile(`xdsserver started.* xds=(\S+) http=(\S+).* secure=(\S+)`)
+
+// startCAXdsserver runs xdsserver with the CA on; it returns its log and the ADS, HTTP and
+// secure addresses once it is ready.
+func startCAXdsserver(t *testing.T, bin string, args ...string) (out *syncBuf, xds, httpAddr, secure string) {
+	t.Helper()
+	out = &syncBuf{}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("xdsserver log:\n%s", out)
+		}
+	})
+	eventually(t, 10*time.Second, "xdsserver's listeners", func() bool {
+		m := caStartedRE.FindStringSubmatch(out.String())
+		if m == nil {
+			return false
+		}
+		xds, httpAddr, secure = m[1], m[2], m[3]
+		return true
+	})
+	eventually(t, 10*time.Second, "xdsserver ready", func() bool {
+		resp, err := http.Get("http://" + httpAddr + "/healthz/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return out, xds, httpAddr, secure
+}
+
+// startCAZtunnel starts a ztunnel for node with its state from xdsAddr and its certificates
+// from the CA at caAddr, and waits until it is ready.
+func startCAZtunnel(t *testing.T, bin, node, host, xdsAddr, caAddr, root, tokenFile string) *ztunnelProc {
+	t.Helper()
+	z := &ztunnelProc{name: node, out: &syncBuf{}, host: host, exited: make(chan struct{})}
+	z.cmd = exec.Command(bin, "--node", node, "--xds-address", xdsAddr,
+		"--ca-address", caAddr, "--ca-root", root, "--ca-token-file", tokenFile,
+		"--loopback", "--socks5", host+":15080", "--admin", host+":15000", "--metrics", host+":15020",
+		"--readiness", host+":15021", "--drain-grace", "1s")
+	z.cmd.Stdout, z.cmd.Stderr = z.out, z.out
+	if err := z.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { z.cmd.Wait(); close(z.exited) }()
+	t.Cleanup(func() {
+		z.cmd.Process.Kill()
+		<-z.exited
+		if t.Failed() {
+			t.Logf("%s log:\n%s", node, z.out)
+		}
+	})
+	eventually(t, 10*time.Second, node+" ready", func() bool {
+		resp, err := http.Get("http://" + host + ":15021/healthz/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return z
+}
+
+// TestCAIssuesToZtunnels: two ztunnels get their workloads' SVIDs from xdsserver's CA over
+// TLS with bootstrap tokens, a call between the two workloads succeeds over HBONE, and node A's
+// token cannot obtain node B's workload identity.
+func TestCAIssuesToZtunnels(t *testing.T) {
+	bins := buildBinaries(t)
+	xdsBin := filepath.Join(filepath.Dir(bins["ztunnel"]), "xdsserver")
+	if b, err := exec.Command("go", "build", "-o", xdsBin, "../cmd/xdsserver").CombinedOutput(); err != nil {
+		t.Fatalf("go build xdsserver: %v\n%s", err, b)
+	}
+	dir := t.TempDir()
+	net24, _, _ := randomNet()
+	clientIP, serverIP := net24+".10", net24+".20"
+	hostA, hostB := net24+".1", net24+".2"
+
+	cfg := filepath.Join(dir, "config")
+	caDir := filepath.Join(dir, "ca")
+	if err := os.MkdirAll(cfg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeAtomic(t, filepath.Join(cfg, "mesh.yaml"), caMesh(clientIP, serverIP))
+	tokens := filepath.Join(dir, "tokens")
+	writeAtomic(t, tokens, "# bootstrap tokens\n"+caTokenA+" ztunnel node-a\n"+caTokenB+" ztunnel node-b\n")
+	tokA, tokB := filepath.Join(dir, "token-a"), filepath.Join(dir, "token-b")
+	writeAtomic(t, tokA, caTokenA+"\n")
+	writeAtomic(t, tokB, caTokenB+"\n")
+
+	xlog, xds, httpAddr, secure := startCAXdsserver(t, xdsBin, "--config-dir", cfg, "--loopback",
+		"--xds-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--secure-listen", "127.0.0.1:0",
+		"--ca-dir", caDir, "--bootstrap-tokens", tokens)
+	root := filepath.Join(caDir, identity.RootCertFile)
+	if st, err := os.Stat(filepath.Join(caDir, identity.RootKeyFile)); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("root key: %v %v, want mode 0600", st, err)
+	}
+
+	za := startCAZtunnel(t, bins["ztunnel"], "node-a", hostA, xds, secure, root, tokA)
+	zb := startCAZtunnel(t, bins["ztunnel"], "node-b", hostB, xds, secure, root, tokB)
+	serveHTTP(t, appAddrOf(serverIP, 8080), http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "hello from server\n")
+	}))
+
+	var code int
+	var body string
+	eventually(t, 15*time.Second, "client → server through both ztunnels", func() bool {
+		var err error
+		code, body, err = curl(hostA+":15080", clientIP, "http://"+serverIP+":8080/")
+		return err == nil && code == 200
+	})
+	if body != "hello from server\n" {
+		t.Fatalf("body %q", body)
+	}
+	for _, id := range []string{"spiffe://cluster.local/ns/catest/sa/client", "spiffe://cluster.local/ns/catest/sa/server"} {
+		if len(xlog.lines("certificate issued", id)) == 0 {
+			t.Errorf("xdsserver did not log issuing %s", id)
+		}
+	}
+	if len(za.out.lines("fetched SVID", "ns/catest/sa/client")) == 0 || len(zb.out.lines("fetched SVID", "ns/catest/sa/server")) == 0 {
+		t.Error("the ztunnels did not log their SVIDs")
+	}
+
+	// Node A's token cannot have node B's workload; node B's can; a bad token nothing.
+	serverID := spiffeid.RequireFromString("spiffe://cluster.local/ns/catest/sa/server")
+	fetch := func(tokenFile string) error {
+		s, err := identity.NewGRPCSource(identity.GRPCSourceOptions{Address: secure, RootFile: root, TokenFile: tokenFile,
+			TrustDomain: serverID.TrustDomain()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = s.FetchSVID(ctx, serverID)
+		return err
+	}
+	bad := filepath.Join(dir, "token-bad")
+	writeAtomic(t, bad, "not-a-token-anyone-knows\n")
+	for _, tt := range []struct {
+		token string
+		want  codes.Code
+	}{{tokA, codes.PermissionDenied}, {tokB, codes.OK}, {bad, codes.Unauthenticated}} {
+		err := fetch(tt.token)
+		if got := status.Code(err); got != tt.want {
+			t.Errorf("%s asking for %s: %v, want %v", filepath.Base(tt.token), serverID, err, tt.want)
+		}
+	}
+	if len(xlog.lines("certificate refused", "ztunnel of node node-a", "catest/server")) == 0 {
+		t.Error("xdsserver did not log the refusal naming the node and the identity")
+	}
+	// The secure listener also serves the delta ADS.
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(readFile(t, root)))
+	conn, err := grpc.NewClient(secure, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: pool, ServerName: identity.DefaultCAServerName})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ads, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ads.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "ztunnel~127.0.0.1~ztunnel-x.istio-system~istio-system.svc.cluster.local"},
+		TypeUrl: "type.googleapis.com/istio.workload.Address"}); err != nil {
+		t.Fatal(err)
+	}
+	dr, err := ads.Recv()
+	if err != nil || len(dr.GetResources()) == 0 {
+		t.Fatalf("delta ADS over the secure listener: %d resources, %v", len(dr.GetResources()), err)
+	}
+
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, reason := range []string{"forbidden", "unauthenticated"} {
+		re := regexp.MustCompile(`(?m)^goambient_ca_certificates_refused_total\{reason="` + reason + `"\} [1-9]`)
+		if !re.Match(m) {
+			t.Errorf("/metrics: no refusal counted as %s", reason)
+		}
+	}
+
+	// A restart keeps the root: the new server's certificates verify against the same file.
+	before := readFile(t, root)
+	_, _, _, secure2 := startCAXdsserver(t, xdsBin, "--config-dir", cfg, "--loopback",
+		"--xds-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--secure-listen", "127.0.0.1:0",
+		"--ca-dir", caDir, "--bootstrap-tokens", tokens)
+	if readFile(t, root) != before {
+		t.Fatal("the root changed across a restart")
+	}
+	secure = secure2
+	if err := fetch(tokB); err != nil {
+		t.Fatalf("after a restart: %v", err)
+	}
+}
