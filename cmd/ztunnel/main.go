@@ -31,12 +31,17 @@ func run(args []string) int {
 	node := fs.String("node", os.Getenv("NODE_NAME"), "node name: workloads with this node are served here (required)")
 	configFile := fs.String("config-file", "", "workload state file (istio.workload resources as YAML/JSON), watched (this or --xds-address)")
 	xdsAddr := fs.String("xds-address", "", "control plane delta ADS address, host:port, plaintext (this or --config-file)")
-	svidDir := fs.String("svid-dir", "", "SVID folder written by `meshctl certs` (required)")
+	svidDir := fs.String("svid-dir", "", "SVID folder written by `meshctl certs` (this or --ca-address)")
+	caAddr := fs.String("ca-address", "", "control plane CA, host:port (its TLS 15012): SVIDs by Istio's CreateCertificate (this or --svid-dir)")
+	caRoot := fs.String("ca-root", "", "with --ca-address: PEM root that verifies the CA (required with it)")
+	caToken := fs.String("ca-token-file", "", "with --ca-address: bearer token file, read on each request")
 	td := fs.String("trust-domain", "cluster.local", "trust domain of workloads that name none")
 	loopback := fs.Bool("loopback", false, "loopback mode: pods are 127.x addresses, listeners per pod IP, apps on private addresses")
 	appOffset := fs.Uint("app-offset", proxy.DefaultAppOffset, "loopback: the app of pod a.b.c.d:p listens on a.(b+offset mod 256).c.d:p")
 	var apps appMap
 	fs.Var(&apps, "app", "loopback: explicit app address `podIP:port=appIP:port` (repeatable; wins over --app-offset)")
+	var podNS podNetns
+	fs.Var(&podNS, "pod-netns", "namespace mode (Linux): the pod `podIP=/var/run/netns/NAME` is that network namespace; its 15001/15006/15008 listeners open inside it (repeatable)")
 	hboneAddr := fs.String("inbound-hbone", "[::]:15008", "inbound HBONE listener (not in loopback mode)")
 	plainAddr := fs.String("inbound-plaintext", "[::]:15006", "inbound plaintext listener, iptables-redirected (not in loopback mode)")
 	outAddr := fs.String("outbound", "[::]:15001", "outbound capture listener, iptables-redirected (\"\" to turn off; default off in loopback mode)")
@@ -50,8 +55,8 @@ func run(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *node == "" || *svidDir == "" || (*configFile == "") == (*xdsAddr == "") {
-		fmt.Fprintln(os.Stderr, "ztunnel: --node, --svid-dir and exactly one of --config-file and --xds-address are required")
+	if *node == "" || (*svidDir == "") == (*caAddr == "") || (*configFile == "") == (*xdsAddr == "") || (*caAddr != "" && *caRoot == "") {
+		fmt.Fprintln(os.Stderr, "ztunnel: --node, exactly one of --svid-dir and --ca-address (with --ca-root), and exactly one of --config-file and --xds-address are required")
 		return 2
 	}
 	outSet := false
@@ -82,9 +87,19 @@ func run(args []string) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	idm, err := identity.NewManager(ctx, identity.ManagerOptions{
+	idOpts := identity.ManagerOptions{
 		Source: identity.NewDirSource(*svidDir, trust), Logger: log.With("scope", "identity"), RefreshInterval: time.Minute,
-	})
+	}
+	if *caAddr != "" {
+		cs, err := identity.NewGRPCSource(identity.GRPCSourceOptions{Address: *caAddr, RootFile: *caRoot, TokenFile: *caToken, TrustDomain: trust})
+		if err != nil {
+			log.Error("identities", "error", err.Error())
+			return 2
+		}
+		defer cs.Close()
+		idOpts.Source, idOpts.RefreshInterval = cs, 0 // a new SVID on every fetch: rotate at half-life only
+	}
+	idm, err := identity.NewManager(ctx, idOpts)
 	if err != nil {
 		log.Error("identities", "error", err.Error())
 		return 1
@@ -110,10 +125,20 @@ func run(args []string) int {
 		}, opts...)
 	}
 
+	if *loopback && len(podNS) > 0 {
+		log.Error("--loopback and --pod-netns exclude each other")
+		return 2
+	}
+	pods, closePods, err := podNS.open()
+	if err != nil {
+		log.Error("pod namespaces", "error", err.Error())
+		return 1
+	}
+	defer closePods()
 	offsetRule := proxy.AppOffsetRule(byte(*appOffset))
 	p, err := proxy.New(proxy.Config{
 		Logger: log, Node: *node, TrustDomain: *td, Store: store, Identity: idm,
-		Loopback: *loopback,
+		Loopback: *loopback, Namespaces: pods,
 		AppAddr: func(pod netip.AddrPort) netip.AddrPort {
 			if a, ok := apps[pod]; ok {
 				return a

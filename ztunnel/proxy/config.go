@@ -48,6 +48,10 @@ type Config struct {
 	// AppOffsetRule(DefaultAppOffset).
 	AppAddr func(pod netip.AddrPort) netip.AddrPort
 
+	// Namespaces, when set, is namespace (in-pod) mode (see PodNetworks): the 15001, 15006 and
+	// 15008 listeners are per pod, inside its network namespace, and Listen's are not opened.
+	Namespaces PodNetworks
+
 	// Ready, when set, must also be true for /healthz/ready (e.g. "the state file was loaded").
 	Ready func() bool
 	// DrainGrace is how long open connections get after Shutdown starts (default 5s).

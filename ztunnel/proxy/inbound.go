@@ -79,8 +79,7 @@ func (p *Proxy) serveHBONE(ctx context.Context, req *hbone.Request) hbone.Respon
 	if p.cfg.Loopback {
 		app = p.appAddr(app)
 	}
-	var d net.Dialer
-	up, err := d.DialContext(ctx, "tcp", app.String())
+	up, err := p.dialAs(ctx, st, dst, app.String())
 	if err != nil {
 		return fail(http.StatusServiceUnavailable, err, metrics.FlagConnect)
 	}

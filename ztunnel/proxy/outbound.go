@@ -129,8 +129,7 @@ func (p *Proxy) dialRoute(ctx context.Context, st *state.State, from netip.AddrP
 	ctx, cancel := context.WithTimeout(ctx, DialTimeout)
 	defer cancel()
 	if !route.HBONE() {
-		var d net.Dialer
-		return d.DialContext(ctx, "tcp", route.Dial.String())
+		return p.dialAs(ctx, st, src, route.Dial.String())
 	}
 	svid, _, err := p.svid(st.Identity(src))
 	if err != nil {
@@ -146,7 +145,7 @@ func (p *Proxy) dialRoute(ctx context.Context, st *state.State, from netip.AddrP
 	if route.Service != nil {
 		t.Host = route.Service.GetHostname()
 	}
-	return p.client.Dial(ctx, t)
+	return p.clientFor(st, src).Dial(ctx, t)
 }
 
 func (p *Proxy) relayOutbound(st *state.State, client, up net.Conn, from netip.AddrPort, src *workloadapi.Workload, dst netip.AddrPort, route state.Route, start time.Time) {
@@ -264,7 +263,9 @@ func (p *Proxy) servePlaintext(ln net.Listener, redirect bool) {
 		if p.cfg.Loopback {
 			app = p.appAddr(dst)
 		}
-		up, err := net.DialTimeout("tcp", app.String(), DialTimeout)
+		dctx, cancel := context.WithTimeout(context.Background(), DialTimeout)
+		up, err := p.dialAs(dctx, st, w, app.String())
+		cancel()
 		if err != nil {
 			fail(err, metrics.FlagConnect)
 			return

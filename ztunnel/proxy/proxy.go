@@ -40,6 +40,7 @@ type Proxy struct {
 	http      []*http.Server
 	open      map[*inboundConn]struct{} // inbound connections, re-checked on policy change
 	relays    map[net.Conn]struct{}     // plaintext and captured client connections
+	inpod     map[string]*inpodPod      // namespace mode: served pods by "uid/ip"
 	wg        sync.WaitGroup
 
 	up       atomic.Bool // listeners started
@@ -121,6 +122,9 @@ func (p *Proxy) Start() error {
 	if p.cfg.Loopback {
 		fixed[0].addr, fixed[1].addr = "", ""
 	}
+	if p.cfg.Namespaces != nil {
+		fixed[0].addr, fixed[1].addr, fixed[2].addr = "", "", ""
+	}
 	for i, f := range fixed {
 		if f.addr == "" {
 			continue
@@ -171,6 +175,9 @@ func (p *Proxy) goServe(serve func(net.Listener), ln net.Listener) {
 func (p *Proxy) onState(st *state.State) {
 	if p.cfg.Loopback {
 		p.reconcileLoopback(st)
+	}
+	if p.cfg.Namespaces != nil {
+		p.reconcileNamespaces(st)
 	}
 	p.recheck(st)
 }
@@ -224,7 +231,7 @@ func isFixed(key string) bool { return len(key) > 6 && key[:6] == "fixed/" }
 
 // Ready reports whether the listeners are up and Config.Ready (the state) says so.
 func (p *Proxy) Ready() bool {
-	if !p.up.Load() || (p.cfg.Loopback && !p.listenOK.Load()) {
+	if !p.up.Load() || ((p.cfg.Loopback || p.cfg.Namespaces != nil) && !p.listenOK.Load()) {
 		return false
 	}
 	return p.cfg.Ready == nil || p.cfg.Ready()
@@ -258,6 +265,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	p.client.Close()
+	p.closePods()
 	return nil
 }
 
