@@ -17,6 +17,9 @@ func (o Origin) String() string {
 	if o.File == "" {
 		return ""
 	}
+	if o.Line == 0 { // not read from a file (a Kubernetes object)
+		return o.File
+	}
 	return o.File + ":" + strconv.Itoa(o.Line) + " (document " + strconv.Itoa(o.Doc) + ")"
 }
 

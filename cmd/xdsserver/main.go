@@ -1,4 +1,4 @@
-// Command xdsserver is the control plane: it reads the mesh from folders of YAML and serves Istio's workload API to ztunnels and Envoy xDS to waypoints over plaintext ADS, with readiness and metrics on a separate HTTP port.
+// Command xdsserver is the control plane: it reads the mesh from folders of YAML (or a Kubernetes cluster) and serves Istio's workload API to ztunnels and Envoy xDS to waypoints over plaintext ADS, with readiness and metrics on a separate HTTP port.
 package main
 
 import (
@@ -40,11 +40,14 @@ func run(args []string) int {
 	secureListen := fs.String("secure-listen", "127.0.0.1:15012", "TLS gRPC listener: the CA and delta ADS (on when --ca-dir is set)")
 	caDir := fs.String("ca-dir", "", "folder of the CA root (root-cert.pem, root-key.pem), created on first start; turns on --secure-listen")
 	bootstrapTokens := fs.String("bootstrap-tokens", "", "file of bootstrap tokens accepted by the CA (format in xdsserver/ca/README.md)")
+	kubeconfig := fs.String("kubeconfig", "", "read the mesh from the Kubernetes cluster of this kubeconfig file instead of --config-dir")
+	inCluster := fs.Bool("kube", false, "read the mesh from the Kubernetes cluster this runs in (service account), instead of --config-dir")
+	noStatus := fs.Bool("no-status", false, "with --kubeconfig/--kube: do not write status conditions on AuthorizationPolicies")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if len(dirs) == 0 {
-		fmt.Fprintln(os.Stderr, "xdsserver: --config-dir is required")
+	if (len(dirs) == 0) == (*kubeconfig == "" && !*inCluster) {
+		fmt.Fprintln(os.Stderr, "xdsserver: give either --config-dir, or --kubeconfig or --kube")
 		return 2
 	}
 	var level slog.Level
@@ -70,7 +73,12 @@ func run(args []string) int {
 	if *loopback {
 		cfg.Placement = model.LoopbackPlacement
 	}
-	src := files.New(files.Options{Paths: dirs, Interval: *interval, Model: cfg, Logger: log.With("scope", "files")})
+	src, err := pickSource(files.New(files.Options{Paths: dirs, Interval: *interval, Model: cfg, Logger: log.With("scope", "files")}),
+		*kubeconfig, *inCluster, *noStatus, cfg, log.With("scope", "kube"))
+	if err != nil {
+		log.Error("kubernetes source", "error", err.Error())
+		return 1
+	}
 	topts := wds.Options{WaypointHostname: *waypointHostname}
 	waypoints := newWaypointPusher(log.With("scope", "waypoints"), srv)
 

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+
+	"github.com/goambient/goambient/xdsserver/model"
+	"github.com/goambient/goambient/xdsserver/source"
+	"github.com/goambient/goambient/xdsserver/source/kube"
+)
+
+// kubeSource is the Kubernetes source, reaching the cluster through the kubeconfig file at
+// path, or the pod's service account when path is empty (in-cluster). In a cluster istiod's
+// role includes deploying waypoints, so the model does not synthesize them.
+func kubeSource(path string, cfg model.Config, noStatus bool, log *slog.Logger) (*kube.Source, error) {
+	var rc *rest.Config
+	var err error
+	if path != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", path)
+	} else {
+		rc, err = rest.InClusterConfig()
+		if errors.Is(err, rest.ErrNotInCluster) {
+			err = fmt.Errorf("%w (give --kubeconfig outside a cluster)", err)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
+	}
+	rc.UserAgent = "goambient-xdsserver"
+	k, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes clientset: %w", err)
+	}
+	i, err := istioclient.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("istio clientset: %w", err)
+	}
+	g, err := gwclient.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("gateway API clientset: %w", err)
+	}
+	cfg.DeployWaypoints = false
+	return kube.New(kube.Clients{Kube: k, Istio: i, Gateway: g}, kube.Options{Model: cfg, NoStatus: noStatus, Logger: log}), nil
+}
+
+// pickSource is the files source, or the Kubernetes source when a kubeconfig is given or
+// in-cluster access is asked for.
+func pickSource(filesSrc source.Source, kubeconfig string, inCluster, noStatus bool, cfg model.Config, log *slog.Logger) (source.Source, error) {
+	if kubeconfig == "" && !inCluster {
+		return filesSrc, nil
+	}
+	return kubeSource(kubeconfig, cfg, noStatus, log)
+}
