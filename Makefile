@@ -2,9 +2,13 @@
 GO ?= go
 OPA := $(GO) tool opa
 
-.PHONY: test vet gotest opa-test bench fuzz build clean
+.PHONY: test vet gotest opa-test bench fuzz build clean demo filters
 
-test: vet gotest opa-test
+test: filters vet gotest opa-test
+
+# filters.so, the Envoy Go filter library every waypoint Envoy loads (see filters/README.md).
+filters:
+	$(GO) build -buildmode=c-shared -o bin/filters.so ./filters/cmd/filters
 
 vet:
 	$(GO) vet ./...
@@ -19,9 +23,16 @@ opa-test:
 build:
 	$(GO) build -o bin/ ./cmd/...
 
+# The three scenarios of manifests/examples end to end on loopback (xdsserver, two ztunnels,
+# the embedded waypoint, the demo apps); SCENARIO=handson|bookinfo-lite|demo-strict plays one.
+SCENARIO ?= all
+demo:
+	$(GO) run ./cmd/meshctl demo --scenario $(SCENARIO)
+
 # Benchmarks that compare against a baseline in the same run (see README, Performance).
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./policies/ ./policies/l4/
+	$(GO) test -run '^$$' -bench . -benchmem ./filters/authz/
 	$(GO) test -run '^$$' -bench NativeVsOPA -benchtime 5x ./policies/rego/
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./ztunnel/proxy/ ./ztunnel/hbone/
 

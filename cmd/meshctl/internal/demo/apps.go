@@ -1,0 +1,124 @@
+package demo
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// Reply is the chain app's answer: its name, address, and each upstream call's result
+// (bookinfo-lite's fake-service).
+type Reply struct {
+	Name      string         `json:"name"`
+	Address   string         `json:"address"`
+	Upstreams []UpstreamCall `json:"upstream_calls,omitempty"`
+}
+
+// UpstreamCall is one call a chain app made.
+type UpstreamCall struct {
+	URI   string `json:"uri"`
+	Code  int    `json:"code"` // 0: no HTTP response
+	Error string `json:"error,omitempty"`
+	Reply *Reply `json:"reply,omitempty"`
+}
+
+// echoApp is handson-blue: 200 on GET / (and any GET), 405 on other methods.
+func echoApp(name string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", "GET")
+			http.Error(w, name+": method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		fmt.Fprintf(w, "%s: %s %s\n", name, r.Method, r.URL.Path)
+	})
+}
+
+// chainApp calls upstream (if any) through socks from its pod address and answers 200 with
+// JSON naming itself and the upstream's result.
+func chainApp(name, podIP, socks, upstream string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rep := Reply{Name: name, Address: podIP}
+		if upstream != "" {
+			c := UpstreamCall{URI: upstream}
+			res := curl(r.Context(), socks, podIP, "", http.MethodGet, upstream, "")
+			if res.Status == 0 {
+				c.Error = res.String()
+			} else {
+				c.Code = res.Status
+				var sub Reply
+				if json.Unmarshal([]byte(res.Body), &sub) == nil {
+					c.Reply = &sub
+				}
+			}
+			rep.Upstreams = append(rep.Upstreams, c)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(rep)
+	})
+}
+
+// httpbinApp answers GET /get with 200 and GET /status/N with N.
+func httpbinApp() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s, ok := strings.CutPrefix(r.URL.Path, "/status/"); ok {
+			if code, err := strconv.Atoi(s); err == nil && code >= 100 && code < 600 {
+				w.WriteHeader(code)
+				return
+			}
+		}
+		if r.URL.Path == "/get" {
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, "{\"url\": %q, \"origin\": %q}\n", r.URL.String(), r.RemoteAddr)
+			return
+		}
+		http.NotFound(w, r)
+	})
+}
+
+// chainOK checks that body is the chain of names, every hop 200.
+func chainOK(body string, names []string) error {
+	var rep Reply
+	if err := json.Unmarshal([]byte(body), &rep); err != nil {
+		return fmt.Errorf("not a chain reply: %v", err)
+	}
+	cur := &rep
+	for i, n := range names {
+		if cur == nil || cur.Name != n {
+			return fmt.Errorf("hop %d: want %s, got %+v", i, n, cur)
+		}
+		if i == len(names)-1 {
+			return nil
+		}
+		if len(cur.Upstreams) != 1 || cur.Upstreams[0].Code != 200 {
+			return fmt.Errorf("%s's upstream call: %+v", n, cur.Upstreams)
+		}
+		cur = cur.Upstreams[0].Reply
+	}
+	return nil
+}
+
+// chainString is "a → 200 b → 200 c" for a chain reply.
+func chainString(body string) string {
+	var rep Reply
+	if json.Unmarshal([]byte(body), &rep) != nil {
+		return ""
+	}
+	var b strings.Builder
+	for cur := &rep; cur != nil; {
+		b.WriteString(cur.Name)
+		if len(cur.Upstreams) == 0 {
+			break
+		}
+		u := cur.Upstreams[0]
+		if u.Code == 0 {
+			fmt.Fprintf(&b, " → %s (%s)", u.URI, u.Error)
+			break
+		}
+		fmt.Fprintf(&b, " → %d ", u.Code)
+		cur = u.Reply
+	}
+	return b.String()
+}

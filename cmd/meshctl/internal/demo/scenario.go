@@ -1,0 +1,163 @@
+package demo
+
+import (
+	"embed"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+//go:embed scenarios/*.yaml
+var scenarioFS embed.FS
+
+// Scenario is one example of manifests/examples/<Name>, as the demo plays it: the nodes (one
+// ztunnel each), the apps to run, the waypoint Gateway (if any) and the steps. The example's
+// README is the source of truth; scenarios/<name>.yaml says how to check it.
+type Scenario struct {
+	Name     string   `json:"name"`
+	Title    string   `json:"title"`
+	Nodes    []string `json:"nodes"`
+	Apps     []App    `json:"apps"`
+	Waypoint string   `json:"waypoint,omitempty"` // Gateway "ns/name" run by the embedded waypoint
+	Steps    []Step   `json:"steps"`
+}
+
+// App is a demo application on a pod's private address.
+type App struct {
+	Pod      string `json:"pod"`                // "ns/name"
+	Kind     string `json:"kind"`               // echo, chain or httpbin
+	Upstream string `json:"upstream,omitempty"` // chain: the URL it calls (through its ztunnel)
+}
+
+// Step is one change of configuration and what must be seen after it.
+type Step struct {
+	Readme   int      `json:"readme"` // the README's step number
+	Title    string   `json:"title"`
+	Apply    []string `json:"apply,omitempty"`  // files of the example copied into the config folder
+	Delete   []string `json:"delete,omitempty"` // files removed from it
+	Patch    *Patch   `json:"patch,omitempty"`  // a file applied with one edit
+	Waypoint bool     `json:"waypoint,omitempty"`
+	Calls    []Call   `json:"calls"`
+	Logs     []Log    `json:"logs,omitempty"`
+}
+
+// Patch applies File with Replace replaced by With (a `kubectl patch`).
+type Patch struct {
+	File    string `json:"file"`
+	Replace string `json:"replace"`
+	With    string `json:"with"`
+}
+
+// Call is one curl from a pod, and what it must get.
+type Call struct {
+	From      string   `json:"from"` // "ns/pod"
+	Method    string   `json:"method,omitempty"`
+	Data      string   `json:"data,omitempty"`
+	URL       string   `json:"url"`
+	Plaintext bool     `json:"plaintext,omitempty"` // a pod outside the mesh: straight to the pod, no ztunnel
+	Status    int      `json:"status,omitempty"`
+	Closed    bool     `json:"closed,omitempty"` // no HTTP response (curl 000)
+	Body      string   `json:"body,omitempty"`   // a substring of the body
+	Chain     []string `json:"chain,omitempty"`  // demo app names along the call chain, each hop 200
+}
+
+// Log is a line some component must have written, or a probe.
+type Log struct {
+	Ztunnel   string            `json:"ztunnel,omitempty"`   // node whose ztunnel logged it
+	All       []string          `json:"all,omitempty"`       // substrings of one line
+	AccessLog map[string]string `json:"accesslog,omitempty"` // the waypoint's JSON access log: field → value ("" = absent)
+	TLS       *TLSProbe         `json:"tls,omitempty"`
+}
+
+// TLSProbe checks that an address speaks TLS 1.3 with a SPIFFE identity, and no plaintext HTTP.
+type TLSProbe struct {
+	To       string `json:"to"`
+	Identity string `json:"identity"`
+}
+
+// Names lists the scenarios, sorted.
+func Names() []string {
+	ents, _ := scenarioFS.ReadDir("scenarios")
+	var out []string
+	for _, e := range ents {
+		out = append(out, strings.TrimSuffix(e.Name(), ".yaml"))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Load returns the named scenario.
+func Load(name string) (*Scenario, error) {
+	b, err := scenarioFS.ReadFile(path.Join("scenarios", name+".yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("unknown scenario %q (have %s)", name, strings.Join(Names(), ", "))
+	}
+	var s Scenario
+	if err := yaml.UnmarshalStrict(b, &s); err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", name, err)
+	}
+	if err := s.validate(); err != nil {
+		return nil, fmt.Errorf("scenario %s: %w", name, err)
+	}
+	return &s, nil
+}
+
+func (s *Scenario) validate() error {
+	if len(s.Nodes) == 0 || len(s.Steps) == 0 {
+		return fmt.Errorf("needs nodes and steps")
+	}
+	for i, st := range s.Steps {
+		for j, c := range st.Calls {
+			if (c.Status == 0) == !c.Closed {
+				return fmt.Errorf("steps[%d].calls[%d]: exactly one of status and closed", i, j)
+			}
+		}
+		for j, l := range st.Logs {
+			n := 0
+			if l.Ztunnel != "" {
+				n++
+				if !slices.Contains(s.Nodes, l.Ztunnel) {
+					return fmt.Errorf("steps[%d].logs[%d]: unknown node %q", i, j, l.Ztunnel)
+				}
+			}
+			if l.AccessLog != nil {
+				n++
+			}
+			if l.TLS != nil {
+				n++
+			}
+			if n != 1 {
+				return fmt.Errorf("steps[%d].logs[%d]: exactly one of ztunnel, accesslog and tls", i, j)
+			}
+		}
+		if st.Waypoint && s.Waypoint == "" {
+			return fmt.Errorf("steps[%d]: needs a waypoint but the scenario names none", i)
+		}
+	}
+	return nil
+}
+
+// Checks is the number of results a run compares: calls and log lines.
+func (s *Scenario) Checks() int {
+	n := 0
+	for _, st := range s.Steps {
+		n += len(st.Calls) + len(st.Logs)
+	}
+	return n
+}
+
+// Files lists every file of the example the scenario applies or patches.
+func (s *Scenario) Files() []string {
+	var out []string
+	for _, st := range s.Steps {
+		out = append(out, st.Apply...)
+		if st.Patch != nil {
+			out = append(out, st.Patch.File)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
