@@ -75,7 +75,11 @@ func (s *Server) assign(node string) {
 		err = errNoSnapshot
 	}
 	if err != nil {
-		s.snapshots.ClearSnapshot(node)
+		// An empty snapshot, not ClearSnapshot: clearing would also drop the node's open
+		// watches, and it would never get its resources once its Gateway exists.
+		if empty, eerr := snapshot(&waypointxds.WaypointResources{}); eerr == nil {
+			_ = s.snapshots.SetSnapshot(context.Background(), node, empty)
+		}
 		s.log.Warn("unknown waypoint node: no resources sent", "node", node, "error", err.Error())
 		return
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	golang "github.com/envoyproxy/go-control-plane/contrib/envoy/extensions/filters/http/golang/v3alpha"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -294,5 +295,36 @@ func TestUnknownWaypointNodeGetsNothing(t *testing.T) {
 	}
 	if w := srv.WaypointOfNode(id); w != "" {
 		t.Errorf("unknown node serves waypoint %q", w)
+	}
+}
+
+// TestWaypointBeforeItsGateway connects a waypoint Envoy while the mesh has no waypoint for it
+// (its Gateway not applied yet): it gets nothing, then its listeners once the Gateway exists.
+func TestWaypointBeforeItsGateway(t *testing.T) {
+	m, res := waypointMesh(t, nil)
+	srv, addr := startServer(t, "127.0.0.1:0", server.Options{Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)}, resources(t, false))
+	srv.SetWaypoints(&waypointxds.Resources{})
+	node := waypointNode(t, m)
+	c := newDeltaClient(t, addr, node)
+	c.subscribe(resource.ListenerType)
+	if resp := c.recv(); len(resp.GetResources()) != 0 { // fail closed: nothing yet
+		t.Fatalf("an unknown node got %d listeners", len(resp.GetResources()))
+	}
+	deadline := time.Now().Add(timeout)
+	for srv.DeltaWatches(node.GetId()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no watch for the node")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	srv.SetWaypoints(&waypointxds.Resources{}) // another push without its Gateway
+	srv.SetWaypoints(res)
+	for { // an empty response may come first; the stream's deadline bounds the loop
+		if resp := c.recv(); len(resp.GetResources()) > 0 {
+			if got := len(resp.GetResources()); got != 3 {
+				t.Fatalf("got %d listeners, want 3", got)
+			}
+			return
+		}
 	}
 }
