@@ -15,6 +15,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"istio.io/istio/pkg/workloadapi"
 
 	"github.com/goambient/goambient/ztunnel/hbone"
 	"github.com/goambient/goambient/ztunnel/metrics"
@@ -187,7 +188,9 @@ func (p *Proxy) onState(st *state.State) {
 func (p *Proxy) reconcileLoopback(st *state.State) {
 	want := map[string]func(net.Listener){}
 	for _, w := range st.Resources().Workloads {
-		if w.GetNode() != p.cfg.Node {
+		// Only pods in the mesh are captured (as istio-cni enrols only those): a pod outside
+		// it, such as a waypoint's, listens on its own address.
+		if w.GetNode() != p.cfg.Node || w.GetTunnelProtocol() != workloadapi.TunnelProtocol_HBONE {
 			continue
 		}
 		for _, ip := range st.Addresses(w) {
