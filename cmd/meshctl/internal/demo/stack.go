@@ -309,9 +309,7 @@ func (s *stack) startApps() error {
 }
 
 // reserveWaypoint holds the waypoint pod's HBONE address until the waypoint starts, as the
-// pod's own network namespace would. In loopback mode the ztunnel of the waypoint pod's node
-// listens on podIP:15008 for every pod of its node, mesh or not; with the address taken it logs
-// "cannot listen for a local workload" instead of taking the waypoint's port.
+// pod's own network namespace would, so that nothing else on the machine takes it meanwhile.
 func (s *stack) reserveWaypoint() {
 	if _, ok := s.bins.Path["waypoint"]; !ok {
 		s.wpErr = s.bins.Err["waypoint"]
