@@ -103,7 +103,7 @@ func curl(ctx context.Context, socks, from, dial, method, url, data string) Resu
 	if err != nil {
 		return Result{Err: err}
 	}
-	req.Header.Set("User-Agent", "curl/8.5.0")
+	req.Header.Set("User-Agent", "meshctl-demo") // a Go client; the demo prints the curl command it stands for
 	if data != "" {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
