@@ -19,7 +19,7 @@ import (
 // kubeSource is the Kubernetes source, reaching the cluster through the kubeconfig file at
 // path, or the pod's service account when path is empty (in-cluster). In a cluster istiod's
 // role includes deploying waypoints, so the model does not synthesize them.
-func kubeSource(path string, cfg model.Config, noStatus bool, log *slog.Logger) (*kube.Source, error) {
+func kubeSource(path string, cfg model.Config, noStatus bool, log *slog.Logger) (*kube.Source, kubernetes.Interface, error) {
 	var rc *rest.Config
 	var err error
 	if path != "" {
@@ -31,30 +31,31 @@ func kubeSource(path string, cfg model.Config, noStatus bool, log *slog.Logger) 
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
+		return nil, nil, fmt.Errorf("kubernetes client configuration: %w", err)
 	}
 	rc.UserAgent = "goambient-xdsserver"
 	k, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes clientset: %w", err)
+		return nil, nil, fmt.Errorf("kubernetes clientset: %w", err)
 	}
 	i, err := istioclient.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("istio clientset: %w", err)
+		return nil, nil, fmt.Errorf("istio clientset: %w", err)
 	}
 	g, err := gwclient.NewForConfig(rc)
 	if err != nil {
-		return nil, fmt.Errorf("gateway API clientset: %w", err)
+		return nil, nil, fmt.Errorf("gateway API clientset: %w", err)
 	}
 	cfg.DeployWaypoints = false
-	return kube.New(kube.Clients{Kube: k, Istio: i, Gateway: g}, kube.Options{Model: cfg, NoStatus: noStatus, Logger: log}), nil
+	return kube.New(kube.Clients{Kube: k, Istio: i, Gateway: g}, kube.Options{Model: cfg, NoStatus: noStatus, Logger: log}), k, nil
 }
 
 // pickSource is the files source, or the Kubernetes source when a kubeconfig is given or
-// in-cluster access is asked for.
-func pickSource(filesSrc source.Source, kubeconfig string, inCluster, noStatus bool, cfg model.Config, log *slog.Logger) (source.Source, error) {
+// in-cluster access is asked for; then it also returns the Kubernetes client (for the CA's
+// TokenReview).
+func pickSource(filesSrc source.Source, kubeconfig string, inCluster, noStatus bool, cfg model.Config, log *slog.Logger) (source.Source, kubernetes.Interface, error) {
 	if kubeconfig == "" && !inCluster {
-		return filesSrc, nil
+		return filesSrc, nil, nil
 	}
 	return kubeSource(kubeconfig, cfg, noStatus, log)
 }

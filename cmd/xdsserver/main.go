@@ -73,7 +73,7 @@ func run(args []string) int {
 	if *loopback {
 		cfg.Placement = model.LoopbackPlacement
 	}
-	src, err := pickSource(files.New(files.Options{Paths: dirs, Interval: *interval, Model: cfg, Logger: log.With("scope", "files")}),
+	src, kc, err := pickSource(files.New(files.Options{Paths: dirs, Interval: *interval, Model: cfg, Logger: log.With("scope", "files")}),
 		*kubeconfig, *inCluster, *noStatus, cfg, log.With("scope", "kube"))
 	if err != nil {
 		log.Error("kubernetes source", "error", err.Error())
@@ -103,7 +103,7 @@ func run(args []string) int {
 	})
 	var sec *secure
 	if *caDir != "" {
-		if sec, err = startSecure(log.With("scope", "ca"), reg, srv, *secureListen, *caDir, *bootstrapTokens, cfg.TrustDomain); err != nil {
+		if sec, err = startSecure(log.With("scope", "ca"), reg, srv, *secureListen, *caDir, *bootstrapTokens, kc, cfg.TrustDomain); err != nil {
 			log.Error("secure listener", "error", err.Error())
 			return 1
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/goambient/goambient/xdsserver/ca"
 	"github.com/goambient/goambient/xdsserver/server"
@@ -34,8 +35,10 @@ func (denyAll) Authenticate(context.Context, string) (*ca.Caller, error) {
 	return nil, errors.New("no token source configured (--bootstrap-tokens)")
 }
 
-// startSecure loads or creates the root in caDir and listens on listen.
-func startSecure(log *slog.Logger, reg prometheus.Registerer, srv *server.Server, listen, caDir, tokens, trustDomain string) (*secure, error) {
+// startSecure loads or creates the root in caDir and listens on listen. Callers authenticate
+// with the bootstrap tokens of the tokens file; without one, with Kubernetes service account
+// tokens (TokenReview) when kc is set, else not at all.
+func startSecure(log *slog.Logger, reg prometheus.Registerer, srv *server.Server, listen, caDir, tokens string, kc kubernetes.Interface, trustDomain string) (*secure, error) {
 	td, err := spiffeid.TrustDomainFromString(cmp.Or(trustDomain, "cluster.local"))
 	if err != nil {
 		return nil, fmt.Errorf("trust domain: %w", err)
@@ -53,6 +56,13 @@ func startSecure(log *slog.Logger, reg prometheus.Registerer, srv *server.Server
 		}
 		log.Info("bootstrap tokens loaded", "file", tokens, "tokens", tf.Len())
 		auth = tf
+	} else if kc != nil {
+		tr, err := ca.NewTokenReview(ca.TokenReviewOptions{Client: kc})
+		if err != nil {
+			return nil, err
+		}
+		log.Info("callers authenticate with Kubernetes service account tokens (TokenReview)")
+		auth = tr
 	} else {
 		log.Warn("no --bootstrap-tokens: the CA refuses every request")
 	}
