@@ -33,6 +33,7 @@ demo:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./policies/ ./policies/l4/
 	$(GO) test -run '^$$' -bench . -benchmem ./filters/authz/
+	$(GO) test -run '^$$' -bench . ./filters/abihost/
 	$(GO) test -run '^$$' -bench NativeVsOPA -benchtime 5x ./policies/rego/
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./ztunnel/proxy/ ./ztunnel/hbone/
 

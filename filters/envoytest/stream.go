@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,7 +53,9 @@ func newStream(h *Host, req *http.Request, s Stream) *stream {
 		metadata:   map[string]*structpb.Struct{},
 	}
 	ct := req.Header.Get("Content-Type")
-	st.grpc = strings.HasPrefix(ct, "application/grpc")
+	// Envoy's Grpc::Common::hasGrpcContentType: exactly application/grpc or application/grpc+…
+	// (application/grpc-web is not gRPC).
+	st.grpc = ct == "application/grpc" || strings.HasPrefix(ct, "application/grpc+")
 	for k, v := range s.FilterState {
 		st.state[k] = v
 	}
@@ -149,7 +150,7 @@ func (st *stream) reply(code int, body string, headers map[string][]string, grpc
 		lr.Headers["content-type"] = []string{"application/grpc"}
 		lr.Headers["grpc-status"] = []string{strconv.FormatInt(grpcStatus, 10)}
 		if body != "" {
-			lr.Headers["grpc-message"] = []string{url.PathEscape(body)}
+			lr.Headers["grpc-message"] = []string{percentEncode(body)}
 		}
 	} else if body != "" {
 		lr.Headers["content-type"] = []string{"text/plain"}
@@ -447,4 +448,19 @@ func normalize(v any) any {
 		return out
 	}
 	return v
+}
+
+// percentEncode is Envoy's Http::Utility::PercentEncoding::encode with its default reserved
+// set: bytes below ' ', from '~' up, and '%' become %XX; everything else, spaces included, stays.
+func percentEncode(v string) string {
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c < ' ' || c >= '~' || c == '%' {
+			fmt.Fprintf(&b, "%%%02X", c)
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
