@@ -37,7 +37,7 @@ func run(args []string) int {
 	interval := fs.Duration("interval", files.DefaultInterval, "how often the config folders are looked at")
 	waypointHostname := fs.Bool("waypoint-hostname", false, "refer to waypoints by hostname instead of VIP")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	secureListen := fs.String("secure-listen", "127.0.0.1:15012", "TLS gRPC listener: the CA and delta ADS (on when --ca-dir is set)")
+	secureListen := fs.String("secure-listen", "127.0.0.1:15012", "TLS gRPC listener: the CA, and ADS with the waypoints' SDS secrets for authenticated waypoints (on when --ca-dir is set)")
 	caDir := fs.String("ca-dir", "", "folder of the CA root (root-cert.pem, root-key.pem), created on first start; turns on --secure-listen")
 	bootstrapTokens := fs.String("bootstrap-tokens", "", "file of bootstrap tokens accepted by the CA (format in xdsserver/ca/README.md)")
 	kubeconfig := fs.String("kubeconfig", "", "read the mesh from the Kubernetes cluster of this kubeconfig file instead of --config-dir")

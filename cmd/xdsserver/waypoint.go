@@ -25,7 +25,8 @@ func newWaypointPusher(log *slog.Logger, srv *server.Server) *waypointPusher {
 }
 
 // push translates m's waypoints and serves them. SDS secrets are referenced by name only
-// (default, ROOTCA): a private key is never sent over the plaintext xDS port.
+// (default, ROOTCA): a private key is never sent over the plaintext xDS port; the TLS listener
+// adds them for each authenticated waypoint (secure.go, server.RegisterSecure).
 func (p *waypointPusher) push(m *model.Mesh) {
 	r := waypointxds.Translate(m, p.opts)
 	for _, w := range r.Warnings {

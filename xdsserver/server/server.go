@@ -3,11 +3,12 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -65,9 +66,10 @@ type Server struct {
 	cancel    context.CancelFunc
 	metrics   *metrics
 
-	mu      sync.Mutex // serialises Set and SetWaypoints, guards wp
-	current map[string]map[string]proto.Message
+	mu      sync.Mutex                   // serialises Set and SetWaypoints, guards current, wp and sec
+	current map[string]map[string]digest // by type URL and name: what the caches hold
 	wp      waypoints
+	sec     *secureView // the TLS listener's waypoint side (secure.go); nil until RegisterSecure
 	ready   atomic.Bool
 
 	grpcMu sync.Mutex
@@ -82,7 +84,7 @@ func New(opts Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{opts: opts, log: log, caches: map[string]*cache.LinearCache{}, current: map[string]map[string]proto.Message{},
+	s := &Server{opts: opts, log: log, caches: map[string]*cache.LinearCache{}, current: map[string]map[string]digest{},
 		wp: waypoints{nodes: map[string]int{}, streams: map[streamKey]string{}}}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
@@ -108,10 +110,17 @@ func New(opts Options) (*Server, error) {
 		c := cache.NewLinearCache(t, cache.WithLogger(cl))
 		s.caches[t] = c
 		mux.Caches[t] = c
-		s.current[t] = map[string]proto.Message{}
+		s.current[t] = map[string]digest{}
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.xds = xds.NewServer(s.ctx, mux, s.callbacks())
+	s.xds = xds.NewServer(s.ctx, mux, s.callbacks(viewHooks{
+		open: func(context.Context, streamKey) {},
+		request: func(id streamKey, node *core.Node, typeURL string) error {
+			s.envoyStream(id, node, typeURL)
+			return nil
+		},
+		closed: s.envoyStreamClosed,
+	}))
 	return s, nil
 }
 
@@ -122,22 +131,35 @@ func (s *Server) SetResources(r *wds.Resources) { s.Set(r.ByType()) }
 // what every ztunnel receives. Only the resources that differ from the previous Set are
 // updated in the caches, so connected clients get a delta of what changed. Types that are not
 // served are ignored. The messages must not be modified afterwards.
+//
+// A resource is unchanged when it is the same message as before, or when its deterministic
+// encoding has the same SHA-256 as the previous one's (see digests): each resource is encoded
+// once per Set, which costs about half of a proto.Equal against the previous one.
 func (s *Server) Set(byType map[string]map[string]proto.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, t := range Types {
 		next := byType[t]
 		prev := s.current[t]
+		names, sums := digests(next, prev, s.log)
 		update := map[string]types.Resource{}
 		var del []string
-		for name, res := range next {
-			if old, ok := prev[name]; !ok || !proto.Equal(old, res) {
-				update[name] = res
+		added := 0
+		for i, name := range names {
+			old, ok := prev[name]
+			if !ok {
+				added++
+			} else if old.ok && sums[i].ok && old.sum == sums[i].sum {
+				prev[name] = sums[i] // the same content: remember the newer message
+				continue
 			}
+			update[name] = next[name]
 		}
-		for name := range prev {
-			if _, ok := next[name]; !ok {
-				del = append(del, name)
+		if len(prev) > len(next)-added { // some names of prev are not in next
+			for name := range prev {
+				if _, ok := next[name]; !ok {
+					del = append(del, name)
+				}
 			}
 		}
 		if len(update) == 0 && len(del) == 0 {
@@ -146,9 +168,13 @@ func (s *Server) Set(byType map[string]map[string]proto.Message) {
 		if err := s.caches[t].UpdateResources(update, del); err != nil {
 			s.log.Error("cache update", "type", t, "error", err.Error())
 		}
-		s.current[t] = maps.Clone(next)
-		if s.current[t] == nil {
-			s.current[t] = map[string]proto.Message{}
+		for i, name := range names {
+			if _, ok := update[name]; ok {
+				prev[name] = sums[i]
+			}
+		}
+		for _, name := range del {
+			delete(prev, name)
 		}
 		s.log.Debug("resources updated", "type", t, "updated", len(update), "removed", len(del), "total", len(next))
 	}
@@ -156,6 +182,48 @@ func (s *Server) Set(byType map[string]map[string]proto.Message) {
 		s.metrics.resources.WithLabelValues(t).Set(float64(len(s.current[t])))
 	}
 	s.ready.Store(true)
+}
+
+// digest is what Set remembers of a resource it served: the message and the SHA-256 of its
+// deterministic encoding (ok false when it could not be encoded: it is then always sent).
+type digest struct {
+	msg proto.Message
+	sum [sha256.Size]byte
+	ok  bool
+}
+
+// digests returns the names of the resources of next that are not the same message as in
+// prev, and their digests. They are encoded and hashed on as many goroutines as there are CPUs
+// (each encoding is independent).
+func digests(next map[string]proto.Message, prev map[string]digest, log *slog.Logger) ([]string, []digest) {
+	var names []string
+	for name, m := range next {
+		if d, ok := prev[name]; !ok || d.msg != m {
+			names = append(names, name)
+		}
+	}
+	sums := make([]digest, len(names))
+	workers := min(runtime.GOMAXPROCS(0), max(1, len(names)/256))
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			var buf []byte
+			opts := proto.MarshalOptions{Deterministic: true}
+			for i := w; i < len(names); i += workers {
+				m := next[names[i]]
+				var err error
+				buf, err = opts.MarshalAppend(buf[:0], m)
+				if err != nil {
+					log.Error("encode resource", "name", names[i], "error", err.Error())
+					sums[i] = digest{msg: m}
+					continue
+				}
+				sums[i] = digest{msg: m, sum: sha256.Sum256(buf), ok: true}
+			}
+		})
+	}
+	wg.Wait()
+	return names, sums
 }
 
 // Ready reports whether Set was called once (the server has a mesh to serve).
@@ -202,19 +270,29 @@ func (s *Server) Stats() Stats {
 	}
 }
 
-func (s *Server) callbacks() xds.CallbackFuncs {
+// viewHooks are what differs between the plaintext and the secure ADS service: what happens
+// when a stream opens, asks for a type (an error ends the stream), and closes (true when it
+// was a waypoint's stream).
+type viewHooks struct {
+	open    func(ctx context.Context, id streamKey)
+	request func(id streamKey, node *core.Node, typeURL string) error
+	closed  func(id streamKey) bool
+}
+
+func (s *Server) callbacks(h viewHooks) xds.CallbackFuncs {
 	return xds.CallbackFuncs{
 		DeltaStreamOpenFunc: func(ctx context.Context, id int64, typeURL string) error {
 			s.clients.Add(1)
 			s.streams.Add(1)
 			s.metrics.clients.Inc()
 			s.log.Debug("stream opened", "stream", id)
+			h.open(ctx, streamKey{delta: true, id: id})
 			return nil
 		},
 		DeltaStreamClosedFunc: func(id int64, node *core.Node) {
 			s.clients.Add(-1)
 			s.metrics.clients.Dec()
-			if !s.envoyStreamClosed(streamKey{delta: true, id: id}) {
+			if !h.closed(streamKey{delta: true, id: id}) {
 				s.log.Info("ztunnel disconnected", "stream", id, "node", node.GetId())
 			}
 		},
@@ -223,15 +301,18 @@ func (s *Server) callbacks() xds.CallbackFuncs {
 			s.clients.Add(1)
 			s.streams.Add(1)
 			s.metrics.clients.Inc()
+			h.open(ctx, streamKey{id: id})
 			return nil
 		},
 		StreamClosedFunc: func(id int64, node *core.Node) {
 			s.clients.Add(-1)
 			s.metrics.clients.Dec()
-			s.envoyStreamClosed(streamKey{id: id})
+			h.closed(streamKey{id: id})
 		},
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
-			s.envoyStream(streamKey{id: id}, req.GetNode(), req.GetTypeUrl())
+			if err := h.request(streamKey{id: id}, req.GetNode(), req.GetTypeUrl()); err != nil {
+				return err
+			}
 			if d := req.GetErrorDetail(); d != nil {
 				s.nacks.Add(1)
 				s.metrics.nacks.WithLabelValues(req.GetTypeUrl()).Inc()
@@ -247,7 +328,9 @@ func (s *Server) callbacks() xds.CallbackFuncs {
 			s.metrics.sent.WithLabelValues(resp.GetTypeUrl()).Add(float64(len(resp.GetResources())))
 		},
 		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
-			s.envoyStream(streamKey{delta: true, id: id}, req.GetNode(), req.GetTypeUrl())
+			if err := h.request(streamKey{delta: true, id: id}, req.GetNode(), req.GetTypeUrl()); err != nil {
+				return err
+			}
 			if req.GetNode().GetId() != "" && req.GetResponseNonce() == "" {
 				s.log.Info("ztunnel subscribed", "stream", id, "node", req.GetNode().GetId(), "type", req.GetTypeUrl(),
 					"initial_resource_versions", len(req.GetInitialResourceVersions()))

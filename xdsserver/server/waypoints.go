@@ -59,6 +59,12 @@ func (s *Server) SetWaypoints(r *waypointxds.Resources) {
 	for node := range s.wp.nodes {
 		s.assign(node)
 	}
+	if s.sec != nil {
+		s.sec.built = map[string]*cache.Snapshot{}
+		for node := range s.sec.nodes {
+			s.assignSecure(node)
+		}
+	}
 	for _, t := range waypointxds.Types { // summed over the waypoints
 		s.metrics.resources.WithLabelValues(t).Set(float64(count[t]))
 	}

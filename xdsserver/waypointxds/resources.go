@@ -243,16 +243,26 @@ func secrets(w *model.Waypoint, opts Options) []*tlsv3.Secret {
 	var out []*tlsv3.Secret
 	if opts.SVID != nil {
 		if cert, key, ok := opts.SVID(w); ok {
-			out = append(out, &tlsv3.Secret{Name: SecretDefault, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-				CertificateChain: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: cert}},
-				PrivateKey:       &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: key}},
-			}}})
+			out = append(out, SVIDSecret(cert, key))
 		}
 	}
 	if len(opts.RootCertPEM) > 0 {
-		out = append(out, &tlsv3.Secret{Name: SecretRootCA, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-			TrustedCa: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: opts.RootCertPEM}},
-		}}})
+		out = append(out, RootCASecret(opts.RootCertPEM))
 	}
 	return out
+}
+
+// SVIDSecret is the SDS secret "default": a waypoint's PEM certificate chain and private key.
+func SVIDSecret(certPEM, keyPEM []byte) *tlsv3.Secret {
+	return &tlsv3.Secret{Name: SecretDefault, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		CertificateChain: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: certPEM}},
+		PrivateKey:       &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: keyPEM}},
+	}}}
+}
+
+// RootCASecret is the SDS secret "ROOTCA": the PEM trust bundle.
+func RootCASecret(rootPEM []byte) *tlsv3.Secret {
+	return &tlsv3.Secret{Name: SecretRootCA, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+		TrustedCa: &core.DataSource{Specifier: &core.DataSource_InlineBytes{InlineBytes: rootPEM}},
+	}}}
 }

@@ -1,0 +1,273 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"slices"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	xds "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/goambient/goambient/xdsserver/ca"
+	"github.com/goambient/goambient/xdsserver/waypointxds"
+)
+
+// SecureOptions configure the ADS service of the TLS listener (RegisterSecure).
+type SecureOptions struct {
+	// Authenticator turns the bearer token of a stream (gRPC metadata "authorization: Bearer
+	// <token>", as the CA reads it) into a caller. Required.
+	Authenticator ca.Authenticator
+	// Secrets returns the SDS secrets of waypoint namespace/name (waypointxds.SecretDefault and
+	// SecretRootCA). It is called with the server's lock held, once per waypoint after each
+	// SetWaypoints or RefreshSecrets while one of its Envoys is connected: it should return the
+	// same secrets until they need renewing (an unchanged secret is not sent again). Required.
+	Secrets func(namespace, name string) ([]*tlsv3.Secret, error)
+}
+
+// secureView is the waypoint side of the TLS listener: its own SnapshotCache keyed by node id,
+// whose snapshots are the waypoint's resources plus its SDS secrets. A stream may ask for Envoy
+// types only when its token authenticates the waypoint its node belongs to, so every stream
+// that shares a node's snapshot was authorized for that waypoint.
+type secureView struct {
+	opts    SecureOptions
+	snaps   cache.SnapshotCache
+	streams map[streamKey]*secureStream // every open stream of the TLS listener
+	nodes   map[string]int              // node id → open admitted Envoy streams
+	granted map[string]string           // node id → the waypoint its streams were admitted for
+	built   map[string]*cache.Snapshot  // waypoint → snapshot with secrets, since the last push
+}
+
+// secureStream is an open stream of the TLS listener.
+type secureStream struct {
+	ctx   context.Context
+	token string // bearer token; "" when none
+	node  string // node id once admitted for Envoy types
+}
+
+// RegisterSecure adds to g (the TLS listener's gRPC server) an ADS service that serves the same
+// workload API as the plaintext one, and to each waypoint Envoy its resources plus the SDS
+// secrets "default" (its SVID and private key) and "ROOTCA" (the trust bundle). The plaintext
+// service never sends secrets. Envoy types are served only to a stream whose bearer token
+// authenticates a waypoint (ca.KindWaypoint) whose node id belongs to that waypoint: any other
+// stream asking for them is ended with PermissionDenied. The workload API is served to every
+// stream, as on the plaintext listener. It may be called once.
+func (s *Server) RegisterSecure(g grpc.ServiceRegistrar, opts SecureOptions) error {
+	if opts.Authenticator == nil || opts.Secrets == nil {
+		return errors.New("server: SecureOptions.Authenticator and Secrets are required")
+	}
+	s.mu.Lock()
+	if s.sec != nil {
+		s.mu.Unlock()
+		return errors.New("server: RegisterSecure called twice")
+	}
+	v := &secureView{
+		opts:    opts,
+		snaps:   cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger(s.log.With("scope", "xds-cache-secure"))),
+		streams: map[streamKey]*secureStream{}, nodes: map[string]int{},
+		granted: map[string]string{}, built: map[string]*cache.Snapshot{},
+	}
+	s.sec = v
+	s.mu.Unlock()
+	classify := func(typeURL string) string {
+		if slices.Contains(Types, typeURL) {
+			return typeURL
+		}
+		return envoyCache
+	}
+	mux := &cache.MuxCache{
+		Classify:      func(r *cache.Request) string { return classify(r.GetTypeUrl()) },
+		ClassifyDelta: func(r *cache.DeltaRequest) string { return classify(r.GetTypeUrl()) },
+		Caches:        map[string]cache.Cache{envoyCache: v.snaps},
+	}
+	for t, c := range s.caches {
+		mux.Caches[t] = c
+	}
+	srv := xds.NewServer(s.ctx, mux, s.callbacks(viewHooks{
+		open:    s.secureOpen,
+		request: s.secureRequest,
+		closed:  s.secureClosed,
+	}))
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, srv)
+	return nil
+}
+
+// RefreshSecrets asks SecureOptions.Secrets again for every waypoint with a connected secure
+// Envoy; changed secrets (a renewed SVID) are pushed. Call it periodically.
+func (s *Server) RefreshSecrets() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sec == nil {
+		return
+	}
+	s.sec.built = map[string]*cache.Snapshot{}
+	for node := range s.sec.nodes {
+		s.assignSecure(node)
+	}
+}
+
+// secureOpen records a secure stream and its bearer token (none: ""). The token is checked on
+// the stream's first request for an Envoy type: a ztunnel's stream, which asks only for the
+// workload API, costs no authentication.
+func (s *Server) secureOpen(ctx context.Context, id streamKey) {
+	tok, _ := ca.BearerToken(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sec.streams[id] = &secureStream{ctx: ctx, token: tok}
+}
+
+// secureRequest admits a secure stream's first request for an Envoy type: its token must
+// authenticate the waypoint its node id belongs to. Otherwise the stream ends with
+// PermissionDenied.
+func (s *Server) secureRequest(id streamKey, node *core.Node, typeURL string) error {
+	if slices.Contains(Types, typeURL) {
+		return nil
+	}
+	s.mu.Lock()
+	st := s.sec.streams[id]
+	admitted := st != nil && st.node != ""
+	s.mu.Unlock()
+	if st == nil {
+		return status.Error(codes.Internal, "unknown stream")
+	}
+	if admitted {
+		return nil // on its first request for an Envoy type
+	}
+	var caller *ca.Caller
+	var authErr error
+	if st.token != "" {
+		// Outside the lock: an Authenticator may call the Kubernetes API.
+		caller, authErr = s.sec.opts.Authenticator.Authenticate(st.ctx, st.token)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.sec
+	nodeID := node.GetId()
+	refuse := func(why string, args ...any) error {
+		who := "no authenticated caller"
+		if caller != nil {
+			who = caller.String()
+		}
+		if authErr != nil {
+			args = append(args, "token_error", authErr.Error())
+		}
+		s.log.Warn("secure xds stream refused: "+why, append([]any{"stream", id.id, "delta", id.delta, "node", nodeID, "caller", who}, args...)...)
+		return status.Error(codes.PermissionDenied, "waypoint resources: permission denied")
+	}
+	if caller == nil || caller.Kind != ca.KindWaypoint {
+		return refuse("Envoy resources are served only to an authenticated waypoint")
+	}
+	if nodeID == "" {
+		return refuse("no node id")
+	}
+	want := caller.Namespace + "/" + caller.Name
+	if g, ok := v.granted[nodeID]; ok && g != want {
+		return refuse("the node is connected as another waypoint", "waypoint", g)
+	}
+	if s.wp.res != nil {
+		if key, err := s.wp.res.WaypointForNode(nodeID); err == nil && key != want {
+			return refuse("the node belongs to another waypoint", "waypoint", key)
+		}
+	}
+	st.node = nodeID
+	v.granted[nodeID] = want
+	v.nodes[nodeID]++
+	if v.nodes[nodeID] == 1 {
+		s.log.Info("waypoint connected (secure)", "stream", id.id, "delta", id.delta, "node", nodeID, "caller", caller.String())
+		s.assignSecure(nodeID)
+	}
+	return nil
+}
+
+// secureClosed forgets a secure stream; the node's snapshot goes with its last stream.
+func (s *Server) secureClosed(id streamKey) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.sec
+	st := v.streams[id]
+	delete(v.streams, id)
+	if st == nil || st.node == "" {
+		return false
+	}
+	node := st.node
+	if v.nodes[node]--; v.nodes[node] <= 0 {
+		delete(v.nodes, node)
+		delete(v.granted, node)
+		v.snaps.ClearSnapshot(node)
+		s.log.Info("waypoint disconnected (secure)", "stream", id.id, "delta", id.delta, "node", node)
+	}
+	return true
+}
+
+// assignSecure gives node the snapshot of its waypoint with the secrets, when the node still
+// belongs to the waypoint its streams were authorized for; otherwise an empty snapshot (fail
+// closed). Called with s.mu held.
+func (s *Server) assignSecure(node string) {
+	v := s.sec
+	if s.wp.res == nil {
+		return // no mesh yet: the node waits
+	}
+	key, err := s.wp.res.WaypointForNode(node)
+	if err == nil && key != v.granted[node] {
+		err = errString("the node now belongs to waypoint " + key + ", its streams were authorized for " + v.granted[node])
+	}
+	var snap *cache.Snapshot
+	if err == nil {
+		snap, err = s.secureSnapshot(key)
+	}
+	if err != nil {
+		if empty, eerr := snapshot(&waypointxds.WaypointResources{}); eerr == nil {
+			_ = v.snaps.SetSnapshot(context.Background(), node, empty)
+		}
+		s.log.Warn("secure waypoint node: no resources sent", "node", node, "error", err.Error())
+		return
+	}
+	if err := v.snaps.SetSnapshot(context.Background(), node, snap); err != nil {
+		s.log.Error("set secure waypoint snapshot", "node", node, "waypoint", key, "error", err.Error())
+	}
+}
+
+// secureSnapshot is waypoint key's snapshot with its secrets, built once per SetWaypoints or
+// RefreshSecrets. Called with s.mu held.
+func (s *Server) secureSnapshot(key string) (*cache.Snapshot, error) {
+	v := s.sec
+	if snap := v.built[key]; snap != nil {
+		return snap, nil
+	}
+	w := s.wp.res.Waypoints[key]
+	if w == nil || s.wp.snaps[key] == nil {
+		return nil, errNoSnapshot
+	}
+	secrets, err := v.opts.Secrets(w.Namespace, w.Name)
+	if err != nil {
+		return nil, errString("secrets of waypoint " + key + ": " + err.Error())
+	}
+	ws := *w
+	ws.Secrets = secrets
+	snap, err := snapshot(&ws)
+	if err != nil {
+		return nil, err
+	}
+	v.built[key] = snap
+	return snap, nil
+}
+
+// WaypointOfSecureNode returns the namespace/name of the waypoint whose resources (and
+// secrets) a node receives on the secure listener, or "" when it receives none.
+func (s *Server) WaypointOfSecureNode(id string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sec == nil || s.wp.res == nil || s.sec.nodes[id] == 0 {
+		return ""
+	}
+	key, err := s.wp.res.WaypointForNode(id)
+	if err != nil || key != s.sec.granted[id] {
+		return ""
+	}
+	return key
+}
