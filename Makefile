@@ -36,6 +36,9 @@ bench:
 	$(GO) test -run '^$$' -bench . ./filters/abihost/
 	$(GO) test -run '^$$' -bench NativeVsOPA -benchtime 5x ./policies/rego/
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./ztunnel/proxy/ ./ztunnel/hbone/
+	$(GO) test -run '^$$' -bench WaypointVsDirect -benchtime 3s ./cmd/waypoint/internal/app/
+	$(GO) test -run '^$$' -bench Translate ./xdsserver/wds/
+	$(GO) test -run '^$$' -bench OnePolicyPush -benchtime 30x ./xdsserver/server/
 
 # A short run of every fuzz target; FUZZTIME=5m for longer.
 FUZZTIME ?= 20s
