@@ -166,7 +166,7 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		tc := tls.Client(raw, tlsConf)
+		tc := tls.Client(&gatherConn{Conn: raw}, tlsConf)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			raw.Close()
 			return nil, fmt.Errorf("TLS handshake: %w", err)
@@ -215,7 +215,7 @@ func (c *Client) connect(ctx context.Context, pc *poolConn, t *Target) (*Conn, e
 	// The stream lives until Close, not until ctx ends: ctx only bounds the wait for the answer.
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	stop := context.AfterFunc(ctx, cancel)
-	pr, pw := io.Pipe()
+	pw := newBodyPipe()
 	req := (&http.Request{
 		Method:     http.MethodConnect,
 		URL:        &url.URL{Host: t.Authority},
@@ -223,7 +223,7 @@ func (c *Client) connect(ctx context.Context, pc *poolConn, t *Target) (*Conn, e
 		Proto:      "HTTP/2.0",
 		ProtoMajor: 2,
 		Header:     h,
-		Body:       pr,
+		Body:       pw,
 	}).WithContext(sctx)
 	resp, err := pc.cc.RoundTrip(req)
 	if !stop() && err == nil {
@@ -267,7 +267,7 @@ type Conn struct {
 	pool   *pool
 	pc     *poolConn
 	body   io.ReadCloser
-	pw     *io.PipeWriter
+	pw     *bodyPipe
 	cancel context.CancelFunc
 	header http.Header
 
@@ -293,7 +293,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 }
 
 // CloseWrite ends the request body: END_STREAM, seen by the server as EOF.
-func (c *Conn) CloseWrite() error { return c.pw.Close() }
+func (c *Conn) CloseWrite() error { return c.pw.CloseWithError(nil) }
 
 // Close ends the stream (RST_STREAM when it is not finished both ways) and gives its slot back
 // to the pool. It does not close the pooled connection.

@@ -6,11 +6,20 @@ import (
 	"sync"
 )
 
-// bufSize is the size of each relay buffer: a bound on the bytes in flight per direction inside
-// this process; the rest of the back-pressure is TCP's and HTTP/2's flow control.
-const bufSize = 64 << 10
+// A relay reads through a small buffer while little is flowing and switches to a large one
+// when a read fills the small one: an idle or interactive connection holds smallBufSize per
+// direction, a bulk transfer moves bigBufSize per read, write, HTTP/2 DATA frame and goroutine
+// hand-off. Either is a bound on the bytes in flight per direction inside this process; the
+// rest of the back-pressure is TCP's and HTTP/2's flow control.
+const (
+	smallBufSize = 16 << 10
+	bigBufSize   = 256 << 10
+)
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+var (
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, smallBufSize); return &b }}
+	bigBufs   = sync.Pool{New: func() any { b := make([]byte, bigBufSize); return &b }}
+)
 
 // Relay copies bytes both ways between a and b until both directions are done, then closes
 // both. When one side reaches EOF, the other side's write half is closed (CloseWrite, for
@@ -45,13 +54,20 @@ func halfRelay(dst, src net.Conn, first *firstError) int64 {
 	return n
 }
 
-// copyBuffer copies src to dst until EOF through a pooled buffer; unlike io.Copy it never
-// hands the copy to a ReaderFrom/WriterTo, so the buffer and the counts stay in our hands.
+// copyBuffer copies src to dst until EOF through pooled buffers (small, or big while reads
+// fill the small one); unlike io.Copy it never hands the copy to a ReaderFrom/WriterTo, so the
+// buffers and the counts stay in our hands.
 func copyBuffer(dst io.Writer, src io.Reader) (n int64, err error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+	bp, big := smallBufs.Get().(*[]byte), false
+	defer func() {
+		if big {
+			bigBufs.Put(bp)
+		} else {
+			smallBufs.Put(bp)
+		}
+	}()
 	for {
+		buf := *bp
 		nr, rerr := src.Read(buf)
 		if nr > 0 {
 			nw, werr := dst.Write(buf[:nr])
@@ -68,6 +84,14 @@ func copyBuffer(dst io.Writer, src io.Reader) (n int64, err error) {
 		}
 		if rerr != nil {
 			return n, rerr
+		}
+		switch {
+		case !big && nr == len(buf): // more was waiting: go large
+			smallBufs.Put(bp)
+			bp, big = bigBufs.Get().(*[]byte), true
+		case big && nr <= smallBufSize: // the flow has slowed: give the large one back
+			bigBufs.Put(bp)
+			bp, big = smallBufs.Get().(*[]byte), false
 		}
 	}
 }

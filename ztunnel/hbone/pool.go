@@ -126,7 +126,10 @@ func (p *pool) dial(ctx context.Context, key poolKey, dial func(context.Context)
 	pc := &poolConn{key: key, tls: tc}
 	cs := tc.ConnectionState()
 	pc.peer, _ = PeerID(&cs)
-	cc, err := p.t.NewClientConn(&trackedConn{Conn: tc, onClose: func() { p.remove(pc) }})
+	tracked := &trackedConn{onClose: func() { p.remove(pc) }}
+	tracked.gatheringTLS.Conn = tc
+	tracked.gatheringTLS.raw, _ = tc.NetConn().(*gatherConn)
+	cc, err := p.t.NewClientConn(tracked)
 	if err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("hbone: HTTP/2 to %s: %w", key.addr, err)
@@ -187,9 +190,9 @@ func (p *pool) close() {
 // trackedConn is the TLS connection under an x/net ClientConn: the ClientConn closes it when
 // it is done with it (idle, ping timeout, GOAWAY, errors), which is when the pool drops it.
 type trackedConn struct {
-	*tls.Conn // also gives the ClientConn the TLS state (ConnectionState)
-	once      sync.Once
-	onClose   func()
+	gatheringTLS // also gives the ClientConn the TLS state (ConnectionState)
+	once         sync.Once
+	onClose      func()
 }
 
 func (c *trackedConn) Close() error {

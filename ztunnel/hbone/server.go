@@ -230,7 +230,8 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	}()
 
 	remote, local := addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())
-	tc := tls.Server(c, s.tls)
+	raw := &gatherConn{Conn: c}
+	tc := tls.Server(raw, s.tls)
 	hctx, cancel := context.WithTimeout(ctx, s.hsTO)
 	err := tc.HandshakeContext(hctx)
 	cancel()
@@ -253,7 +254,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	}
 	s.log.Debug("hbone connection accepted", "src.addr", remote.String(), "dst.addr", local.String(), "src.identity", peer.String())
 	info := &Request{Peer: peer, RemoteAddr: remote, LocalAddr: local, TLS: &cs}
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{
+	s.h2.ServeConn(newGatheringTLS(tc, raw), &http2.ServeConnOpts{
 		Context:    ctx,
 		BaseConfig: s.hs,
 		Handler:    http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveStream(w, r, info) }),

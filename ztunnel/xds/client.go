@@ -64,6 +64,9 @@ func (n Node) proto() *core.Node {
 	return &core.Node{Id: n.ID(), Metadata: md}
 }
 
+// MaxRecvMsgSize is the largest xDS response the client accepts (gRPC's default is 4 MiB).
+const MaxRecvMsgSize = 64 << 20
+
 // Options configure a Client.
 type Options struct {
 	Address      string            // the control plane, host:port
@@ -120,11 +123,13 @@ func New(opts Options) (*Client, error) {
 	if opts.DialOptions == nil {
 		opts.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
-	// gRPC's own reconnection backoff (1 s to 120 s by default) follows ours.
+	// gRPC's own reconnection backoff (1 s to 120 s by default) follows ours. gRPC refuses
+	// messages over 4 MiB by default; a large mesh's initial sync is more (10,000 pods: 4.4 MB),
+	// and refusing it would reconnect forever. Options given by the caller come after, so they win.
 	opts.DialOptions = append([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 		Backoff:           backoff.Config{BaseDelay: opts.MinBackoff, Multiplier: 2, Jitter: 0.2, MaxDelay: opts.MaxBackoff},
 		MinConnectTimeout: 5 * time.Second,
-	})}, opts.DialOptions...)
+	}), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxRecvMsgSize))}, opts.DialOptions...)
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

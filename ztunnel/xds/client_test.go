@@ -2,12 +2,15 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"istio.io/istio/pkg/workloadapi"
 
@@ -149,5 +152,63 @@ func TestClientACKsNACKs(t *testing.T) {
 	}
 	if s := c.Stats(); s.ACKs != 2 || s.NACKs != 2 {
 		t.Errorf("stats %+v, want 2 ACKs and 2 NACKs", s)
+	}
+}
+
+// TestClientAcceptsLargeResponse: a response over gRPC's default 4 MiB receive limit (a large
+// mesh's initial sync) is received and ACKed, not refused (which made the client reconnect
+// and get the same response forever).
+func TestClientAcceptsLargeResponse(t *testing.T) {
+	f := &fakeADS{reqs: make(chan *discovery.DeltaDiscoveryRequest, 16), resps: make(chan *discovery.DeltaDiscoveryResponse)}
+	g := grpc.NewServer()
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, f)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(l)
+	defer g.Stop()
+
+	store := state.NewStore(nil)
+	c, err := New(Options{Address: l.Addr().String(), Store: store, Node: Node{IP: "10.0.0.5", PodName: "z", Namespace: "istio-system", NodeName: "worker"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	recv := func() *discovery.DeltaDiscoveryRequest {
+		t.Helper()
+		select {
+		case r := <-f.reqs:
+			return r
+		case <-time.After(10 * time.Second):
+			t.Fatal("no request")
+			return nil
+		}
+	}
+	recv()
+	recv() // the two subscriptions
+
+	// 6 MiB of resources: many workloads, as an initial sync carries them.
+	var rs []*discovery.Resource
+	size := 0
+	for i := 0; size < 6<<20; i++ {
+		r := workload(fmt.Sprintf("c//Pod/ns/w%d-%s", i, strings.Repeat("x", 200)), []byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		size += proto.Size(r)
+		rs = append(rs, r)
+	}
+	select {
+	case f.resps <- &discovery.DeltaDiscoveryResponse{TypeUrl: AddressType, Nonce: "big", Resources: rs}:
+	case <-time.After(10 * time.Second):
+		t.Fatal("cannot send")
+	}
+	if ack := recv(); ack.GetResponseNonce() != "big" || ack.GetErrorDetail() != nil {
+		t.Fatalf("want ACK of the %d-byte response, got nonce %q error %v", size, ack.GetResponseNonce(), ack.GetErrorDetail())
+	}
+	if s := c.Stats(); s.Connects != 1 {
+		t.Errorf("%d streams opened, want 1", s.Connects)
 	}
 }
