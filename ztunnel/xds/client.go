@@ -1,4 +1,4 @@
-// Package xds is ztunnel's delta ADS client: it subscribes to Istio's workload API, applies the updates into a state.Store, ACKs or NACKs them, and reconnects with backoff, resuming with the versions it holds.
+// Package xds is a delta ADS client: it subscribes to type URLs, hands each type's full set of accepted resources to an Applier (by default ztunnel's, which turns Istio's workload API into States in a state.Store), ACKs or NACKs, and reconnects with backoff, resuming with the versions it holds.
 package xds
 
 import (
@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
@@ -35,7 +36,7 @@ const (
 	AuthorizationType = "type.googleapis.com/istio.security.Authorization"
 )
 
-// Types are the type URLs the client subscribes to, in the order it subscribes.
+// Types are the type URLs ztunnel subscribes to (the default with a Store), in the order it subscribes.
 var Types = []string{AddressType, AuthorizationType}
 
 // Defaults of Options.
@@ -67,12 +68,30 @@ func (n Node) proto() *core.Node {
 // MaxRecvMsgSize is the largest xDS response the client accepts (gRPC's default is 4 MiB).
 const MaxRecvMsgSize = 64 << 20
 
-// Options configure a Client.
+// Applier takes the full set of accepted resources of one type (name → resource) after a
+// response; an error rejects the response (NACK) and the previous set stays in force. It is
+// called from one goroutine at a time.
+type Applier func(typeURL string, resources map[string]*anypb.Any) error
+
+// Options configure a Client. Exactly one of Store and Apply is set.
 type Options struct {
-	Address      string            // the control plane, host:port
-	Node         Node              // who we are
-	Store        *state.Store      // where each new State goes (required)
-	StateOptions []state.Option    // how States are built
+	Address string // the control plane, host:port
+	// Node is who we are: its ID and metadata are sent, unless NodeID is set.
+	Node Node
+	// NodeID, when set, is sent as the node (without metadata) instead of Node.
+	NodeID string
+	// NodeOnEveryRequest sends the node on every subscription request, not only the first
+	// (xDS allows it; Envoy does so without set_node_on_first_message_only): for a server
+	// that looks at it per type.
+	NodeOnEveryRequest bool
+	// Types are the type URLs to subscribe to (wildcard), in order; Types when zero with a
+	// Store, required with Apply.
+	Types []string
+	// Apply takes each type's resources.
+	Apply Applier
+	// Store, instead of Apply, receives a State built from the workload API's types.
+	Store        *state.Store
+	StateOptions []state.Option    // how States are built (with Store)
 	Logger       *slog.Logger      // nil: no logs
 	DialOptions  []grpc.DialOption // nil: plaintext
 	MinBackoff   time.Duration     // first delay before reconnecting; DefaultMinBackoff when zero
@@ -85,19 +104,20 @@ type Stats struct {
 	Responses int64 // responses received
 	ACKs      int64
 	NACKs     int64
-	States    int64 // States stored
+	States    int64 // sets applied (with a Store: States stored)
 }
 
-// Client is a delta ADS client of the workload API. It holds the resources it accepted (by
-// type URL and name, with their versions) across reconnections: when the control plane is
-// away the Store keeps the last good State, and a new stream resumes with
-// initial_resource_versions so only what changed meanwhile is sent.
+// Client is a delta ADS client. It holds the resources it accepted (by type URL and name,
+// with their versions) across reconnections: when the control plane is away the applier keeps
+// the last good set, and a new stream resumes with initial_resource_versions so only what
+// changed meanwhile is sent.
 type Client struct {
 	opts Options
+	node *core.Node
 	log  *slog.Logger
 
 	mu        sync.Mutex
-	resources map[string]map[string]*entry // type URL → name → accepted resource
+	resources map[string]map[string]*discovery.Resource // type URL → name → accepted resource
 	synced    map[string]bool
 	syncedCh  chan struct{}
 	lastErr   error
@@ -105,19 +125,32 @@ type Client struct {
 	connects, responses, acks, nacks, states atomic.Int64
 }
 
-type entry struct {
-	version string
-	msg     proto.Message // *workloadapi.Address or *security.Authorization
-}
-
 // New returns a Client; Run starts it.
 func New(opts Options) (*Client, error) {
 	if opts.Address == "" {
 		return nil, errors.New("xds client: no address")
 	}
-	if opts.Store == nil {
+	switch {
+	case opts.Store != nil && opts.Apply != nil:
+		return nil, errors.New("xds client: both a store and an applier")
+	case opts.Store != nil:
+		if len(opts.Types) == 0 {
+			opts.Types = Types
+		}
+		for _, t := range opts.Types {
+			if !slices.Contains(Types, t) {
+				return nil, fmt.Errorf("xds client: a store takes no %q", t)
+			}
+		}
+		opts.Apply = newStoreApplier(opts.Store, opts.StateOptions).apply
+	case opts.Apply != nil:
+		if len(opts.Types) == 0 {
+			return nil, errors.New("xds client: no types")
+		}
+	default:
 		return nil, errors.New("xds client: no store")
 	}
+	opts.Types = slices.Clone(opts.Types)
 	opts.MinBackoff = cmp.Or(opts.MinBackoff, DefaultMinBackoff)
 	opts.MaxBackoff = max(cmp.Or(opts.MaxBackoff, DefaultMaxBackoff), opts.MinBackoff)
 	if opts.DialOptions == nil {
@@ -134,9 +167,13 @@ func New(opts Options) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{opts: opts, log: log, resources: map[string]map[string]*entry{}, synced: map[string]bool{}, syncedCh: make(chan struct{})}
-	for _, t := range Types {
-		c.resources[t] = map[string]*entry{}
+	node := opts.Node.proto()
+	if opts.NodeID != "" {
+		node = &core.Node{Id: opts.NodeID}
+	}
+	c := &Client{opts: opts, node: node, log: log, resources: map[string]map[string]*discovery.Resource{}, synced: map[string]bool{}, syncedCh: make(chan struct{})}
+	for _, t := range opts.Types {
+		c.resources[t] = map[string]*discovery.Resource{}
 	}
 	return c, nil
 }
@@ -161,8 +198,8 @@ func (c *Client) Versions(typeURL string) map[string]string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make(map[string]string, len(c.resources[typeURL]))
-	for n, e := range c.resources[typeURL] {
-		out[n] = e.version
+	for n, r := range c.resources[typeURL] {
+		out[n] = r.GetVersion()
 	}
 	return out
 }
@@ -206,20 +243,20 @@ func (c *Client) stream(ctx context.Context, ads discovery.AggregatedDiscoverySe
 		return false, err
 	}
 	c.connects.Add(1)
-	for i, t := range Types {
+	for i, t := range c.opts.Types {
 		req := &discovery.DeltaDiscoveryRequest{
 			TypeUrl:                 t,
 			ResourceNamesSubscribe:  []string{"*"},
 			InitialResourceVersions: c.Versions(t),
 		}
-		if i == 0 {
-			req.Node = c.opts.Node.proto()
+		if i == 0 || c.opts.NodeOnEveryRequest {
+			req.Node = c.node
 		}
 		if err := s.Send(req); err != nil {
 			return false, err
 		}
 	}
-	c.log.Info("xds stream opened", "address", c.opts.Address, "node", c.opts.Node.ID())
+	c.log.Info("xds stream opened", "address", c.opts.Address, "node", c.node.GetId())
 	for {
 		resp, err := s.Recv()
 		if err != nil {
@@ -241,47 +278,53 @@ func (c *Client) stream(ctx context.Context, ads discovery.AggregatedDiscoverySe
 	}
 }
 
-// apply builds the State the response leads to and stores it; on any error nothing changes.
+// apply merges the response into the accepted set of its type and hands that to the applier;
+// on any error nothing changes.
 func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.merge(resp); err != nil {
+		c.lastErr = err
+		return err
+	}
+	c.lastErr = nil
+	return nil
+}
+
+// merge does apply's work; c.mu is held.
+func (c *Client) merge(resp *discovery.DeltaDiscoveryResponse) error {
 	t := resp.GetTypeUrl()
 	cur, ok := c.resources[t]
 	if !ok {
-		c.lastErr = fmt.Errorf("unexpected type %q", t)
-		return c.lastErr
+		return fmt.Errorf("unexpected type %q", t)
 	}
 	next := maps.Clone(cur)
-	var errs []error
 	for _, name := range resp.GetRemovedResources() {
 		delete(next, name)
 	}
+	var errs []error
 	for _, r := range resp.GetResources() {
-		msg, err := decode(t, r)
-		if err != nil {
+		if err := check(t, r); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", r.GetName(), err))
 			continue
 		}
-		next[r.GetName()] = &entry{version: r.GetVersion(), msg: msg}
+		next[r.GetName()] = r
 	}
 	if err := errors.Join(errs...); err != nil {
-		c.lastErr = err
 		return err
 	}
-	all := maps.Clone(c.resources)
-	all[t] = next
-	st, err := state.New(resources(all), c.opts.StateOptions...)
-	if err != nil {
-		c.lastErr = err
+	set := make(map[string]*anypb.Any, len(next))
+	for n, r := range next {
+		set[n] = r.GetResource()
+	}
+	if err := c.opts.Apply(t, set); err != nil {
 		return err
 	}
-	c.resources = all
-	c.lastErr = nil
+	c.resources[t] = next
 	c.states.Add(1)
-	c.opts.Store.Store(st)
 	if !c.synced[t] {
 		c.synced[t] = true
-		if len(c.synced) == len(Types) {
+		if len(c.synced) == len(c.resources) {
 			close(c.syncedCh)
 		}
 	}
@@ -289,24 +332,79 @@ func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
 	return nil
 }
 
-// decode unpacks one resource into the type its type URL says.
-func decode(typeURL string, r *discovery.Resource) (proto.Message, error) {
+// check validates a resource's envelope: a name, and a body of the response's type.
+func check(typeURL string, r *discovery.Resource) error {
 	if r.GetName() == "" {
-		return nil, errors.New("resource without a name")
+		return errors.New("resource without a name")
 	}
 	a := r.GetResource()
 	if a == nil {
-		return nil, errors.New("no resource body")
+		return errors.New("no resource body")
 	}
 	if a.GetTypeUrl() != typeURL {
-		return nil, fmt.Errorf("resource of type %q in a %q response", a.GetTypeUrl(), typeURL)
+		return fmt.Errorf("resource of type %q in a %q response", a.GetTypeUrl(), typeURL)
 	}
+	return nil
+}
+
+// storeApplier is ztunnel's Applier: it decodes the workload API's resources (each once) and
+// stores the State they build together.
+type storeApplier struct {
+	store   *state.Store
+	opts    []state.Option
+	decoded map[string]map[string]decodedEntry // type URL → name → accepted resource
+}
+
+type decodedEntry struct {
+	raw *anypb.Any
+	msg proto.Message // *workloadapi.Address or *security.Authorization
+}
+
+func newStoreApplier(store *state.Store, opts []state.Option) *storeApplier {
+	return &storeApplier{store: store, opts: opts, decoded: map[string]map[string]decodedEntry{}}
+}
+
+func (s *storeApplier) apply(t string, set map[string]*anypb.Any) error {
+	cur := s.decoded[t]
+	next := make(map[string]decodedEntry, len(set))
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(set)) {
+		a := set[name]
+		if e, ok := cur[name]; ok && e.raw == a { // unchanged since accepted
+			next[name] = e
+			continue
+		}
+		msg, err := decode(t, a)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			continue
+		}
+		next[name] = decodedEntry{raw: a, msg: msg}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	all := maps.Clone(s.decoded)
+	all[t] = next
+	st, err := state.New(resources(all), s.opts...)
+	if err != nil {
+		return err
+	}
+	s.decoded = all
+	s.store.Store(st)
+	return nil
+}
+
+// decode unpacks one resource into the type its type URL says.
+func decode(typeURL string, a *anypb.Any) (proto.Message, error) {
 	var m proto.Message
 	switch typeURL {
 	case AddressType:
 		m = &workloadapi.Address{}
 	case AuthorizationType:
 		m = &security.Authorization{}
+	default:
+		return nil, fmt.Errorf("unexpected type %q", typeURL)
 	}
 	if err := proto.Unmarshal(a.GetValue(), m); err != nil {
 		return nil, fmt.Errorf("cannot decode: %w", err)
@@ -318,7 +416,7 @@ func decode(typeURL string, r *discovery.Resource) (proto.Message, error) {
 }
 
 // resources converts the accepted set into state.Resources, ordered by name.
-func resources(all map[string]map[string]*entry) state.Resources {
+func resources(all map[string]map[string]decodedEntry) state.Resources {
 	var r state.Resources
 	for _, name := range slices.Sorted(maps.Keys(all[AddressType])) {
 		switch t := all[AddressType][name].msg.(*workloadapi.Address).GetType().(type) {

@@ -19,10 +19,10 @@ import (
 	"github.com/goambient/goambient/cmd/waypoint/internal/config"
 	"github.com/goambient/goambient/cmd/waypoint/internal/filterhost"
 	"github.com/goambient/goambient/cmd/waypoint/internal/server"
-	"github.com/goambient/goambient/cmd/waypoint/internal/xdsclient"
 	"github.com/goambient/goambient/ztunnel/hbone"
 	"github.com/goambient/goambient/ztunnel/identity"
 	"github.com/goambient/goambient/ztunnel/state"
+	"github.com/goambient/goambient/ztunnel/xds"
 )
 
 // Options configure the waypoint.
@@ -45,7 +45,7 @@ type Options struct {
 type App struct {
 	Store  *config.Store
 	Server *server.Server
-	XDS    *xdsclient.Client
+	XDS    *xds.Client
 
 	node    config.Node
 	td      spiffeid.TrustDomain
@@ -95,8 +95,10 @@ func Start(ctx context.Context, o Options) (*App, error) {
 	}
 	sopts := []state.Option{state.WithTrustDomain(tdName)}
 	a.Store = config.NewStore(o.Host, node, log.With("scope", "config"), sopts...)
-	a.XDS, err = xdsclient.New(xdsclient.Options{
-		Address: o.XDSAddress, NodeID: o.NodeID, Apply: a.Store.Apply, Logger: log.With("scope", "xds"),
+	// The node id on every subscription: xdsserver assigns a node its waypoint per Envoy type.
+	a.XDS, err = xds.New(xds.Options{
+		Address: o.XDSAddress, NodeID: o.NodeID, NodeOnEveryRequest: true, Types: config.Types,
+		Apply: a.Store.Apply, Logger: log.With("scope", "xds"),
 	})
 	if err != nil {
 		return fail(err)

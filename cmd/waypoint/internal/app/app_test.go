@@ -19,7 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/goambient/goambient/cmd/waypoint/internal/authzhost"
-	"github.com/goambient/goambient/cmd/waypoint/internal/xdsclient"
+	"github.com/goambient/goambient/cmd/waypoint/internal/config"
 	"github.com/goambient/goambient/filters/authzconfig"
 	"github.com/goambient/goambient/ztunnel/hbone"
 )
@@ -117,14 +117,14 @@ func (f *fixture) ready() int {
 
 func (f *fixture) configure(t testing.TB, withECDS bool) {
 	t.Helper()
-	f.cp.set(t, xdsclient.AddressType, addresses(f.m))
-	f.cp.set(t, xdsclient.RouteType, map[string]types.Resource{routeName: rds(t)})
+	f.cp.set(t, config.AddressType, addresses(f.m))
+	f.cp.set(t, config.RouteType, map[string]types.Resource{routeName: rds(t)})
 	if withECDS {
 		pol, err := os.ReadFile(l7Policy)
 		if err != nil {
 			t.Fatal(err)
 		}
-		f.cp.set(t, xdsclient.ExtensionType, map[string]types.Resource{ecdsName: ecds(t, authzconfig.PluginName, string(pol))})
+		f.cp.set(t, config.ExtensionType, map[string]types.Resource{ecdsName: ecds(t, authzconfig.PluginName, string(pol))})
 	}
 }
 
@@ -260,18 +260,18 @@ func TestFailClosedAndBadConfig(t *testing.T) {
 
 	// A policy document the filter's parser rejects, then a plugin_name Envoy would not find.
 	bad := map[string]types.Resource{ecdsName: ecds(t, authzconfig.PluginName, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: handson}\nspec: {action: NOPE}\n")}
-	f.cp.set(t, xdsclient.ExtensionType, bad)
+	f.cp.set(t, config.ExtensionType, bad)
 	if msg := <-f.cp.nacks; !strings.Contains(msg, ecdsName) {
 		t.Errorf("NACK %q does not name the resource", msg)
 	}
-	f.cp.set(t, xdsclient.ExtensionType, map[string]types.Resource{ecdsName: ecds(t, "authz", "")})
+	f.cp.set(t, config.ExtensionType, map[string]types.Resource{ecdsName: ecds(t, "authz", "")})
 	if msg := <-f.cp.nacks; !strings.Contains(msg, "plugin_name") {
 		t.Errorf("NACK %q does not say plugin_name", msg)
 	}
 	if code, body := f.connect(t, "curl").do(t, "POST", "/", "{}"); code != 403 || body != "RBAC: access denied" {
 		t.Fatalf("POST after rejected configs = %d %q, want the old config's 403", code, body)
 	}
-	if !f.wp.Store.Ready() || f.wp.XDS.NACKs() < 2 {
-		t.Errorf("ready=%v nacks=%d, want ready with 2 NACKs", f.wp.Store.Ready(), f.wp.XDS.NACKs())
+	if !f.wp.Store.Ready() || f.wp.XDS.Stats().NACKs < 2 {
+		t.Errorf("ready=%v nacks=%d, want ready with 2 NACKs", f.wp.Store.Ready(), f.wp.XDS.Stats().NACKs)
 	}
 }

@@ -25,7 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"istio.io/istio/pkg/workloadapi"
 
-	"github.com/goambient/goambient/cmd/waypoint/internal/xdsclient"
+	"github.com/goambient/goambient/cmd/waypoint/internal/config"
 	"github.com/goambient/goambient/filters/authzconfig"
 	"github.com/goambient/goambient/ztunnel/hbone"
 	"github.com/goambient/goambient/ztunnel/identity"
@@ -161,7 +161,7 @@ func startCP(t testing.TB) *cp {
 		ClassifyDelta: func(r *cache.DeltaRequest) string { return r.GetTypeUrl() },
 		Caches:        map[string]cache.Cache{},
 	}
-	for _, typ := range xdsclient.Types {
+	for _, typ := range config.Types {
 		lc := cache.NewLinearCache(typ)
 		c.caches[typ] = lc
 		mux.Caches[typ] = lc

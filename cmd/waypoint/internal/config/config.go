@@ -18,10 +18,21 @@ import (
 	"istio.io/istio/pkg/workloadapi"
 
 	"github.com/goambient/goambient/cmd/waypoint/internal/filterhost"
-	"github.com/goambient/goambient/cmd/waypoint/internal/xdsclient"
 	"github.com/goambient/goambient/filters/authzconfig"
 	"github.com/goambient/goambient/ztunnel/state"
+	"github.com/goambient/goambient/ztunnel/xds"
 )
+
+// Type URLs the waypoint subscribes to.
+const (
+	AddressType   = xds.AddressType
+	RouteType     = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+	ExtensionType = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+	ListenerType  = "type.googleapis.com/envoy.config.listener.v3.Listener"
+)
+
+// Types are the subscriptions of a waypoint, in order.
+var Types = []string{AddressType, ExtensionType, RouteType}
 
 // Node is who the waypoint is, from its Envoy node id.
 type Node struct {
@@ -78,7 +89,7 @@ func (s *Snapshot) Route(port uint16, hostname string) *Route {
 	return s.Routes[RouteName(port, hostname)]
 }
 
-// Store holds the current Snapshot and applies xDS updates (it is the xdsclient.Applier).
+// Store holds the current Snapshot and applies xDS updates (it is the xds.Applier).
 type Store struct {
 	host  filterhost.Host
 	node  Node
@@ -117,13 +128,13 @@ func (s *Store) Apply(typeURL string, res map[string]*anypb.Any) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch typeURL {
-	case xdsclient.AddressType:
+	case AddressType:
 		st, err := s.addresses(res)
 		if err != nil {
 			return err
 		}
 		s.st = st
-	case xdsclient.ExtensionType:
+	case ExtensionType:
 		name, cfg, err := s.extension(res)
 		if err != nil {
 			return err
@@ -132,13 +143,13 @@ func (s *Store) Apply(typeURL string, res map[string]*anypb.Any) error {
 			s.log.Info("filter config selected", "ecds", name)
 		}
 		s.filterName, s.filter = name, cfg
-	case xdsclient.RouteType:
+	case RouteType:
 		routes, err := s.parseRoutes(res)
 		if err != nil {
 			return err
 		}
 		s.routes = routes
-	case xdsclient.ListenerType:
+	case ListenerType:
 		// Listeners are Envoy's business; the embedded waypoint's shape is fixed.
 	default:
 		return fmt.Errorf("unexpected type %q", typeURL)
@@ -159,7 +170,7 @@ func (s *Store) publish() {
 		snap.Routes[n] = &m
 	}
 	s.cur.Store(snap)
-	ready := s.filter != nil && len(snap.Routes) > 0 && s.synced[xdsclient.AddressType]
+	ready := s.filter != nil && len(snap.Routes) > 0 && s.synced[AddressType]
 	if ready != s.ready.Load() {
 		s.log.Info("readiness changed", "ready", ready, "routes", len(snap.Routes), "ecds", s.filterName)
 	}
