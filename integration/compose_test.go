@@ -4,6 +4,7 @@ package integration
 // consistent with the binaries' flags, the filter's constants, go.mod and envoy.yaml.
 
 import (
+	"context"
 	"fmt"
 	"go/ast"
 	"go/parser"
@@ -20,6 +21,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/goambient/goambient/filters/authzconfig"
+	"github.com/goambient/goambient/xdsserver/ca"
 	"github.com/goambient/goambient/xdsserver/model"
 	"github.com/goambient/goambient/xdsserver/source/files"
 	"github.com/goambient/goambient/xdsserver/waypointxds"
@@ -186,7 +188,8 @@ func TestComposeFlagsExist(t *testing.T) {
 
 // TestComposeWaypoint: the Envoy waypoint's image matches the Envoy SDK in go.mod, the mounts
 // match authzconfig, its node id names the waypoint pod at its own address, and the ztunnels
-// reach xdsserver by its service name.
+// reach xdsserver by its service name (plaintext ADS); Envoy reaches its TLS listener with the
+// mesh root and the waypoint's bootstrap token (TestComposeWaypointSecureADS).
 func TestComposeWaypoint(t *testing.T) {
 	c := loadCompose(t)
 	wp, ok := c.Services["waypoint"]
@@ -270,10 +273,115 @@ func TestComposeWaypoint(t *testing.T) {
 		if err != nil {
 			t.Fatalf("envoy.yaml: %v", err)
 		}
-		if host != "xdsserver" || port != xdsPort {
-			t.Errorf("envoy.yaml's ADS target is %s:%s, want the compose service xdsserver:%s", host, port, xdsPort)
+		// Envoy's ADS goes to the TLS listener: the only one serving the waypoint its secrets.
+		secureListen := ""
+		for _, inv := range invocations(c.Services["xdsserver"]) {
+			secureListen, _ = flagValue(inv, "secure-listen")
+		}
+		_, securePort, err := net.SplitHostPort(secureListen)
+		if err != nil {
+			t.Fatalf("xdsserver --secure-listen %q: %v", secureListen, err)
+		}
+		if securePort == xdsPort {
+			t.Errorf("xdsserver's --secure-listen and --xds-listen share port %s", xdsPort)
+		}
+		if host != "xdsserver" || port != securePort {
+			t.Errorf("envoy.yaml's ADS target is %s:%s, want the compose service's TLS listener xdsserver:%s", host, port, securePort)
 		}
 	})
+}
+
+// TestComposeWaypointSecureADS: what the waypoint's Envoy needs for its ADS on xdsserver's TLS
+// listener is in place: xdsserver runs its CA on the root the certs service made and accepts a
+// token file that exists; envoy.yaml's bearer token is in that file as the waypoint of the
+// compose node id; envoy.yaml's trusted_ca is mounted into the waypoint from a volume to which
+// the certs service copies the root of xdsserver's --ca-dir.
+func TestComposeWaypointSecureADS(t *testing.T) {
+	c := loadCompose(t)
+	xs, wp, certs := c.Services["xdsserver"], c.Services["waypoint"], c.Services["certs"]
+	invs := invocations(xs)
+	if len(invs) != 1 {
+		t.Fatalf("xdsserver's command: %v", invs)
+	}
+	caDir, _ := flagValue(invs[0], "ca-dir")
+	tokensPath, _ := flagValue(invs[0], "bootstrap-tokens")
+	if caDir == "" || tokensPath == "" {
+		t.Fatalf("xdsserver needs --ca-dir and --bootstrap-tokens for the waypoint's secure ADS: %v", invs[0])
+	}
+	mountsOf := func(s composeService) map[string]string {
+		m := map[string]string{}
+		for _, v := range s.Volumes {
+			if parts := strings.Split(v, ":"); len(parts) >= 2 {
+				m[parts[1]] = parts[0]
+			}
+		}
+		return m
+	}
+	xm, wm, cm := mountsOf(xs), mountsOf(wp), mountsOf(certs)
+
+	// The tokens file is a file of the repository, mounted where the flag says, and valid.
+	src := xm[tokensPath]
+	if !strings.HasPrefix(src, "./") {
+		t.Fatalf("--bootstrap-tokens %s is mounted from %q, want a file of the repository", tokensPath, src)
+	}
+	tf, err := ca.LoadTokenFile(filepath.Join("..", src))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// envoy.yaml's token is the waypoint's, for the Gateway the compose node id runs.
+	b, err := os.ReadFile("../envoy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, trustedCA, err := adsAuth(b)
+	if err != nil {
+		t.Fatalf("envoy.yaml: %v", err)
+	}
+	tok, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok {
+		t.Fatalf("envoy.yaml's ADS authorization metadata %q is not \"Bearer <token>\"", auth)
+	}
+	caller, err := tf.Authenticate(context.Background(), tok)
+	if err != nil {
+		t.Fatalf("envoy.yaml's ADS token is not in %s: %v", src, err)
+	}
+	node, _ := flagValue(wp.Command, "service-node")
+	pod, ns, err := waypointxds.ParseNodeID(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := composeMesh(t, c)[ns+"/"+pod]
+	if w == nil || w.WaypointOf == "" {
+		t.Fatalf("--service-node %s names no waypoint pod of the compose mesh", node)
+	}
+	if caller.Kind != ca.KindWaypoint || caller.Namespace+"/"+caller.Name != w.WaypointOf {
+		t.Errorf("envoy.yaml's token is a %v %s/%s in %s, want the waypoint %s (the compose node id's)", caller.Kind, caller.Namespace, caller.Name, src, w.WaypointOf)
+	}
+
+	// trusted_ca: a volume mounted into the waypoint, to which certs copies xdsserver's root.
+	trustDir, trustFile := filepath.Dir(trustedCA), filepath.Base(trustedCA)
+	vol := wm[trustDir]
+	if vol == "" || strings.HasPrefix(vol, ".") || strings.HasPrefix(vol, "/") {
+		t.Fatalf("envoy.yaml's trusted_ca %s: its folder is mounted from %q, want a named volume", trustedCA, vol)
+	}
+	if xm[caDir] == "" || cm[caDir] != xm[caDir] {
+		t.Errorf("xdsserver's --ca-dir %s is %q, certs has %q there: want the same volume", caDir, xm[caDir], cm[caDir])
+	}
+	certsTrust := ""
+	for dst, v := range cm {
+		if v == vol {
+			certsTrust = dst
+		}
+	}
+	script := strings.Join(append(slices.Clone(certs.Entrypoint), certs.Command...), " ")
+	cp := "cp " + filepath.Join(caDir, "root-cert.pem") + " " + filepath.Join(certsTrust, trustFile)
+	if certsTrust == "" || !strings.Contains(script, cp) {
+		t.Errorf("certs does not run %q (volume %s, mounted in the waypoint at %s): %s", cp, vol, trustDir, script)
+	}
+	if trustFile != "root-cert.pem" {
+		t.Errorf("envoy.yaml's trusted_ca %s: want root-cert.pem", trustedCA)
+	}
 }
 
 // composeMesh builds the model xdsserver builds from the files the compose file mounts into it.
@@ -315,6 +423,66 @@ func composeMesh(t *testing.T, c composeFile) map[string]*model.Workload {
 		}
 	}
 	return out
+}
+
+// adsAuth returns the authorization metadata of envoy.yaml's ADS grpc service and the trusted
+// CA file of the cluster it uses.
+func adsAuth(b []byte) (auth, trustedCA string, err error) {
+	var boot struct {
+		DynamicResources struct {
+			ADSConfig struct {
+				GRPCServices []struct {
+					EnvoyGRPC struct {
+						ClusterName string `json:"cluster_name"`
+					} `json:"envoy_grpc"`
+					InitialMetadata []struct {
+						Key   string `json:"key"`
+						Value string `json:"value"`
+					} `json:"initial_metadata"`
+				} `json:"grpc_services"`
+			} `json:"ads_config"`
+		} `json:"dynamic_resources"`
+		StaticResources struct {
+			Clusters []struct {
+				Name            string `json:"name"`
+				TransportSocket struct {
+					TypedConfig struct {
+						CommonTLSContext struct {
+							ValidationContext struct {
+								TrustedCA struct {
+									Filename string `json:"filename"`
+								} `json:"trusted_ca"`
+							} `json:"validation_context"`
+						} `json:"common_tls_context"`
+					} `json:"typed_config"`
+				} `json:"transport_socket"`
+			} `json:"clusters"`
+		} `json:"static_resources"`
+	}
+	if err := yaml.Unmarshal(b, &boot); err != nil {
+		return "", "", err
+	}
+	svcs := boot.DynamicResources.ADSConfig.GRPCServices
+	if len(svcs) == 0 {
+		return "", "", fmt.Errorf("no dynamic_resources.ads_config.grpc_services")
+	}
+	for _, h := range svcs[0].InitialMetadata {
+		if strings.EqualFold(h.Key, "authorization") {
+			auth = h.Value
+		}
+	}
+	if auth == "" {
+		return "", "", fmt.Errorf("ads_config.grpc_services[0] has no authorization initial_metadata")
+	}
+	for _, cl := range boot.StaticResources.Clusters {
+		if cl.Name == svcs[0].EnvoyGRPC.ClusterName {
+			trustedCA = cl.TransportSocket.TypedConfig.CommonTLSContext.ValidationContext.TrustedCA.Filename
+		}
+	}
+	if trustedCA == "" {
+		return "", "", fmt.Errorf("static cluster %q has no trusted_ca file", svcs[0].EnvoyGRPC.ClusterName)
+	}
+	return auth, trustedCA, nil
 }
 
 // adsTarget finds the address of the cluster envoy.yaml's ADS config points at.
