@@ -108,14 +108,15 @@ func startCAXdsserver(t *testing.T, bin string, args ...string) (out *syncBuf, x
 }
 
 // startCAZtunnel starts a ztunnel for node with its state from xdsAddr and its certificates
-// from the CA at caAddr, and waits until it is ready.
-func startCAZtunnel(t *testing.T, bin, node, host, xdsAddr, caAddr, root, tokenFile string) *ztunnelProc {
+// from the CA at caAddr, and waits until it is ready; extra flags are added.
+func startCAZtunnel(t *testing.T, bin, node, host, xdsAddr, caAddr, root, tokenFile string, extra ...string) *ztunnelProc {
 	t.Helper()
 	z := &ztunnelProc{name: node, out: &syncBuf{}, host: host, exited: make(chan struct{})}
 	z.cmd = exec.Command(bin, "--node", node, "--xds-address", xdsAddr,
 		"--ca-address", caAddr, "--ca-root", root, "--ca-token-file", tokenFile,
 		"--loopback", "--socks5", host+":15080", "--admin", host+":15000", "--metrics", host+":15020",
 		"--readiness", host+":15021", "--drain-grace", "1s")
+	z.cmd.Args = append(z.cmd.Args, extra...)
 	z.cmd.Stdout, z.cmd.Stderr = z.out, z.out
 	if err := z.cmd.Start(); err != nil {
 		t.Fatal(err)

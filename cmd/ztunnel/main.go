@@ -30,7 +30,10 @@ func run(args []string) int {
 	fs := flag.NewFlagSet("ztunnel", flag.ContinueOnError)
 	node := fs.String("node", os.Getenv("NODE_NAME"), "node name: workloads with this node are served here (required)")
 	configFile := fs.String("config-file", "", "workload state file (istio.workload resources as YAML/JSON), watched (this or --xds-address)")
-	xdsAddr := fs.String("xds-address", "", "control plane delta ADS address, host:port, plaintext (this or --config-file)")
+	xdsAddr := fs.String("xds-address", "", "control plane delta ADS address, host:port, plaintext unless --xds-root (this or --config-file)")
+	xdsRoot := fs.String("xds-root", "", "with --xds-address: PEM root that verifies the control plane, turning TLS on (its 15012; the same file as --ca-root)")
+	xdsServerName := fs.String("xds-server-name", xds.DefaultServerName, "with --xds-root: name verified in the control plane's serving certificate")
+	xdsToken := fs.String("xds-token-file", "", "with --xds-root: bearer token file, read again on each stream (the same file as --ca-token-file)")
 	svidDir := fs.String("svid-dir", "", "SVID folder written by `meshctl certs` (this or --ca-address)")
 	caAddr := fs.String("ca-address", "", "control plane CA, host:port (its TLS 15012): SVIDs by Istio's CreateCertificate (this or --svid-dir)")
 	caRoot := fs.String("ca-root", "", "with --ca-address: PEM root that verifies the CA (required with it)")
@@ -57,6 +60,10 @@ func run(args []string) int {
 	}
 	if *node == "" || (*svidDir == "") == (*caAddr == "") || (*configFile == "") == (*xdsAddr == "") || (*caAddr != "" && *caRoot == "") {
 		fmt.Fprintln(os.Stderr, "ztunnel: --node, exactly one of --svid-dir and --ca-address (with --ca-root), and exactly one of --config-file and --xds-address are required")
+		return 2
+	}
+	if (*xdsRoot != "" && *xdsAddr == "") || (*xdsToken != "" && *xdsRoot == "") {
+		fmt.Fprintln(os.Stderr, "ztunnel: --xds-root needs --xds-address, and --xds-token-file needs --xds-root")
 		return 2
 	}
 	outSet := false
@@ -112,7 +119,14 @@ func run(args []string) int {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	if *xdsAddr != "" {
-		if err := runXDS(watchCtx, *xdsAddr, *node, store, &loaded, log, opts); err != nil {
+		xo := xds.Options{Address: *xdsAddr, TokenFile: *xdsToken}
+		if *xdsRoot != "" {
+			if xo.Credentials, err = xds.TLSCredentials(*xdsRoot, *xdsServerName); err != nil {
+				log.Error("xds", "error", err.Error())
+				return 2
+			}
+		}
+		if err := runXDS(watchCtx, xo, *node, store, &loaded, log, opts); err != nil {
 			log.Error("xds", "error", err.Error())
 			return 2
 		}
@@ -168,19 +182,20 @@ func run(args []string) int {
 	return 0
 }
 
-// runXDS starts the delta ADS client into store; loaded turns true once every type was
-// received. The ztunnel pod's identity comes from Istio's environment variables (POD_NAME,
-// POD_NAMESPACE, INSTANCE_IP), with local defaults.
-func runXDS(ctx context.Context, addr, node string, store *state.Store, loaded *atomic.Bool, log *slog.Logger, opts []state.Option) error {
-	c, err := xds.New(xds.Options{
-		Address: addr, Store: store, StateOptions: opts, Logger: log.With("scope", "xds"),
-		Node: xds.Node{
-			IP:        cmp.Or(os.Getenv("INSTANCE_IP"), "127.0.0.1"),
-			PodName:   cmp.Or(os.Getenv("POD_NAME"), "ztunnel-"+node),
-			Namespace: cmp.Or(os.Getenv("POD_NAMESPACE"), "istio-system"),
-			NodeName:  node,
-		},
-	})
+// runXDS starts the delta ADS client of xo (its address and, for TLS, credentials and token
+// file) into store; loaded turns true once every type was received. The ztunnel pod's identity
+// comes from Istio's environment variables (POD_NAME, POD_NAMESPACE, INSTANCE_IP), with local
+// defaults.
+func runXDS(ctx context.Context, xo xds.Options, node string, store *state.Store, loaded *atomic.Bool, log *slog.Logger, opts []state.Option) error {
+	addr := xo.Address
+	xo.Store, xo.StateOptions, xo.Logger = store, opts, log.With("scope", "xds")
+	xo.Node = xds.Node{
+		IP:        cmp.Or(os.Getenv("INSTANCE_IP"), "127.0.0.1"),
+		PodName:   cmp.Or(os.Getenv("POD_NAME"), "ztunnel-"+node),
+		Namespace: cmp.Or(os.Getenv("POD_NAMESPACE"), "istio-system"),
+		NodeName:  node,
+	}
+	c, err := xds.New(xo)
 	if err != nil {
 		return err
 	}

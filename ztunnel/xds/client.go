@@ -4,12 +4,16 @@ package xds
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,7 +24,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -43,6 +49,9 @@ var Types = []string{AddressType, AuthorizationType}
 const (
 	DefaultMinBackoff = 100 * time.Millisecond
 	DefaultMaxBackoff = 15 * time.Second
+	// DefaultServerName is the name TLSCredentials verifies when given none: the one the
+	// control plane's serving certificate carries (Istio's istiod.istio-system.svc).
+	DefaultServerName = "istiod.istio-system.svc"
 )
 
 // Node says who the ztunnel is, as Istio's ztunnel tells istiod.
@@ -91,11 +100,18 @@ type Options struct {
 	Apply Applier
 	// Store, instead of Apply, receives a State built from the workload API's types.
 	Store        *state.Store
-	StateOptions []state.Option    // how States are built (with Store)
-	Logger       *slog.Logger      // nil: no logs
-	DialOptions  []grpc.DialOption // nil: plaintext
-	MinBackoff   time.Duration     // first delay before reconnecting; DefaultMinBackoff when zero
-	MaxBackoff   time.Duration     // longest delay; DefaultMaxBackoff when zero
+	StateOptions []state.Option // how States are built (with Store)
+	Logger       *slog.Logger   // nil: no logs
+	// Credentials, when set, secure the connection (the control plane's TLS listener, Istio's
+	// 15012: see TLSCredentials); nil is plaintext unless DialOptions say otherwise.
+	Credentials credentials.TransportCredentials
+	// TokenFile, when set, holds a bearer token sent as the metadata "authorization: Bearer
+	// <token>" on every stream; it is read again for each stream, so a rotated token is used
+	// from the next reconnection. It requires Credentials (a token never goes in clear).
+	TokenFile   string
+	DialOptions []grpc.DialOption // added after Credentials; nil and no Credentials: plaintext
+	MinBackoff  time.Duration     // first delay before reconnecting; DefaultMinBackoff when zero
+	MaxBackoff  time.Duration     // longest delay; DefaultMaxBackoff when zero
 }
 
 // Stats are the client's counters.
@@ -150,10 +166,16 @@ func New(opts Options) (*Client, error) {
 	default:
 		return nil, errors.New("xds client: no store")
 	}
+	if opts.TokenFile != "" && opts.Credentials == nil {
+		return nil, errors.New("xds client: a token file needs transport credentials (TLS)")
+	}
 	opts.Types = slices.Clone(opts.Types)
 	opts.MinBackoff = cmp.Or(opts.MinBackoff, DefaultMinBackoff)
 	opts.MaxBackoff = max(cmp.Or(opts.MaxBackoff, DefaultMaxBackoff), opts.MinBackoff)
-	if opts.DialOptions == nil {
+	switch {
+	case opts.Credentials != nil:
+		opts.DialOptions = append([]grpc.DialOption{grpc.WithTransportCredentials(opts.Credentials)}, opts.DialOptions...)
+	case opts.DialOptions == nil:
 		opts.DialOptions = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
 	// gRPC's own reconnection backoff (1 s to 120 s by default) follows ours. gRPC refuses
@@ -176,6 +198,20 @@ func New(opts Options) (*Client, error) {
 		c.resources[t] = map[string]*discovery.Resource{}
 	}
 	return c, nil
+}
+
+// TLSCredentials are transport credentials verifying the control plane's serving certificate
+// with the PEM roots of rootFile (read once) for serverName (DefaultServerName when "").
+func TLSCredentials(rootFile, serverName string) (credentials.TransportCredentials, error) {
+	data, err := os.ReadFile(rootFile)
+	if err != nil {
+		return nil, fmt.Errorf("xds client: root file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("xds client: root file %s: no PEM certificate", rootFile)
+	}
+	return credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: cmp.Or(serverName, DefaultServerName), MinVersion: tls.VersionTLS12}), nil
 }
 
 // Synced is closed once a first response of every type was accepted.
@@ -238,6 +274,15 @@ func (c *Client) Run(ctx context.Context) error {
 func (c *Client) stream(ctx context.Context, ads discovery.AggregatedDiscoveryServiceClient) (got bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if c.opts.TokenFile != "" {
+		tok, err := os.ReadFile(c.opts.TokenFile)
+		if err != nil {
+			return false, fmt.Errorf("token: %w", err)
+		}
+		if t := strings.TrimSpace(string(tok)); t != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+t)
+		}
+	}
 	s, err := ads.DeltaAggregatedResources(ctx, grpc.WaitForReady(false))
 	if err != nil {
 		return false, err
@@ -256,7 +301,7 @@ func (c *Client) stream(ctx context.Context, ads discovery.AggregatedDiscoverySe
 			return false, err
 		}
 	}
-	c.log.Info("xds stream opened", "address", c.opts.Address, "node", c.node.GetId())
+	c.log.Info("xds stream opened", "address", c.opts.Address, "node", c.node.GetId(), "tls", c.opts.Credentials != nil)
 	for {
 		resp, err := s.Recv()
 		if err != nil {
