@@ -111,44 +111,16 @@ func startCAXdsserver(t *testing.T, bin string, args ...string) (out *syncBuf, x
 // from the CA at caAddr, and waits until it is ready; extra flags are added.
 func startCAZtunnel(t *testing.T, bin, node, host, xdsAddr, caAddr, root, tokenFile string, extra ...string) *ztunnelProc {
 	t.Helper()
-	z := &ztunnelProc{name: node, out: &syncBuf{}, host: host, exited: make(chan struct{})}
-	z.cmd = exec.Command(bin, "--node", node, "--xds-address", xdsAddr,
-		"--ca-address", caAddr, "--ca-root", root, "--ca-token-file", tokenFile,
-		"--loopback", "--socks5", host+":15080", "--admin", host+":15000", "--metrics", host+":15020",
-		"--readiness", host+":15021", "--drain-grace", "1s")
-	z.cmd.Args = append(z.cmd.Args, extra...)
-	z.cmd.Stdout, z.cmd.Stderr = z.out, z.out
-	if err := z.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { z.cmd.Wait(); close(z.exited) }()
-	t.Cleanup(func() {
-		z.cmd.Process.Kill()
-		<-z.exited
-		if t.Failed() {
-			t.Logf("%s log:\n%s", node, z.out)
-		}
-	})
-	eventually(t, 10*time.Second, node+" ready", func() bool {
-		resp, err := http.Get("http://" + host + ":15021/healthz/ready")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	return z
+	return runZtunnel(t, bin, node, host, append([]string{"--xds-address", xdsAddr,
+		"--ca-address", caAddr, "--ca-root", root, "--ca-token-file", tokenFile}, extra...)...)
 }
 
 // TestCAIssuesToZtunnels: two ztunnels get their workloads' SVIDs from xdsserver's CA over
 // TLS with bootstrap tokens, a call between the two workloads succeeds over HBONE, and node A's
 // token cannot obtain node B's workload identity.
 func TestCAIssuesToZtunnels(t *testing.T) {
-	bins := buildBinaries(t)
-	xdsBin := filepath.Join(filepath.Dir(bins["ztunnel"]), "xdsserver")
-	if b, err := exec.Command("go", "build", "-o", xdsBin, "../cmd/xdsserver").CombinedOutput(); err != nil {
-		t.Fatalf("go build xdsserver: %v\n%s", err, b)
-	}
+	bins := buildXDSBinaries(t)
+	xdsBin := bins["xdsserver"]
 	dir := t.TempDir()
 	net24, _, _ := randomNet()
 	clientIP, serverIP := net24+".10", net24+".20"

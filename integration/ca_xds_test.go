@@ -19,11 +19,8 @@ import (
 // (--xds-root, --xds-token-file) and their SVIDs (--ca-address); they receive the state and the
 // certificates over it, and a call between the two workloads succeeds over HBONE.
 func TestCAXdsOverTLS(t *testing.T) {
-	bins := buildBinaries(t)
-	xdsBin := filepath.Join(filepath.Dir(bins["ztunnel"]), "xdsserver")
-	if b, err := exec.Command("go", "build", "-o", xdsBin, "../cmd/xdsserver").CombinedOutput(); err != nil {
-		t.Fatalf("go build xdsserver: %v\n%s", err, b)
-	}
+	bins := buildXDSBinaries(t)
+	xdsBin := bins["xdsserver"]
 	dir := t.TempDir()
 	net24, _, _ := randomNet()
 	clientIP, serverIP := net24+".10", net24+".20"

@@ -95,10 +95,18 @@ type ztunnelProc struct {
 
 func startZtunnel(t *testing.T, bin, node, host, stateFile, svidDir string, extra ...string) *ztunnelProc {
 	t.Helper()
+	return runZtunnel(t, bin, node, host, append([]string{"--config-file", stateFile, "--svid-dir", svidDir}, extra...)...)
+}
+
+// runZtunnel starts a loopback ztunnel for node with its own listeners on host and the given
+// state and identity flags, kills it at the end of the test (printing its log if the test
+// failed), and waits until it is ready.
+func runZtunnel(t *testing.T, bin, node, host string, flags ...string) *ztunnelProc {
+	t.Helper()
 	z := &ztunnelProc{name: node, out: &syncBuf{}, host: host, exited: make(chan struct{})}
-	args := append([]string{"--node", node, "--config-file", stateFile, "--svid-dir", svidDir,
+	args := append([]string{"--node", node,
 		"--loopback", "--socks5", host + ":15080", "--admin", host + ":15000", "--metrics", host + ":15020",
-		"--readiness", host + ":15021", "--drain-grace", "1s"}, extra...)
+		"--readiness", host + ":15021", "--drain-grace", "1s"}, flags...)
 	z.cmd = exec.Command(bin, args...)
 	z.cmd.Stdout, z.cmd.Stderr = z.out, z.out
 	if err := z.cmd.Start(); err != nil {

@@ -84,31 +84,7 @@ func startXdsserver(t *testing.T, bin, configDir string, extra ...string) *xdsse
 // with its own listeners on host; it waits until the ztunnel is ready (it has the state).
 func startZtunnelXDS(t *testing.T, bin, node, host, xdsAddr, svidDir string) *ztunnelProc {
 	t.Helper()
-	z := &ztunnelProc{name: node, out: &syncBuf{}, host: host, exited: make(chan struct{})}
-	z.cmd = exec.Command(bin, "--node", node, "--xds-address", xdsAddr, "--svid-dir", svidDir,
-		"--loopback", "--socks5", host+":15080", "--admin", host+":15000", "--metrics", host+":15020",
-		"--readiness", host+":15021", "--drain-grace", "1s")
-	z.cmd.Stdout, z.cmd.Stderr = z.out, z.out
-	if err := z.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { z.cmd.Wait(); close(z.exited) }()
-	t.Cleanup(func() {
-		z.cmd.Process.Kill()
-		<-z.exited
-		if t.Failed() {
-			t.Logf("%s log:\n%s", node, z.out)
-		}
-	})
-	eventually(t, 10*time.Second, node+" ready", func() bool {
-		resp, err := http.Get("http://" + host + ":15021/healthz/ready")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	return z
+	return runZtunnel(t, bin, node, host, "--xds-address", xdsAddr, "--svid-dir", svidDir)
 }
 
 // meshPlacement is where xdsserver --loopback places the pods and Services of a folder: pod
