@@ -16,8 +16,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/goambient/goambient/cmd/waypoint/internal/accesslog"
+	"github.com/goambient/goambient/cmd/waypoint/internal/authzhost"
 	"github.com/goambient/goambient/cmd/waypoint/internal/config"
-	"github.com/goambient/goambient/cmd/waypoint/internal/filterhost"
 	"github.com/goambient/goambient/cmd/waypoint/internal/server"
 	"github.com/goambient/goambient/ztunnel/hbone"
 	"github.com/goambient/goambient/ztunnel/identity"
@@ -38,7 +38,7 @@ type Options struct {
 	ServiceAccount string
 	AccessLog      io.Writer
 	Logger         *slog.Logger
-	Host           filterhost.Host // the filter
+	Host           *authzhost.Host // the filter
 }
 
 // App is a running waypoint.

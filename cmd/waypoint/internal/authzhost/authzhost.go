@@ -1,4 +1,4 @@
-// Package authzhost runs the goambient.authz filter (filters/authz) through the fake Envoy host of filters/envoytest, as the embedded waypoint's filterhost.Host.
+// Package authzhost runs the goambient.authz filter (filters/authz) through the fake Envoy host of filters/envoytest, the way the embedded waypoint's Envoy would run it.
 package authzhost
 
 import (
@@ -7,66 +7,36 @@ import (
 
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/goambient/goambient/cmd/waypoint/internal/filterhost"
 	"github.com/goambient/goambient/filters/authz"
 	"github.com/goambient/goambient/filters/authzconfig"
 	"github.com/goambient/goambient/filters/envoytest"
 )
 
-// New returns the Host that runs filters/authz; log receives the filter's logs.
-func New(log *slog.Logger) filterhost.Host {
-	h := envoytest.NewHost(log)
-	p := envoytest.Plugin{Name: authzconfig.PluginName, Factory: authz.Factory, Parser: authz.Parser{}}
-	return newAdapter(p, h.Parse, h.ParseRoute, h.Merge, h.Do, h)
+// Host runs filters/authz as Envoy does: configs parsed and merged once, requests run through
+// the filter. The parsed configs are opaque (any). It is safe for concurrent use.
+type Host struct {
+	h *envoytest.Host
+	p envoytest.Plugin
 }
 
-// adapter binds the host's methods whatever the concrete types of their parsed configs are.
-type adapter[P, C, R, M, D any] struct {
-	p          P
-	parse      func(P, *anypb.Any) (C, error)
-	parseRoute func(P, *anypb.Any) (R, error)
-	merge      func(P, C, R) M
-	do         func(P, D, *http.Request, envoytest.Stream) envoytest.Response
-	host       *envoytest.Host
-}
-
-func newAdapter[P, C, R, M, D any](p P, parse func(P, *anypb.Any) (C, error), parseRoute func(P, *anypb.Any) (R, error),
-	merge func(P, C, R) M, do func(P, D, *http.Request, envoytest.Stream) envoytest.Response, h *envoytest.Host) *adapter[P, C, R, M, D] {
-	return &adapter[P, C, R, M, D]{p: p, parse: parse, parseRoute: parseRoute, merge: merge, do: do, host: h}
-}
-
-func (a *adapter[P, C, R, M, D]) Parse(x *anypb.Any) (filterhost.Config, error) {
-	c, err := a.parse(a.p, x)
-	if err != nil {
-		return nil, err
+// New returns the Host; log receives the filter's logs.
+func New(log *slog.Logger) *Host {
+	return &Host{
+		h: envoytest.NewHost(log),
+		p: envoytest.Plugin{Name: authzconfig.PluginName, Factory: authz.Factory, Parser: authz.Parser{}},
 	}
-	return c, nil
 }
 
-func (a *adapter[P, C, R, M, D]) ParseRoute(x *anypb.Any) (filterhost.RouteConfig, error) {
-	r, err := a.parseRoute(a.p, x)
-	if err != nil {
-		return nil, err
-	}
-	return r, nil
-}
+// Parse parses a plugin_config (ECDS); an error means Envoy would reject the config.
+func (h *Host) Parse(a *anypb.Any) (any, error) { return h.h.Parse(h.p, a) }
 
-func (a *adapter[P, C, R, M, D]) Merge(c filterhost.Config, r filterhost.RouteConfig) filterhost.Merged {
-	var rc R
-	if r != nil {
-		rc = r.(R)
-	}
-	return a.merge(a.p, c.(C), rc)
-}
+// ParseRoute parses a per-route config (typed_per_filter_config).
+func (h *Host) ParseRoute(a *anypb.Any) (any, error) { return h.h.ParseRoute(h.p, a) }
 
-func (a *adapter[P, C, R, M, D]) Do(m filterhost.Merged, req *http.Request, s filterhost.Stream) filterhost.Result {
-	resp := a.do(a.p, any(m).(D), req, envoytest.Stream{
-		FilterState: s.FilterState, DownstreamRemoteAddress: s.DownstreamRemoteAddress,
-		DownstreamLocalAddress: s.DownstreamLocalAddress, PeerURISANs: s.PeerURISANs,
-	})
-	out := filterhost.Result{Continued: resp.Continued, RequestHeaders: resp.RequestHeaders}
-	if lr := resp.LocalReply; lr != nil {
-		out.LocalReply = &filterhost.LocalReply{Status: lr.Status, Body: lr.Body, Headers: lr.Headers, GRPCStatus: lr.GRPCStatus, Details: lr.Details}
-	}
-	return out
+// Merge merges a route's config (nil: none) into the filter's, as Envoy does per route.
+func (h *Host) Merge(filter, route any) any { return h.h.Merge(h.p, filter, route) }
+
+// Do runs req through the filter with a merged config.
+func (h *Host) Do(merged any, req *http.Request, s envoytest.Stream) envoytest.Response {
+	return h.h.Do(h.p, merged, req, s)
 }

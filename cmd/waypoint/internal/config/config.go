@@ -17,7 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"istio.io/istio/pkg/workloadapi"
 
-	"github.com/goambient/goambient/cmd/waypoint/internal/filterhost"
+	"github.com/goambient/goambient/cmd/waypoint/internal/authzhost"
 	"github.com/goambient/goambient/filters/authzconfig"
 	"github.com/goambient/goambient/ztunnel/state"
 	"github.com/goambient/goambient/ztunnel/xds"
@@ -71,9 +71,9 @@ func RouteName(port uint16, hostname string) string {
 // Route is one service port's route configuration with its filter config merged.
 type Route struct {
 	Name    string
-	Cluster string            // upstream_cluster in the access log
-	Config  filterhost.Merged // nil while there is no filter config: requests are denied
-	route   filterhost.RouteConfig
+	Cluster string // upstream_cluster in the access log
+	Config  any    // nil while there is no filter config: requests are denied
+	route   any
 }
 
 // Snapshot is everything a request needs, never modified once stored.
@@ -91,14 +91,14 @@ func (s *Snapshot) Route(port uint16, hostname string) *Route {
 
 // Store holds the current Snapshot and applies xDS updates (it is the xds.Applier).
 type Store struct {
-	host  filterhost.Host
+	host  *authzhost.Host
 	node  Node
 	log   *slog.Logger
 	sopts []state.Option
 
 	mu         sync.Mutex // serialises Apply
 	st         *state.State
-	filter     filterhost.Config
+	filter     any
 	filterName string
 	routes     map[string]*Route // parsed route configs, without merge
 	synced     map[string]bool
@@ -108,7 +108,7 @@ type Store struct {
 }
 
 // NewStore returns a Store with an empty snapshot (every request denied).
-func NewStore(host filterhost.Host, node Node, log *slog.Logger, sopts ...state.Option) *Store {
+func NewStore(host *authzhost.Host, node Node, log *slog.Logger, sopts ...state.Option) *Store {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -203,7 +203,7 @@ func (s *Store) addresses(res map[string]*anypb.Any) (*state.State, error) {
 
 // extension picks this waypoint's ECDS resource (goambient.authz/<ns>/<gateway>, where the pod
 // is the gateway or <gateway>-<something>) and parses its plugin config.
-func (s *Store) extension(res map[string]*anypb.Any) (string, filterhost.Config, error) {
+func (s *Store) extension(res map[string]*anypb.Any) (string, any, error) {
 	prefix := s.node.ExtensionPrefix()
 	best := ""
 	for name := range res {

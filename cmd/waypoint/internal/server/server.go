@@ -22,9 +22,10 @@ import (
 	"istio.io/istio/pkg/workloadapi"
 
 	"github.com/goambient/goambient/cmd/waypoint/internal/accesslog"
+	"github.com/goambient/goambient/cmd/waypoint/internal/authzhost"
 	"github.com/goambient/goambient/cmd/waypoint/internal/config"
-	"github.com/goambient/goambient/cmd/waypoint/internal/filterhost"
 	"github.com/goambient/goambient/filters/authzconfig"
+	"github.com/goambient/goambient/filters/envoytest"
 	"github.com/goambient/goambient/ztunnel/hbone"
 	"github.com/goambient/goambient/ztunnel/state"
 )
@@ -39,7 +40,7 @@ const (
 type Options struct {
 	Logger    *slog.Logger
 	Store     *config.Store
-	Host      filterhost.Host
+	Host      *authzhost.Host
 	AccessLog *accesslog.Logger // nil: none
 	// Client opens the HBONE streams to the endpoints.
 	Client *hbone.Client
@@ -204,7 +205,7 @@ func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer
 		return reply(http.StatusForbidden, "RBAC: access denied", "goambient_no_filter_config", "", nil)
 	}
 	req.Body = io.NopCloser(bytes.NewReader(body))
-	res := s.o.Host.Do(rt.Config, req, filterhost.Stream{
+	res := s.o.Host.Do(rt.Config, req, envoytest.Stream{
 		FilterState:             map[string]string{authzconfig.PeerPrincipalKey: st.peer},
 		DownstreamRemoteAddress: st.src.String(),
 		DownstreamLocalAddress:  st.vip.String(),
