@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +29,7 @@ var (
 	perfConns    = flag.Int("perf.conns", 10, "TestPerf: long-lived proxied connections sharing the rate")
 	perfSize     = flag.Int("perf.size", 1024, "TestPerf: request and response size in bytes")
 	perfProcs    = flag.String("perf.gomaxprocs", "", "TestPerf: GOMAXPROCS of the ztunnels (empty: inherited)")
+	perfProfile  = flag.String("perf.profile", "", "TestPerf: a directory to write each ztunnel's CPU profile of the load to")
 )
 
 // perfProcSample is a process's CPU time (user+system) and resident memory at one moment.
@@ -214,10 +216,12 @@ func TestPerf(t *testing.T) {
 	for name, pid := range pids {
 		before[name] = perfSampleProc(t, pid, hz)
 	}
+	profiled := perfStartProfiles(t, *perfProfile, *perfDuration, map[string]*ztunnelProc{"source": src, "destination": dst})
 	lat, n, err := load(*perfDuration, *perfRate)
 	if err != nil {
 		t.Fatal(err)
 	}
+	profiled()
 	after := map[string]perfProcSample{}
 	for name, pid := range pids {
 		after[name] = perfSampleProc(t, pid, hz)
@@ -235,6 +239,34 @@ func TestPerf(t *testing.T) {
 			float64(b.rss)/1e6, float64(a.rss)/1e6, float64(a.hwm)/1e6)
 	}
 	t.Logf("Istio's Rust ztunnel at 1,000 rps of 1 KB: 0.06 vCPU, 12 MB")
+}
+
+// perfStartProfiles starts a CPU profile of each ztunnel (its admin /debug/pprof/profile) for
+// dur when dir is set; the returned function waits for them and writes <dir>/<name>.pprof.
+func perfStartProfiles(t *testing.T, dir string, dur time.Duration, zs map[string]*ztunnelProc) func() {
+	if dir == "" {
+		return func() {}
+	}
+	var wg sync.WaitGroup
+	for name, z := range zs {
+		wg.Go(func() {
+			url := fmt.Sprintf("http://%s:15000/debug/pprof/profile?seconds=%d", z.host, int(dur.Seconds()))
+			resp, err := http.Get(url)
+			if err != nil {
+				t.Errorf("profile of %s: %v", name, err)
+				return
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if err == nil {
+				err = os.WriteFile(filepath.Join(dir, name+".pprof"), b, 0o644)
+			}
+			if err != nil {
+				t.Errorf("profile of %s: %v", name, err)
+			}
+		})
+	}
+	return wg.Wait
 }
 
 func perfFirstErr(old, err error) error {
