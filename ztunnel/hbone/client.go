@@ -5,12 +5,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,7 +17,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"golang.org/x/net/http2"
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2/hpack"
 )
 
 // Istio ztunnel's HTTP/2 and pool settings (reference/istio-ambient.md §1.1, §1.6).
@@ -76,33 +76,23 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if maxStreams <= 0 {
 		maxStreams = DefaultMaxStreamsPerConn
 	}
-	idle := orDefault(cfg.IdleTimeout, DefaultIdleTimeout)
-	pingEvery := orDefault(cfg.PingInterval, DefaultPingInterval)
-	pingTimeout := orDefault(cfg.PingTimeout, DefaultPingTimeout)
-	// The flow-control windows are only reachable through net/http's HTTP2Config of a linked
-	// http.Transport; x/net reads them from there. That Transport is never used for requests.
-	t1 := &http.Transport{HTTP2: &http.HTTP2Config{
-		MaxReceiveBufferPerStream:     StreamWindow,
-		MaxReceiveBufferPerConnection: ConnWindow,
-		MaxReadFrameSize:              MaxFrameSize,
-		SendPingTimeout:               max(pingEvery, 0),
-		PingTimeout:                   pingTimeout,
-	}}
-	t2, err := http2.ConfigureTransports(t1)
-	if err != nil {
-		return nil, fmt.Errorf("hbone: %w", err)
-	}
-	t2.DisableCompression = true // no accept-encoding on CONNECT, no gzip decoding of the tunnel
-	t2.IdleConnTimeout = max(idle, 0)
 	return &Client{
 		bundle: cfg.Bundle,
 		dial:   dial,
 		pool: &pool{
 			log:        log,
-			t:          t2,
 			maxStreams: maxStreams,
-			conns:      make(map[poolKey][]*poolConn),
-			dialing:    make(map[poolKey]chan struct{}),
+			settings: h2Settings{
+				streamWindow:  StreamWindow,
+				connWindow:    ConnWindow,
+				maxFrame:      MaxFrameSize,
+				maxHeaderList: DefaultMaxHeaderList,
+				pingEvery:     orDefault(cfg.PingInterval, DefaultPingInterval),
+				pingTimeout:   orDefault(cfg.PingTimeout, DefaultPingTimeout),
+				idle:          orDefault(cfg.IdleTimeout, DefaultIdleTimeout),
+			},
+			conns:   make(map[poolKey][]*poolConn),
+			dialing: make(map[poolKey]chan struct{}),
 		},
 	}, nil
 }
@@ -166,7 +156,7 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		tc := tls.Client(&gatherConn{Conn: raw}, tlsConf)
+		tc := tls.Client(&gatherConn{Conn: rawConn(raw)}, tlsConf)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			raw.Close()
 			return nil, fmt.Errorf("TLS handshake: %w", err)
@@ -184,10 +174,9 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Conn, error) {
 			return conn, nil
 		}
 		c.pool.put(pc)
-		// A pooled connection may have died (GOAWAY, peer gone) just before this stream:
-		// try once more, on whatever connection the pool has then.
-		var se StatusError
-		if reused && attempt == 0 && ctx.Err() == nil && !errors.As(err, &se) && !pc.cc.CanTakeNewRequest() {
+		// A pooled connection may have died (GOAWAY, peer gone) just before this stream, or
+		// the server may have refused it: try once more, on whatever the pool has then.
+		if reused && attempt == 0 && ctx.Err() == nil && errors.Is(err, errRefused) {
 			continue
 		}
 		return nil, fmt.Errorf("hbone: CONNECT %s via %s: %w", t.Authority, addr, err)
@@ -195,58 +184,65 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Conn, error) {
 }
 
 func (c *Client) connect(ctx context.Context, pc *poolConn, t *Target) (*Conn, error) {
-	h := make(http.Header, 5+len(t.Header))
-	for k, v := range t.Header {
-		h[k] = v
-	}
-	h["User-Agent"] = []string{""} // no user-agent, as ztunnel
+	fields := make([]hpack.HeaderField, 0, 5+len(t.Header))
+	fields = append(fields,
+		hpack.HeaderField{Name: ":method", Value: http.MethodConnect},
+		hpack.HeaderField{Name: ":authority", Value: t.Authority})
 	if t.SourceAddr.IsValid() {
-		h.Set(HeaderForwarded, forwardedValue(t.SourceAddr, t.Host))
+		fields = append(fields, hpack.HeaderField{Name: "forwarded", Value: forwardedValue(t.SourceAddr, t.Host)})
 	}
 	if len(t.Baggage) > 0 {
-		h.Set(HeaderBaggage, BaggageValue(t.Baggage))
+		fields = append(fields, hpack.HeaderField{Name: "baggage", Value: BaggageValue(t.Baggage)})
 	}
 	tp := t.Traceparent
 	if tp == "" {
 		tp = NewTraceparent()
 	}
-	h.Set(HeaderTraceparent, tp)
+	fields = append(fields, hpack.HeaderField{Name: "traceparent", Value: tp})
+	for k, vs := range t.Header {
+		name := strings.ToLower(k)
+		if !httpguts.ValidHeaderFieldName(name) || connectionSpecific[name] || name == "forwarded" || name == "baggage" || name == "traceparent" {
+			continue
+		}
+		for _, v := range vs {
+			fields = append(fields, hpack.HeaderField{Name: name, Value: v})
+		}
+	}
 
-	// The stream lives until Close, not until ctx ends: ctx only bounds the wait for the answer.
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	stop := context.AfterFunc(ctx, cancel)
-	pw := newBodyPipe()
-	req := (&http.Request{
-		Method:     http.MethodConnect,
-		URL:        &url.URL{Host: t.Authority},
-		Host:       t.Authority,
-		Proto:      "HTTP/2.0",
-		ProtoMajor: 2,
-		Header:     h,
-		Body:       pw,
-	}).WithContext(sctx)
-	resp, err := pc.cc.RoundTrip(req)
-	if !stop() && err == nil {
-		err = context.Cause(ctx) // canceled as the answer arrived: the stream is torn down
-		resp.Body.Close()
-	}
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = StatusError{Code: resp.StatusCode}
-		resp.Body.Close()
-	}
+	s, err := pc.h2.openStream(fields)
 	if err != nil {
-		cancel()
-		pw.CloseWithError(err)
 		return nil, err
 	}
-	return &Conn{
-		pool:   c.pool,
-		pc:     pc,
-		body:   resp.Body,
-		pw:     pw,
-		cancel: cancel,
-		header: resp.Header,
-	}, nil
+	select {
+	case <-s.ready:
+	case <-ctx.Done():
+		s.Close() // RST_STREAM: the server's handler sees its context end
+		return nil, context.Cause(ctx)
+	}
+	s.mu.Lock()
+	status, rerr := s.status, s.rerr
+	s.mu.Unlock()
+	if status == 0 { // no answer: reset, or the connection went
+		s.Close()
+		return nil, rerr
+	}
+	if status != http.StatusOK {
+		s.Close()
+		return nil, StatusError{Code: status}
+	}
+	h := make(http.Header, len(s.header))
+	for _, f := range s.header {
+		k := http.CanonicalHeaderKey(f.Name)
+		h[k] = append(h[k], f.Value)
+	}
+	return &Conn{pool: c.pool, pc: pc, s: s, header: h}, nil
+}
+
+// connectionSpecific are the headers HTTP/2 forbids (RFC 9113 §8.2.2); a Target's extra
+// headers never carry them.
+var connectionSpecific = map[string]bool{
+	"connection": true, "proxy-connection": true, "keep-alive": true, "transfer-encoding": true,
+	"upgrade": true, "te": true, "host": true,
 }
 
 // Close closes every pooled connection, aborting their streams; Dial fails afterwards.
@@ -266,42 +262,31 @@ func (c *Client) Conns() int { return c.pool.size() }
 type Conn struct {
 	pool   *pool
 	pc     *poolConn
-	body   io.ReadCloser
-	pw     *bodyPipe
-	cancel context.CancelFunc
+	s      *h2Stream
 	header http.Header
 
-	sent, received atomic.Int64
-	closeOnce      sync.Once
+	sent      atomic.Int64
+	closeOnce sync.Once
 }
 
 var errDeadline = fmt.Errorf("hbone: stream deadlines: %w", errors.ErrUnsupported)
 
-func (c *Conn) Read(p []byte) (int, error) {
-	n, err := c.body.Read(p)
-	c.received.Add(int64(n))
-	return n, err
-}
+func (c *Conn) Read(p []byte) (int, error) { return c.s.Read(p) }
 
 func (c *Conn) Write(p []byte) (int, error) {
-	n, err := c.pw.Write(p)
+	n, err := c.s.Write(p)
 	c.sent.Add(int64(n))
-	if errors.Is(err, io.ErrClosedPipe) {
-		err = net.ErrClosed
-	}
 	return n, err
 }
 
 // CloseWrite ends the request body: END_STREAM, seen by the server as EOF.
-func (c *Conn) CloseWrite() error { return c.pw.CloseWithError(nil) }
+func (c *Conn) CloseWrite() error { return c.s.CloseWrite() }
 
 // Close ends the stream (RST_STREAM when it is not finished both ways) and gives its slot back
 // to the pool. It does not close the pooled connection.
 func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
-		c.pw.CloseWithError(net.ErrClosed)
-		c.body.Close()
-		c.cancel()
+		c.s.Close()
 		c.pool.put(c.pc)
 	})
 	return nil
@@ -311,7 +296,11 @@ func (c *Conn) Close() error {
 func (c *Conn) BytesSent() int64 { return c.sent.Load() }
 
 // BytesReceived is the number of bytes read from the stream so far.
-func (c *Conn) BytesReceived() int64 { return c.received.Load() }
+func (c *Conn) BytesReceived() int64 {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	return c.s.received
+}
 
 // PeerID is the verified SPIFFE ID of the server.
 func (c *Conn) PeerID() spiffeid.ID { return c.pc.peer }

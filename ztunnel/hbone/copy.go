@@ -29,6 +29,7 @@ var (
 // It returns the bytes copied from a to b and from b to a, and the first error (nil when both
 // directions ended with EOF).
 func Relay(a, b net.Conn) (aToB, bToA int64, err error) {
+	a, b = rawConn(a), rawConn(b)
 	var first firstError
 	done := make(chan struct{})
 	go func() {
@@ -43,7 +44,13 @@ func Relay(a, b net.Conn) (aToB, bToA int64, err error) {
 }
 
 func halfRelay(dst, src net.Conn, first *firstError) int64 {
-	n, err := copyBuffer(dst, src)
+	var n int64
+	var err error
+	if st := streamOf(src); st != nil {
+		n, err = st.relayTo(dst)
+	} else {
+		n, err = copyBuffer(dst, src)
+	}
 	if err != nil {
 		first.set(err)
 		src.Close()
@@ -94,6 +101,17 @@ func copyBuffer(dst io.Writer, src io.Reader) (n int64, err error) {
 			bp, big = smallBufs.Get().(*[]byte), false
 		}
 	}
+}
+
+// streamOf is the HBONE stream under c, when c is one.
+func streamOf(c net.Conn) *h2Stream {
+	switch c := c.(type) {
+	case *Conn:
+		return c.s
+	case *serverStream:
+		return c.h2Stream
+	}
+	return nil
 }
 
 // closeWrite half-closes c when it can; a connection without CloseWrite is left open (its

@@ -185,6 +185,7 @@ type env struct {
 }
 
 type envOpts struct {
+	ca      *testCA             // issues the server's and the client's SVIDs (a new CA when nil)
 	server  func(*ServerConfig) // adjusts the server's configuration
 	handler Handler             // replaces the default (dial the authority, 503 on failure)
 	status  func(*Request) int
@@ -192,7 +193,10 @@ type envOpts struct {
 
 func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
-	ca := newTestCA(t, "cluster.local")
+	ca := o.ca
+	if ca == nil {
+		ca = newTestCA(t, "cluster.local")
+	}
 	e := &env{
 		t:          t,
 		ca:         ca,

@@ -124,8 +124,9 @@ func TestHalfCloseFromClient(t *testing.T) {
 	}
 }
 
-// An upstream that closes ends the stream: the client reads what it sent, then EOF, without
-// having closed its side.
+// An upstream that closes ends the response side: the client reads what it sent, then EOF,
+// without having closed its own side; the stream is over once the client ends its side too
+// (half-close is carried both ways, as Istio's ztunnel does).
 func TestUpstreamCloseEndsStream(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOpts{})
@@ -136,6 +137,12 @@ func TestUpstreamCloseEndsStream(t *testing.T) {
 	if err != nil || string(got) != "banner\n" {
 		t.Fatalf("read %q, %v", got, err)
 	}
+	select {
+	case r := <-e.results:
+		t.Fatalf("stream over before the client ended its side: %+v", r)
+	default:
+	}
+	conn.CloseWrite()
 	if r := e.result(); r.Err != nil || r.Sent != 7 {
 		t.Errorf("Result = %+v", r)
 	}
@@ -278,13 +285,11 @@ func TestServerRefusesClientCertificate(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			e := newEnv(t, envOpts{server: func(cfg *ServerConfig) {
-				cfg.Bundle = mesh.bundle()
+			e := newEnv(t, envOpts{ca: mesh, server: func(cfg *ServerConfig) {
 				if tc.bundle != nil {
 					cfg.Bundle = tc.bundle
 				}
 			}})
-			e.serverSVID = mesh.svid(t, "cluster.local/ns/server/sa/server", leafOpts{})
 			up := newUpstream(t, echo)
 			c, _ := e.client(ClientConfig{Bundle: mesh.bundle()})
 			tg := e.target(up.addr)

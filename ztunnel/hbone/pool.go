@@ -6,15 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"golang.org/x/net/http2"
 )
 
 // poolKey is Istio's WorkloadKey without the source IP (this client does not bind to the
@@ -43,7 +40,7 @@ func (k poolKey) LogValue() slog.Value {
 // poolConn is one HTTP/2 connection of the pool.
 type poolConn struct {
 	key     poolKey
-	cc      *http2.ClientConn
+	h2      *h2Conn
 	tls     *tls.Conn
 	peer    spiffeid.ID
 	streams int  // streams handed out and not yet closed; under pool.mu
@@ -51,14 +48,14 @@ type poolConn struct {
 }
 
 // pool holds the client's HTTP/2 connections. A connection is taken for a new stream while it
-// has fewer than maxStreams streams open and the x/net ClientConn can reserve one (it is not
-// closing, has not received GOAWAY, and the server's own limit allows it); otherwise one more
-// connection is dialled, one dial at a time per key. A connection leaves the pool when it is
-// closed for any reason: idle timeout (x/net's idle timer), PING timeout, GOAWAY, peer close,
+// has fewer than maxStreams streams open and can reserve one (it is not closing, has not
+// received GOAWAY, and the server's own limit allows it); otherwise one more connection is
+// dialled, one dial at a time per key. A connection leaves the pool when it is closed for any
+// reason: idle timeout, PING timeout, the end of its last stream after a GOAWAY, peer close,
 // read or write error, Client.Close.
 type pool struct {
 	log        *slog.Logger
-	t          *http2.Transport
+	settings   h2Settings
 	maxStreams int
 
 	mu      sync.Mutex
@@ -79,7 +76,7 @@ func (p *pool) get(ctx context.Context, key poolKey, dial func(context.Context) 
 			return nil, false, errClientClosed
 		}
 		for _, pc := range p.conns[key] {
-			if pc.streams < p.maxStreams && pc.cc.ReserveNewRequest() {
+			if pc.streams < p.maxStreams && pc.h2.reserve() {
 				pc.streams++
 				p.mu.Unlock()
 				return pc, true, nil
@@ -109,8 +106,8 @@ func (p *pool) get(ctx context.Context, key poolKey, dial func(context.Context) 
 	if err != nil {
 		return nil, false, err
 	}
-	if p.closed || pc.closed || !pc.cc.ReserveNewRequest() {
-		go pc.cc.Close()
+	if p.closed || pc.closed || !pc.h2.reserve() {
+		go pc.h2.closeWithError(nil)
 		return nil, false, fmt.Errorf("hbone: new connection to %s unusable", key.addr)
 	}
 	pc.streams = 1
@@ -126,15 +123,15 @@ func (p *pool) dial(ctx context.Context, key poolKey, dial func(context.Context)
 	pc := &poolConn{key: key, tls: tc}
 	cs := tc.ConnectionState()
 	pc.peer, _ = PeerID(&cs)
-	tracked := &trackedConn{onClose: func() { p.remove(pc) }}
-	tracked.gatheringTLS.Conn = tc
-	tracked.gatheringTLS.raw, _ = tc.NetConn().(*gatherConn)
-	cc, err := p.t.NewClientConn(tracked)
-	if err != nil {
-		tc.Close()
+	raw, _ := tc.NetConn().(*gatherConn)
+	h2 := newH2Conn(p.log, newGatheringTLS(tc, raw), tc.NetConn(), true, p.settings)
+	h2.onClose = func(error) { p.remove(pc) }
+	pc.h2 = h2
+	if err := h2.start(); err != nil {
+		h2.closeWithError(err)
 		return nil, fmt.Errorf("hbone: HTTP/2 to %s: %w", key.addr, err)
 	}
-	pc.cc = cc
+	go h2.readLoop()
 	p.log.Debug("hbone connection opened", "key", key, "local", tc.LocalAddr().String())
 	return pc, nil
 }
@@ -183,25 +180,6 @@ func (p *pool) close() {
 	}
 	p.mu.Unlock()
 	for _, pc := range all {
-		pc.cc.Close() // aborts its streams; remove runs from trackedConn.Close
+		pc.h2.closeWithError(errClientClosed) // aborts its streams; remove runs from onClose
 	}
 }
-
-// trackedConn is the TLS connection under an x/net ClientConn: the ClientConn closes it when
-// it is done with it (idle, ping timeout, GOAWAY, errors), which is when the pool drops it.
-type trackedConn struct {
-	gatheringTLS // also gives the ClientConn the TLS state (ConnectionState)
-	once         sync.Once
-	onClose      func()
-}
-
-func (c *trackedConn) Close() error {
-	c.once.Do(c.onClose)
-	// A TLS close_notify can block on an unresponsive peer; bound it as x/net does for a
-	// *tls.Conn (it cannot see through this wrapper).
-	t := time.AfterFunc(250*time.Millisecond, func() { c.Conn.NetConn().Close() })
-	defer t.Stop()
-	return c.Conn.Close()
-}
-
-var _ net.Conn = (*trackedConn)(nil)

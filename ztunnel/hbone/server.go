@@ -5,31 +5,27 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // Istio ztunnel's server limits (reference/istio-ambient.md §1.1).
 const (
 	DefaultServerMaxStreams = 200      // max_concurrent_streams
 	DefaultMaxHeaderList    = 64 << 10 // max_header_list_size
-
-	// serverMaxFrameSize is the largest frame the server accepts. Istio's ztunnel says 1 MiB,
-	// but Go's HTTP/2 client sizes each stream's request-body buffer from it (up to 512 KiB,
-	// held while the stream lives), which made an idle proxied connection cost ~800 KB of
-	// heap. Frame size is a local tuning, not part of the HBONE contract: peers must accept
-	// whatever the other side advertises.
-	serverMaxFrameSize      = 64 << 10
 	DefaultHandshakeTimeout = 10 * time.Second
 )
 
@@ -112,14 +108,14 @@ type Server struct {
 	log     *slog.Logger
 	handler Handler
 	tls     *tls.Config
-	hs      *http.Server // configuration and graceful shutdown for h2; never serves itself
-	h2      *http2.Server
+	h2      h2Settings
 	hsTO    time.Duration
 
 	mu        sync.Mutex
 	closed    bool
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
+	conns     map[net.Conn]struct{} // every connection being served
+	h2conns   map[*h2Conn]struct{}  // those past the TLS handshake
 	wg        sync.WaitGroup
 }
 
@@ -136,33 +132,23 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	pingEvery := orDefault(cfg.PingInterval, DefaultPingInterval)
-	h2 := &http2.Server{
-		MaxConcurrentStreams:         uint32(orDefault(int(cfg.MaxConcurrentStreams), DefaultServerMaxStreams)),
-		MaxReadFrameSize:             serverMaxFrameSize,
-		MaxUploadBufferPerConnection: ConnWindow,
-		MaxUploadBufferPerStream:     StreamWindow,
-		ReadIdleTimeout:              max(pingEvery, 0),
-		PingTimeout:                  orDefault(cfg.PingTimeout, DefaultPingTimeout),
-	}
-	// x/net advertises MaxHeaderBytes plus 320 bytes of per-field overhead as
-	// SETTINGS_MAX_HEADER_LIST_SIZE; take it off so the advertised value is the configured one.
-	hs := &http.Server{
-		MaxHeaderBytes: orDefault(cfg.MaxHeaderListSize, DefaultMaxHeaderList) - 320,
-		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug), // x/net's own messages
-	}
-	if err := http2.ConfigureServer(hs, h2); err != nil {
-		return nil, fmt.Errorf("hbone: %w", err)
-	}
 	return &Server{
-		log:       log,
-		handler:   cfg.Handler,
-		tls:       tlsConf,
-		hs:        hs,
-		h2:        h2,
+		log:     log,
+		handler: cfg.Handler,
+		tls:     tlsConf,
+		h2: h2Settings{
+			maxStreams:    uint32(orDefault(int(cfg.MaxConcurrentStreams), DefaultServerMaxStreams)),
+			streamWindow:  StreamWindow,
+			connWindow:    ConnWindow,
+			maxFrame:      MaxFrameSize,
+			maxHeaderList: uint32(orDefault(cfg.MaxHeaderListSize, DefaultMaxHeaderList)),
+			pingEvery:     orDefault(cfg.PingInterval, DefaultPingInterval),
+			pingTimeout:   orDefault(cfg.PingTimeout, DefaultPingTimeout),
+		},
 		hsTO:      orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[net.Conn]struct{}),
+		h2conns:   make(map[*h2Conn]struct{}),
 	}, nil
 }
 
@@ -230,7 +216,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	}()
 
 	remote, local := addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())
-	raw := &gatherConn{Conn: c}
+	raw := &gatherConn{Conn: rawConn(c)}
 	tc := tls.Server(raw, s.tls)
 	hctx, cancel := context.WithTimeout(ctx, s.hsTO)
 	err := tc.HandshakeContext(hctx)
@@ -254,131 +240,166 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	}
 	s.log.Debug("hbone connection accepted", "src.addr", remote.String(), "dst.addr", local.String(), "src.identity", peer.String())
 	info := &Request{Peer: peer, RemoteAddr: remote, LocalAddr: local, TLS: &cs}
-	s.h2.ServeConn(newGatheringTLS(tc, raw), &http2.ServeConnOpts{
-		Context:    ctx,
-		BaseConfig: s.hs,
-		Handler:    http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveStream(w, r, info) }),
-	})
+	h2 := newH2Conn(s.log, newGatheringTLS(tc, raw), c, false, s.h2)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	h2.onStream = func(st *h2Stream, f *http2.MetaHeadersFrame) { s.startStream(sctx, st, f, info) }
+	tc.SetReadDeadline(time.Now().Add(s.hsTO))
+	if err := h2.readPreface(); err != nil {
+		s.log.Warn("connection failed", "src.addr", remote.String(), "src.identity", peer.String(), "error", err)
+		h2.closeWithError(err)
+		return
+	}
+	tc.SetReadDeadline(time.Time{})
+	if err := h2.start(); err != nil {
+		h2.closeWithError(err)
+		return
+	}
+	s.mu.Lock()
+	if s.closed { // shut down meanwhile: the GOAWAY broadcast missed this one
+		s.mu.Unlock()
+		h2.closeWithError(ErrServerClosed)
+		return
+	}
+	s.h2conns[h2] = struct{}{}
+	s.mu.Unlock()
+	h2.readLoop()
+	s.mu.Lock()
+	delete(s.h2conns, h2)
+	s.mu.Unlock()
 }
 
-// serveStream answers one stream. x/net runs it in its own goroutine per stream.
-func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, conn *Request) {
-	w.Header()["Date"] = nil // no Date header
-	if r.Method != http.MethodConnect {
-		s.log.Debug("hbone request refused", "src.identity", conn.Peer.String(), "error", "expected method CONNECT, got "+r.Method)
-		w.WriteHeader(http.StatusBadRequest)
-		return
-	}
-	auth, ok := ParseAuthority(r.Host)
-	if !ok {
-		s.log.Debug("hbone request refused", "src.identity", conn.Peer.String(), "error", fmt.Sprintf("invalid authority %q", r.Host))
-		w.WriteHeader(http.StatusBadRequest)
-		return
-	}
+// startStream takes a new request stream from the read loop: its headers are read here (the
+// Framer reuses them), and the stream is answered in its own goroutine.
+func (s *Server) startStream(ctx context.Context, st *h2Stream, f *http2.MetaHeadersFrame, conn *Request) {
+	method := f.PseudoValue("method")
+	authority := f.PseudoValue("authority")
+	extra := f.PseudoValue("scheme") != "" || f.PseudoValue("path") != "" || f.PseudoValue("protocol") != ""
 	req := *conn
-	req.Authority = auth
-	req.Header = r.Header
-	req.Forwarded = r.Header.Get(HeaderForwarded)
-	req.Baggage = r.Header.Get(HeaderBaggage)
-	req.Traceparent = r.Header.Get(HeaderTraceparent)
-
-	resp := s.handler.ServeHBONE(r.Context(), &req)
-	for k, v := range resp.Header {
-		w.Header()[k] = v
+	req.Header = make(http.Header, len(f.RegularFields()))
+	for _, hf := range f.RegularFields() {
+		k := http.CanonicalHeaderKey(hf.Name)
+		req.Header[k] = append(req.Header[k], hf.Value)
 	}
+	req.Forwarded = req.Header.Get(HeaderForwarded)
+	req.Baggage = req.Header.Get(HeaderBaggage)
+	req.Traceparent = req.Header.Get(HeaderTraceparent)
+	truncated := f.Truncated
+	sctx, cancel := context.WithCancel(ctx)
+	st.cancel = cancel
+	go func() {
+		defer cancel()
+		switch {
+		case truncated:
+			s.refuse(st, http.StatusRequestHeaderFieldsTooLarge, "request headers larger than the limit", &req)
+		case method != http.MethodConnect:
+			s.refuse(st, http.StatusBadRequest, "expected method CONNECT, got "+method, &req)
+		case extra:
+			s.refuse(st, http.StatusBadRequest, "CONNECT with :scheme, :path or :protocol", &req)
+		default:
+			auth, ok := ParseAuthority(authority)
+			if !ok {
+				s.refuse(st, http.StatusBadRequest, fmt.Sprintf("invalid authority %q", authority), &req)
+				return
+			}
+			req.Authority = auth
+			s.serveStream(sctx, st, &req)
+		}
+	}()
+}
+
+// refuse answers a request the handler never sees.
+func (s *Server) refuse(st *h2Stream, status int, why string, req *Request) {
+	s.log.Debug("hbone request refused", "src.identity", req.Peer.String(), "error", why)
+	st.respond(status, nil)
+}
+
+// serveStream runs the handler for one CONNECT stream and, on 200, relays it.
+func (s *Server) serveStream(ctx context.Context, st *h2Stream, req *Request) {
+	resp := s.handler.ServeHBONE(ctx, req)
 	done := resp.Done
 	if done == nil {
 		done = func(Result) {}
 	}
 	if resp.Status == http.StatusOK && resp.Upstream == nil {
-		s.log.Error("hbone handler answered 200 without an upstream connection", "authority", r.Host)
+		s.log.Error("hbone handler answered 200 without an upstream connection", "authority", req.Authority.String())
 		resp.Status = http.StatusServiceUnavailable
 	}
 	if resp.Status != http.StatusOK {
 		if resp.Upstream != nil {
 			resp.Upstream.Close()
 		}
-		w.WriteHeader(resp.Status)
+		st.respond(resp.Status, resp.Header)
 		done(Result{Status: resp.Status})
 		return
 	}
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	if err := rc.Flush(); err != nil {
+	if err := st.respond(http.StatusOK, resp.Header); err != nil {
 		resp.Upstream.Close()
+		st.Close()
 		done(Result{Status: http.StatusOK, Err: err})
 		return
 	}
-	if abort := relayStream(&flushWriter{w: w, rc: rc}, r.Body, resp.Upstream, done); abort {
-		panic(http.ErrAbortHandler) // RST_STREAM: the client sees an error, not a clean end
-	}
+	// Both ways, half-close carried: the client's END_STREAM becomes CloseWrite on the
+	// upstream and the upstream's EOF becomes END_STREAM; an error either way resets the
+	// stream and closes the upstream.
+	received, sent, err := Relay(&serverStream{h2Stream: st, req: req}, resp.Upstream)
+	done(Result{Status: http.StatusOK, Received: received, Sent: sent, Err: err})
 }
 
-// relayStream relays between an accepted stream and the upstream connection. The upstream to
-// client direction runs here, in the handler's goroutine, because the response stream ends
-// (END_STREAM) only when the handler returns; the client to upstream direction runs in its own
-// goroutine. abort reports that the stream must be reset rather than ended cleanly.
-//
-// Half-close: the client's END_STREAM (EOF on body) becomes CloseWrite on up, and the response
-// goes on until up reaches EOF. The other way round is limited by x/net's server: up's EOF
-// ends the response, and as the handler returns x/net resets the request side
-// (RST_STREAM NO_ERROR, RFC 9113 §8.1) if the client has not finished sending, so request
-// bytes sent after that are dropped. A fully closed upstream (the common case) loses nothing.
-func relayStream(down io.Writer, body io.ReadCloser, up net.Conn, done func(Result)) (abort bool) {
-	recvDone := make(chan struct{})
-	var received int64
-	var recvErr error
-	go func() {
-		defer close(recvDone)
-		received, recvErr = copyBuffer(up, body)
-		if recvErr != nil {
-			up.Close() // the client went away: stop the upstream to client direction too
-			return
+// respond sends the response HEADERS. Any status but 200 ends the stream; if the client has
+// not ended its side, the stream is then reset with NO_ERROR (RFC 9113 §8.1).
+func (st *h2Stream) respond(status int, h http.Header) error {
+	fields := make([]hpack.HeaderField, 0, 1+len(h))
+	fields = append(fields, hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
+	for k, vs := range h {
+		name := strings.ToLower(k)
+		if !httpguts.ValidHeaderFieldName(name) || connectionSpecific[name] {
+			continue
 		}
-		closeWrite(up)
-	}()
-	sent, sendErr := copyBuffer(down, up)
-	if sendErr != nil {
-		up.Close() // stop the client to upstream direction
-	}
-	// If the client to upstream direction already ended, its error (if any) came first.
-	recvFirst := false
-	select {
-	case <-recvDone:
-		recvFirst = true
-	default:
-	}
-	go func() {
-		<-recvDone // ends once the handler returns at the latest (x/net closes body then)
-		up.Close()
-		err := sendErr
-		if recvFirst && recvErr != nil {
-			err = recvErr
+		for _, v := range vs {
+			fields = append(fields, hpack.HeaderField{Name: name, Value: v})
 		}
-		done(Result{Status: http.StatusOK, Received: received, Sent: sent, Err: err})
-	}()
-	return sendErr != nil
-}
-
-// flushWriter sends each write to the client at once.
-type flushWriter struct {
-	w  io.Writer
-	rc *http.ResponseController
-}
-
-func (f *flushWriter) Write(p []byte) (int, error) {
-	n, err := f.w.Write(p)
-	if err == nil {
-		err = f.rc.Flush()
 	}
-	return n, err
+	if status == http.StatusOK {
+		return st.writeResponse(fields, false)
+	}
+	err := st.writeResponse(fields, true)
+	st.c.mu.Lock()
+	finished := st.recvEnd
+	st.c.mu.Unlock()
+	if finished {
+		st.c.removeStream(st)
+	} else {
+		st.c.queue(h2Ctrl{typ: http2.FrameRSTStream, id: st.id, val: uint32(http2.ErrCodeNo)})
+		st.abort(errStreamReset)
+	}
+	return err
 }
+
+// serverStream is an accepted stream as the relay sees it: a net.Conn whose Read is the
+// request body and whose Write is the response body.
+type serverStream struct {
+	*h2Stream
+	req *Request
+}
+
+func (s *serverStream) LocalAddr() net.Addr              { return net.TCPAddrFromAddrPort(s.req.LocalAddr) }
+func (s *serverStream) RemoteAddr() net.Addr             { return net.TCPAddrFromAddrPort(s.req.RemoteAddr) }
+func (s *serverStream) SetDeadline(time.Time) error      { return errDeadline }
+func (s *serverStream) SetReadDeadline(time.Time) error  { return errDeadline }
+func (s *serverStream) SetWriteDeadline(time.Time) error { return errDeadline }
+
+var _ net.Conn = (*serverStream)(nil)
 
 // Shutdown stops accepting, sends GOAWAY on every connection, and waits for their streams to
 // end; when ctx ends first it closes what is left and returns ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeListeners()
-	s.hs.Shutdown(ctx) // runs x/net's graceful shutdown of the connections it serves
+	s.mu.Lock()
+	for c := range s.h2conns {
+		go c.shutdown() // GOAWAY; each closes after its last stream
+	}
+	s.mu.Unlock()
 	idle := make(chan struct{})
 	go func() { s.wg.Wait(); close(idle) }()
 	select {

@@ -1,0 +1,413 @@
+package hbone
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// h2Stream is one CONNECT stream: its receive buffer, its send window and its state.
+type h2Stream struct {
+	c  *h2Conn
+	id uint32
+
+	// Under c.mu:
+	sendWindow int64
+	sentEnd    bool // END_STREAM sent
+	recvEnd    bool // END_STREAM received
+	reset      bool // RST_STREAM sent or received, or the connection closed
+
+	wmu sync.Mutex // one writer of DATA at a time (Write, CloseWrite)
+
+	mu        sync.Mutex
+	readable  sync.Cond // on mu: bytes arrived, the stream ended, or the response came
+	buf       recvBuf
+	eof       bool  // END_STREAM received and delivered
+	rerr      error // the stream was reset or its connection closed
+	recvAvail int64 // what the peer may still send on the stream
+	pending   int64 // bytes read and not yet given back with WINDOW_UPDATE
+	received  int64 // bytes taken by Read or written to the sink
+
+	// sink, while a relay runs (relayStreamTo), is the connection the stream's bytes go to:
+	// the read loop writes DATA to it directly, without blocking, when nothing is buffered
+	// and the relay goroutine is not writing (draining); what the socket does not take is
+	// buffered for that goroutine.
+	sink     syscall.RawConn
+	draining bool
+	sinkErr  error // a direct write failed: the relay ends with it
+
+	// The response (client side): ready is closed when it, or an error, is in.
+	ready   chan struct{}
+	status  int
+	header  []hpack.HeaderField
+	gotResp bool
+
+	cancel context.CancelFunc // server: ends the handler's context
+}
+
+// newStream makes stream id's state; c.mu held.
+func (c *h2Conn) newStream(id uint32) *h2Stream {
+	s := &h2Stream{c: c, id: id, sendWindow: int64(c.peer.window), recvAvail: int64(c.local.streamWindow)}
+	s.readable.L = &s.mu
+	if c.client {
+		s.ready = make(chan struct{})
+	}
+	return s
+}
+
+// deliver adds a DATA frame's payload (size counts its padding too); it returns a code to
+// reset the stream with on a protocol error. It runs on the read loop.
+func (s *h2Stream) deliver(data []byte, size int64, end bool) http2.ErrCode {
+	s.mu.Lock()
+	if s.rerr != nil { // reset here, and the peer has not seen it yet
+		s.mu.Unlock()
+		s.c.giveBack(size, true)
+		return 0
+	}
+	if s.eof {
+		s.mu.Unlock()
+		return http2.ErrCodeStreamClosed
+	}
+	if size > s.recvAvail {
+		s.mu.Unlock()
+		return http2.ErrCodeFlowControl
+	}
+	s.recvAvail -= size
+	direct, inc := 0, int64(0)
+	if s.sink != nil && !s.draining && s.sinkErr == nil && s.buf.len() == 0 && len(data) > 0 {
+		direct, s.sinkErr = writeNonblocking(s.sink, data)
+		inc = s.consumedLocked(direct)
+		data = data[direct:]
+	}
+	if len(data) > 0 {
+		s.buf.write(data)
+	}
+	if end {
+		s.eof = true
+	}
+	if len(data) > 0 || end || s.sinkErr != nil {
+		s.readable.Signal()
+	}
+	s.mu.Unlock()
+	if direct > 0 {
+		s.windowBack(inc, direct, true)
+	}
+	if end {
+		s.recvEnded()
+	}
+	return 0
+}
+
+// consumedLocked records n bytes taken from the stream and returns the stream window to
+// give back now (0 until half the window is pending); s.mu held.
+func (s *h2Stream) consumedLocked(n int) int64 {
+	s.received += int64(n)
+	s.pending += int64(n)
+	if s.eof || s.pending < int64(s.c.local.streamWindow)/2 {
+		return 0
+	}
+	inc := s.pending
+	s.recvAvail += inc
+	s.pending = 0
+	return inc
+}
+
+// windowBack sends the stream's WINDOW_UPDATE (inc > 0) and returns n bytes to the
+// connection window.
+func (s *h2Stream) windowBack(inc int64, n int, fromLoop bool) {
+	if inc > 0 {
+		s.c.send(h2Ctrl{typ: http2.FrameWindowUpdate, id: s.id, val: uint32(inc)}, fromLoop)
+	}
+	s.c.giveBack(int64(n), fromLoop)
+}
+
+// recvEnded records END_STREAM; a stream ended both ways leaves the connection.
+func (s *h2Stream) recvEnded() {
+	s.c.mu.Lock()
+	s.recvEnd = true
+	done := s.sentEnd
+	s.c.mu.Unlock()
+	if done {
+		s.c.removeStream(s)
+	}
+}
+
+// onHeaders takes the response (client) or trailers.
+func (s *h2Stream) onHeaders(f *http2.MetaHeadersFrame) {
+	s.mu.Lock()
+	if s.c.client && !s.gotResp {
+		status := 0
+		fmt.Sscan(f.PseudoValue("status"), &status)
+		if status >= 100 && status < 200 {
+			s.mu.Unlock()
+			return // informational: the final answer follows
+		}
+		if status == 0 || f.Truncated {
+			s.mu.Unlock()
+			s.c.resetStream(s.id, http2.ErrCodeProtocol, errors.New("hbone: malformed response headers"))
+			return
+		}
+		s.gotResp = true
+		s.status = status
+		s.header = append([]hpack.HeaderField(nil), f.RegularFields()...)
+		close(s.ready)
+	} else if !f.StreamEnded() { // trailers must end the stream
+		s.mu.Unlock()
+		s.c.resetStream(s.id, http2.ErrCodeProtocol, errStreamReset)
+		return
+	}
+	ended := f.StreamEnded() && !s.eof
+	if ended {
+		s.eof = true
+		s.readable.Signal()
+	}
+	s.mu.Unlock()
+	if ended {
+		s.recvEnded()
+	}
+}
+
+// abort ends the stream with err: reads and writes fail, and it leaves the connection.
+func (s *h2Stream) abort(err error) {
+	s.c.mu.Lock()
+	already := s.reset
+	s.reset = true
+	s.c.sendable.Broadcast()
+	s.c.mu.Unlock()
+	if already {
+		return
+	}
+	s.mu.Lock()
+	unread := int64(0)
+	if !(err == errPeerDone && s.eof) { // a complete answer stays readable
+		if s.rerr == nil {
+			s.rerr = err
+		}
+		unread = int64(s.buf.len())
+		s.buf.release()
+	}
+	if s.ready != nil && !s.gotResp {
+		s.gotResp = true
+		close(s.ready)
+	}
+	s.readable.Broadcast()
+	s.mu.Unlock()
+	if unread > 0 {
+		s.c.giveBack(unread, true)
+	}
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.c.removeStream(s)
+}
+
+// Read reads the stream's body; io.EOF after the peer's END_STREAM.
+func (s *h2Stream) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.mu.Lock()
+	for s.buf.len() == 0 && !s.eof && s.rerr == nil {
+		s.readable.Wait()
+	}
+	if s.buf.len() == 0 {
+		err := s.rerr
+		if err == nil {
+			err = io.EOF
+		}
+		s.mu.Unlock()
+		return 0, err
+	}
+	n := s.buf.read(p)
+	inc := s.consumedLocked(n)
+	s.mu.Unlock()
+	s.windowBack(inc, n, false)
+	return n, nil
+}
+
+// Write sends p as DATA frames, waiting for flow-control window.
+func (s *h2Stream) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	c := s.c
+	written := 0
+	for len(p) > 0 {
+		c.mu.Lock()
+		for !s.reset && !s.sentEnd && !c.closed && (s.sendWindow <= 0 || c.sendWindow <= 0) {
+			c.sendable.Wait()
+		}
+		if s.reset || s.sentEnd || c.closed {
+			c.mu.Unlock()
+			return written, net.ErrClosed
+		}
+		n := int64(len(p))
+		n = min(n, s.sendWindow, c.sendWindow, int64(c.peer.maxFrame))
+		s.sendWindow -= n
+		c.sendWindow -= n
+		c.mu.Unlock()
+
+		c.wmu.Lock()
+		err := c.fw.WriteData(s.id, false, p[:n])
+		c.unlockWrite()
+		if err != nil {
+			c.closeWithError(err)
+			return written, err
+		}
+		written += int(n)
+		p = p[n:]
+	}
+	return written, nil
+}
+
+// CloseWrite ends the stream's send side (END_STREAM).
+func (s *h2Stream) CloseWrite() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	c := s.c
+	c.mu.Lock()
+	if s.reset || s.sentEnd || c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	s.sentEnd = true
+	done := s.recvEnd
+	c.mu.Unlock()
+	c.wmu.Lock()
+	err := c.fw.WriteData(s.id, true, nil)
+	c.unlockWrite()
+	if done {
+		c.removeStream(s)
+	}
+	return err
+}
+
+// writeResponse sends the answer to a request stream (server); a final status other than 200
+// ends the stream.
+func (s *h2Stream) writeResponse(fields []hpack.HeaderField, end bool) error {
+	c := s.c
+	if end {
+		c.mu.Lock()
+		s.sentEnd = true
+		c.mu.Unlock()
+	}
+	c.wmu.Lock()
+	err := c.writeHeaders(s.id, fields, end)
+	c.unlockWrite()
+	return err
+}
+
+// Close resets the stream unless both sides have ended it.
+func (s *h2Stream) Close() error {
+	c := s.c
+	c.mu.Lock()
+	finished := s.reset || (s.sentEnd && s.recvEnd)
+	c.mu.Unlock()
+	if finished {
+		c.removeStream(s)
+		return nil
+	}
+	c.queue(h2Ctrl{typ: http2.FrameRSTStream, id: s.id, val: uint32(http2.ErrCodeCancel)})
+	s.abort(net.ErrClosed)
+	return nil
+}
+
+// recvBuf is a stream's received bytes not yet read: a pooled buffer held only while it has
+// bytes, so an idle stream holds none.
+type recvBuf struct {
+	b   *[]byte
+	off int
+}
+
+// recvBufMax is the largest buffer given back to the pool.
+const recvBufMax = 1 << 20
+
+var recvBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+
+func (r *recvBuf) len() int {
+	if r.b == nil {
+		return 0
+	}
+	return len(*r.b) - r.off
+}
+
+func (r *recvBuf) write(p []byte) {
+	if r.b == nil {
+		r.b = recvBufs.Get().(*[]byte)
+	}
+	b := *r.b
+	if r.off > 0 && len(b)+len(p) > cap(b) { // move the unread bytes down before growing
+		n := copy(b, b[r.off:])
+		b = b[:n]
+		r.off = 0
+	}
+	*r.b = append(b, p...)
+}
+
+func (r *recvBuf) read(p []byte) int {
+	n := copy(p, (*r.b)[r.off:])
+	r.off += n
+	if r.off == len(*r.b) {
+		r.release()
+	}
+	return n
+}
+
+func (r *recvBuf) release() {
+	if r.b == nil {
+		return
+	}
+	if cap(*r.b) <= recvBufMax {
+		*r.b = (*r.b)[:0]
+		recvBufs.Put(r.b)
+	}
+	r.b, r.off = nil, 0
+}
+
+// relayTo copies the stream's bytes to dst until the peer ends the stream (nil error) or it
+// fails, as copyBuffer would; with a TCP dst, the read loop writes most bytes itself and this
+// goroutine only finishes what the socket did not take at once. It returns the bytes copied.
+func (s *h2Stream) relayTo(dst net.Conn) (int64, error) {
+	sink := sinkOf(dst)
+	if sink == nil {
+		return copyBuffer(dst, s)
+	}
+	bp := smallBufs.Get().(*[]byte)
+	defer smallBufs.Put(bp)
+	buf := *bp
+	s.mu.Lock()
+	s.sink = sink
+	start := s.received
+	defer func() { s.sink = nil; s.mu.Unlock() }()
+	for {
+		for s.buf.len() == 0 && !s.eof && s.rerr == nil && s.sinkErr == nil {
+			s.readable.Wait()
+		}
+		switch {
+		case s.sinkErr != nil:
+			return s.received - start, s.sinkErr
+		case s.buf.len() > 0:
+			n := s.buf.read(buf)
+			inc := s.consumedLocked(n)
+			s.draining = true
+			s.mu.Unlock()
+			s.windowBack(inc, n, false)
+			_, err := dst.Write(buf[:n])
+			s.mu.Lock()
+			s.draining = false
+			if err != nil {
+				return s.received - start, err
+			}
+		case s.rerr != nil:
+			return s.received - start, s.rerr
+		default: // END_STREAM and everything written
+			return s.received - start, nil
+		}
+	}
+}
