@@ -109,11 +109,11 @@ type h2Conn struct {
 	closed      bool
 	err         error
 	pingData    [8]byte
-	pingSent    time.Time // zero: no PING outstanding
+	pingSent    time.Time   // zero: no PING outstanding
 	idleSince   time.Time   // when the last stream of a client connection ended
 	idleTimer   *time.Timer // closes a client connection idle for local.idle
 	timer       *time.Timer // the keep-alive
-	framesSeen  uint64 // framesRead at the last keep-alive check
+	framesSeen  uint64      // framesRead at the last keep-alive check
 
 	framesRead atomic.Uint64
 	done       chan struct{} // closed when the connection is
