@@ -318,56 +318,66 @@ func (s *h2Stream) Close() error {
 	return nil
 }
 
-// recvBuf is a stream's received bytes not yet read: a pooled buffer held only while it has
-// bytes, so an idle stream holds none.
+// recvBuf is a stream's received bytes not yet read: a queue of pooled fixed-size chunks,
+// held only while they have bytes (an idle stream holds none), never copied to grow.
 type recvBuf struct {
-	b   *[]byte
-	off int
+	chunks []*[recvChunk]byte
+	off    int // read offset in chunks[0]
+	end    int // write offset in the last chunk
+	n      int // unread bytes
 }
 
-// recvBufMax is the largest buffer given back to the pool.
-const recvBufMax = 1 << 20
+const recvChunk = 32 << 10
 
-var recvBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+var recvChunks = sync.Pool{New: func() any { return new([recvChunk]byte) }}
 
-func (r *recvBuf) len() int {
-	if r.b == nil {
-		return 0
-	}
-	return len(*r.b) - r.off
-}
+func (r *recvBuf) len() int { return r.n }
 
 func (r *recvBuf) write(p []byte) {
-	if r.b == nil {
-		r.b = recvBufs.Get().(*[]byte)
+	for len(p) > 0 {
+		if len(r.chunks) == 0 || r.end == recvChunk {
+			r.chunks = append(r.chunks, recvChunks.Get().(*[recvChunk]byte))
+			r.end = 0
+		}
+		n := copy(r.chunks[len(r.chunks)-1][r.end:], p)
+		r.end += n
+		r.n += n
+		p = p[n:]
 	}
-	b := *r.b
-	if r.off > 0 && len(b)+len(p) > cap(b) { // move the unread bytes down before growing
-		n := copy(b, b[r.off:])
-		b = b[:n]
-		r.off = 0
-	}
-	*r.b = append(b, p...)
 }
 
 func (r *recvBuf) read(p []byte) int {
-	n := copy(p, (*r.b)[r.off:])
-	r.off += n
-	if r.off == len(*r.b) {
-		r.release()
+	total := 0
+	for len(p) > 0 && r.n > 0 {
+		last := len(r.chunks) == 1
+		limit := recvChunk
+		if last {
+			limit = r.end
+		}
+		n := copy(p, r.chunks[0][r.off:limit])
+		r.off += n
+		r.n -= n
+		total += n
+		p = p[n:]
+		if r.off == limit { // chunk done
+			recvChunks.Put(r.chunks[0])
+			r.chunks[0] = nil
+			r.chunks = r.chunks[1:]
+			r.off = 0
+			if last {
+				r.chunks, r.end = r.chunks[:0], 0
+			}
+		}
 	}
-	return n
+	return total
 }
 
 func (r *recvBuf) release() {
-	if r.b == nil {
-		return
+	for i, c := range r.chunks {
+		recvChunks.Put(c)
+		r.chunks[i] = nil
 	}
-	if cap(*r.b) <= recvBufMax {
-		*r.b = (*r.b)[:0]
-		recvBufs.Put(r.b)
-	}
-	r.b, r.off = nil, 0
+	*r = recvBuf{}
 }
 
 // relayTo copies the stream's bytes to dst until the peer ends the stream (nil error) or it
