@@ -20,8 +20,8 @@ gotest:
 opa-test:
 	$(OPA) test -v policies/rego
 
-build:
-	$(GO) build -o bin/ ./cmd/...
+build: # static binaries: nothing under cmd/ needs cgo (filters.so is built by `make filters`)
+	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
 
 # The three scenarios of manifests/examples end to end on loopback (xdsserver, two ztunnels,
 # the embedded waypoint, the demo apps); SCENARIO=handson|bookinfo-lite|demo-strict plays one.

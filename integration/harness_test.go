@@ -32,7 +32,9 @@ func buildBinaries(t *testing.T) map[string]string {
 	bins := map[string]string{}
 	for _, name := range []string{"ztunnel", "meshctl"} {
 		out := filepath.Join(dir, name)
-		if b, err := exec.Command("go", "build", "-o", out, "../cmd/"+name).CombinedOutput(); err != nil {
+		cmd := exec.Command("go", "build", "-o", out, "../cmd/"+name)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as `make build` builds them
+		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("go build %s: %v\n%s", name, err, b)
 		}
 		bins[name] = out
