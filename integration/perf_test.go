@@ -164,7 +164,7 @@ func TestPerf(t *testing.T) {
 	// load sends rps requests per second, spread over the connections, for dur; each
 	// connection sends on its own schedule (request k at start + k/rate, never bunched to catch
 	// up more than the backlog) and waits for each echo before the next.
-	load := func(dur time.Duration, rps int) (lat []time.Duration, sent int, err error) {
+	load := func(conns []net.Conn, dur time.Duration, rps int) (lat []time.Duration, sent int, err error) {
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		var firstErr error
@@ -205,7 +205,7 @@ func TestPerf(t *testing.T) {
 	}
 
 	// Warm-up: TLS, the pooled HBONE connection, the Go runtime's heap at this load.
-	if _, _, err := load(time.Second, *perfRate); err != nil {
+	if _, _, err := load(conns, time.Second, *perfRate); err != nil {
 		t.Fatal(err)
 	}
 	hz := perfClkTck(t)
@@ -221,7 +221,7 @@ func TestPerf(t *testing.T) {
 		before[name] = perfSampleProc(t, pid, hz)
 	}
 	profiled := perfStartProfiles(t, *perfProfile, *perfDuration, map[string]*ztunnelProc{"source": src, "destination": dst})
-	lat, n, err := load(*perfDuration, *perfRate)
+	lat, n, err := load(conns, *perfDuration, *perfRate)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,6 +243,63 @@ func TestPerf(t *testing.T) {
 			float64(b.rss)/1e6, float64(a.rss)/1e6, float64(a.anon)/1e6, float64(a.hwm)/1e6)
 	}
 	t.Logf("Istio's Rust ztunnel at 1,000 rps of 1 KB: 0.06 vCPU, 12 MB")
+
+	// The baseline, same machine, same load: two plain TCP relays in place of the ztunnels.
+	relayBin := filepath.Join(dir, "plainrelay")
+	if b, err := exec.Command("go", "build", "-o", relayBin, "./testdata/plainrelay").CombinedOutput(); err != nil {
+		t.Fatalf("go build plainrelay: %v\n%s", err, b)
+	}
+	second := perfStartRelay(t, relayBin, podNet+".253:0", ln.Addr().String())
+	first := perfStartRelay(t, relayBin, podNet+".254:0", second.addr)
+	plain := make([]net.Conn, len(conns))
+	for i := range plain {
+		if plain[i], err = net.DialTimeout("tcp", first.addr, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		defer plain[i].Close()
+	}
+	if _, _, err := load(plain, time.Second, *perfRate); err != nil {
+		t.Fatal(err)
+	}
+	relays := map[string]int{"first": first.pid, "second": second.pid}
+	before = map[string]perfProcSample{}
+	for name, pid := range relays {
+		before[name] = perfSampleProc(t, pid, hz)
+	}
+	if _, _, err := load(plain, *perfDuration, *perfRate); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"first", "second"} {
+		b, a := before[name], perfSampleProc(t, relays[name], hz)
+		t.Logf("baseline: plain TCP relay (%s hop): %.3f vCPU under the same load; VmRSS %.1f MB (private %.1f MB)",
+			name, (a.cpu-b.cpu).Seconds()/a.at.Sub(b.at).Seconds(), float64(a.rss)/1e6, float64(a.anon)/1e6)
+	}
+}
+
+// perfRelay is a running plainrelay process.
+type perfRelay struct {
+	pid  int
+	addr string
+}
+
+// perfStartRelay starts plainrelay listening on listen and relaying to target; it is killed
+// at the end of the test.
+func perfStartRelay(t *testing.T, bin, listen, target string) perfRelay {
+	t.Helper()
+	cmd := exec.Command(bin, listen, target)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("plainrelay: %v", err)
+	}
+	return perfRelay{pid: cmd.Process.Pid, addr: strings.TrimSpace(line)}
 }
 
 // perfStartProfiles starts a CPU profile of each ztunnel (its admin /debug/pprof/profile) for
