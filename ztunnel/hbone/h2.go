@@ -242,14 +242,23 @@ func (c *h2Conn) readLoop() {
 		case *http2.PingFrame:
 			c.onPing(f)
 		case *http2.RSTStreamFrame:
+			if !c.knownID(f.StreamID) {
+				code, err = http2.ErrCodeProtocol, fmt.Errorf("RST_STREAM on idle stream %d", f.StreamID)
+				break
+			}
 			c.resetStream(f.StreamID, 0, streamResetError(f.ErrCode))
 		case *http2.GoAwayFrame:
-			if c.onGoAway(f) {
+			if c.client && c.onGoAway(f) {
 				return
+			} // a client's GOAWAY only says it opens no more streams: nothing to do
+		case *http2.PriorityFrame:
+			if f.StreamDep == f.StreamID {
+				c.queueAsync(h2Ctrl{typ: http2.FrameRSTStream, id: f.StreamID, val: uint32(http2.ErrCodeProtocol)})
+				c.resetStream(f.StreamID, 0, errStreamReset)
 			}
 		case *http2.PushPromiseFrame:
 			code, err = http2.ErrCodeProtocol, errors.New("PUSH_PROMISE with push disabled")
-		default: // PRIORITY, PRIORITY_UPDATE and unknown frames carry nothing for HBONE
+		default: // PRIORITY_UPDATE and unknown frames carry nothing for HBONE
 		}
 		if err != nil {
 			c.fail(code, err)
@@ -294,7 +303,9 @@ func (c *h2Conn) onData(f *http2.DataFrame) (http2.ErrCode, error) {
 		if !c.knownID(f.StreamID) {
 			return http2.ErrCodeProtocol, fmt.Errorf("DATA on idle stream %d", f.StreamID)
 		}
-		return 0, nil // a stream that ended or was reset here: dropped, its window given back
+		// A stream that ended: dropped, its window given back, and reset (x/net does the same).
+		c.queueAsync(h2Ctrl{typ: http2.FrameRSTStream, id: f.StreamID, val: uint32(http2.ErrCodeStreamClosed)})
+		return 0, nil
 	}
 	code := s.deliver(data, size, f.StreamEnded())
 	if pad := size - int64(len(data)); code == 0 && pad > 0 {
@@ -335,11 +346,20 @@ func (c *h2Conn) onHeaders(f *http2.MetaHeadersFrame) (http2.ErrCode, error) {
 		return 0, nil // the answer to a stream that ended or was reset here
 	}
 	c.mu.Lock()
-	if id%2 == 0 || id <= c.lastPeerID {
+	if id%2 == 0 {
 		c.mu.Unlock()
-		return http2.ErrCodeProtocol, fmt.Errorf("HEADERS opening stream %d after stream %d", id, c.lastPeerID)
+		return http2.ErrCodeProtocol, fmt.Errorf("HEADERS on server-initiated stream ID %d", id)
+	}
+	if id <= c.lastPeerID { // a stream already opened, and now closed (RFC 9113 §5.1)
+		c.mu.Unlock()
+		return http2.ErrCodeStreamClosed, fmt.Errorf("HEADERS on closed stream %d", id)
 	}
 	c.lastPeerID = id
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		c.mu.Unlock()
+		c.queueAsync(h2Ctrl{typ: http2.FrameRSTStream, id: id, val: uint32(http2.ErrCodeProtocol)})
+		return 0, nil
+	}
 	if c.goAway || c.closed || uint32(len(c.streams)) >= c.local.maxStreams {
 		c.mu.Unlock()
 		c.queueAsync(h2Ctrl{typ: http2.FrameRSTStream, id: id, val: uint32(http2.ErrCodeRefusedStream)})
@@ -411,6 +431,12 @@ func (c *h2Conn) onWindowUpdate(f *http2.WindowUpdateFrame) (http2.ErrCode, erro
 	}
 	s := c.streams[f.StreamID]
 	if s == nil {
+		c.mu.Unlock()
+		known := c.knownID(f.StreamID)
+		c.mu.Lock()
+		if !known {
+			return http2.ErrCodeProtocol, fmt.Errorf("WINDOW_UPDATE on idle stream %d", f.StreamID)
+		}
 		return 0, nil // a stream that just ended
 	}
 	if s.sendWindow+inc > math.MaxInt32 {
@@ -720,15 +746,29 @@ func (c *h2Conn) shutdown() {
 	c.closeIfDrained()
 }
 
-// fail sends GOAWAY with code and closes the connection.
+// fail sends GOAWAY with code and closes the connection. It runs on the read loop, which may
+// now wait on the socket (for a bounded time): the GOAWAY is written, then what the peer still
+// sends is read and dropped for a moment before closing, because closing a socket with unread
+// bytes makes the kernel reset it, and a reset discards the GOAWAY at the peer.
 func (c *h2Conn) fail(code http2.ErrCode, err error) {
 	c.log.Debug("hbone HTTP/2 connection error", "code", code.String(), "error", err)
 	c.mu.Lock()
 	last := c.lastPeerID
 	c.mu.Unlock()
+	c.nc.SetWriteDeadline(time.Now().Add(failLinger))
 	c.queue(h2Ctrl{typ: http2.FrameGoAway, id: last, val: uint32(code)})
+	c.lingerClose(err)
+}
+
+// lingerClose reads and drops what the peer sends for up to failLinger, then closes.
+func (c *h2Conn) lingerClose(err error) {
+	c.nc.SetReadDeadline(time.Now().Add(failLinger))
+	io.Copy(io.Discard, c.nc)
 	c.closeWithError(err)
 }
+
+// failLinger bounds how long a connection that failed lingers to deliver its GOAWAY.
+const failLinger = time.Second
 
 // closeWithError closes the connection; its streams end with err (errConnClosed when nil).
 func (c *h2Conn) closeWithError(err error) {

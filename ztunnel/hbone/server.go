@@ -240,17 +240,23 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	}
 	s.log.Debug("hbone connection accepted", "src.addr", remote.String(), "dst.addr", local.String(), "src.identity", peer.String())
 	info := &Request{Peer: peer, RemoteAddr: remote, LocalAddr: local, TLS: &cs}
-	h2 := newH2Conn(s.log, newGatheringTLS(tc, raw), c, false, s.h2)
+	s.serveHTTP2(ctx, newGatheringTLS(tc, raw), c, info)
+}
+
+// serveHTTP2 serves HTTP/2 on nc (raw is the connection under it) until it ends; info is
+// what every stream's Request starts from.
+func (s *Server) serveHTTP2(ctx context.Context, nc, raw net.Conn, info *Request) {
+	h2 := newH2Conn(s.log, nc, raw, false, s.h2)
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	h2.onStream = func(st *h2Stream, f *http2.MetaHeadersFrame) { s.startStream(sctx, st, f, info) }
-	tc.SetReadDeadline(time.Now().Add(s.hsTO))
+	nc.SetReadDeadline(time.Now().Add(s.hsTO))
 	if err := h2.readPreface(); err != nil {
-		s.log.Warn("connection failed", "src.addr", remote.String(), "src.identity", peer.String(), "error", err)
-		h2.closeWithError(err)
+		s.log.Warn("connection failed", "src.addr", info.RemoteAddr.String(), "src.identity", info.Peer.String(), "error", err)
+		h2.lingerClose(err)
 		return
 	}
-	tc.SetReadDeadline(time.Time{})
+	nc.SetReadDeadline(time.Time{})
 	if err := h2.start(); err != nil {
 		h2.closeWithError(err)
 		return
@@ -272,9 +278,15 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 // startStream takes a new request stream from the read loop: its headers are read here (the
 // Framer reuses them), and the stream is answered in its own goroutine.
 func (s *Server) startStream(ctx context.Context, st *h2Stream, f *http2.MetaHeadersFrame, conn *Request) {
+	if why := malformedRequest(f); why != "" {
+		s.log.Debug("hbone request refused", "src.identity", conn.Peer.String(), "error", "malformed request: "+why)
+		st.c.queueAsync(h2Ctrl{typ: http2.FrameRSTStream, id: st.id, val: uint32(http2.ErrCodeProtocol)})
+		st.abort(errStreamReset)
+		return
+	}
 	method := f.PseudoValue("method")
 	authority := f.PseudoValue("authority")
-	extra := f.PseudoValue("scheme") != "" || f.PseudoValue("path") != "" || f.PseudoValue("protocol") != ""
+	extended := f.PseudoValue("protocol") != ""
 	req := *conn
 	req.Header = make(http.Header, len(f.RegularFields()))
 	for _, hf := range f.RegularFields() {
@@ -294,8 +306,8 @@ func (s *Server) startStream(ctx context.Context, st *h2Stream, f *http2.MetaHea
 			s.refuse(st, http.StatusRequestHeaderFieldsTooLarge, "request headers larger than the limit", &req)
 		case method != http.MethodConnect:
 			s.refuse(st, http.StatusBadRequest, "expected method CONNECT, got "+method, &req)
-		case extra:
-			s.refuse(st, http.StatusBadRequest, "CONNECT with :scheme, :path or :protocol", &req)
+		case extended:
+			s.refuse(st, http.StatusBadRequest, "extended CONNECT (:protocol) is not HBONE", &req)
 		default:
 			auth, ok := ParseAuthority(authority)
 			if !ok {
@@ -306,6 +318,42 @@ func (s *Server) startStream(ctx context.Context, st *h2Stream, f *http2.MetaHea
 			s.serveStream(sctx, st, &req)
 		}
 	}()
+}
+
+// malformedRequest says why a request's header block is malformed (RFC 9113 §8.2–8.3), which
+// is a stream error, or "" when it is well formed.
+func malformedRequest(f *http2.MetaHeadersFrame) string {
+	pseudo := map[string]bool{}
+	for _, hf := range f.PseudoFields() {
+		pseudo[hf.Name] = true
+	}
+	method := f.PseudoValue("method")
+	switch {
+	case !pseudo[":method"]:
+		return "no :method"
+	case pseudo[":status"]:
+		return ":status in a request"
+	case method == http.MethodConnect && !pseudo[":protocol"]:
+		if !pseudo[":authority"] {
+			return "CONNECT without :authority"
+		}
+		if pseudo[":scheme"] || pseudo[":path"] {
+			return "CONNECT with :scheme or :path"
+		}
+	default:
+		if !pseudo[":scheme"] || f.PseudoValue("path") == "" {
+			return method + " without :scheme or :path"
+		}
+	}
+	for _, hf := range f.RegularFields() {
+		if connectionSpecific[hf.Name] && hf.Name != "host" {
+			return "connection-specific header " + hf.Name
+		}
+		if hf.Name == "te" && hf.Value != "trailers" {
+			return "te other than trailers"
+		}
+	}
+	return ""
 }
 
 // refuse answers a request the handler never sees.
