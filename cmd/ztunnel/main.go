@@ -22,6 +22,7 @@ import (
 	"github.com/goambient/goambient/ztunnel/proxy"
 	"github.com/goambient/goambient/ztunnel/state"
 	"github.com/goambient/goambient/ztunnel/xds"
+	"github.com/goambient/goambient/ztunnel/zds"
 )
 
 func main() { os.Exit(run(os.Args[1:])) }
@@ -45,6 +46,7 @@ func run(args []string) int {
 	fs.Var(&apps, "app", "loopback: explicit app address `podIP:port=appIP:port` (repeatable; wins over --app-offset)")
 	var podNS podNetns
 	fs.Var(&podNS, "pod-netns", "namespace mode (Linux): the pod `podIP=/var/run/netns/NAME` is that network namespace; its 15001/15006/15008 listeners open inside it (repeatable)")
+	zdsSocket := fs.String("zds-socket", "", "namespace mode (Linux) fed by istio-cni's node agent: its ZDS unix socket (e.g. "+zds.DefaultSocket+"); pods come and go at run time (excludes --loopback and --pod-netns)")
 	hboneAddr := fs.String("inbound-hbone", "[::]:15008", "inbound HBONE listener (not in loopback mode)")
 	plainAddr := fs.String("inbound-plaintext", "[::]:15006", "inbound plaintext listener, iptables-redirected (not in loopback mode)")
 	outAddr := fs.String("outbound", "[::]:15001", "outbound capture listener, iptables-redirected (\"\" to turn off; default off in loopback mode)")
@@ -64,6 +66,10 @@ func run(args []string) int {
 	}
 	if (*xdsRoot != "" && *xdsAddr == "") || (*xdsToken != "" && *xdsRoot == "") {
 		fmt.Fprintln(os.Stderr, "ztunnel: --xds-root needs --xds-address, and --xds-token-file needs --xds-root")
+		return 2
+	}
+	if *zdsSocket != "" && (*loopback || len(podNS) > 0) {
+		fmt.Fprintln(os.Stderr, "ztunnel: --zds-socket excludes --loopback and --pod-netns: with it the istio-cni node agent gives the pods")
 		return 2
 	}
 	outSet := false
@@ -149,6 +155,12 @@ func run(args []string) int {
 		return 1
 	}
 	defer closePods()
+	var podSet *proxy.PodSet
+	if *zdsSocket != "" {
+		podSet = proxy.NewPodSet(log)
+		pods = podSet
+		defer podSet.Close() // after Shutdown (defers run last-in first-out)
+	}
 	offsetRule := proxy.AppOffsetRule(byte(*appOffset))
 	p, err := proxy.New(proxy.Config{
 		Logger: log, Node: *node, TrustDomain: *td, Store: store, Identity: idm,
@@ -173,7 +185,16 @@ func run(args []string) int {
 		log.Error("cannot start", "error", err.Error())
 		return 1
 	}
-	log.Info("ztunnel started", "node", *node, "loopback", *loopback)
+	if podSet != nil {
+		zdsDone := make(chan struct{})
+		zdsCtx, stopZDS := context.WithCancel(ctx)
+		go func() {
+			defer close(zdsDone)
+			zds.Run(zdsCtx, zds.Config{Socket: *zdsSocket, Handler: podSet, Logger: log})
+		}()
+		defer func() { stopZDS(); <-zdsDone }()
+	}
+	log.Info("ztunnel started", "node", *node, "loopback", *loopback, "zds_socket", *zdsSocket)
 	<-ctx.Done()
 	log.Info("draining", "grace", grace.String())
 	stopWatch()

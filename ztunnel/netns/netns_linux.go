@@ -32,6 +32,29 @@ func Open(path string) (*NS, error) {
 	return &NS{path: path, fd: fd}, nil
 }
 
+// FromFD makes an NS of fd, an open network namespace file received from elsewhere (istio-cni's
+// node agent passes one per pod over ZDS, see ztunnel/zds); name stands for the path in errors
+// and logs. The NS owns fd from then on, and FromFD closes it when it is not a namespace.
+func FromFD(fd int, name string) (*NS, error) {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(fd, &st); err != nil || st.Type != unix.NSFS_MAGIC {
+		unix.Close(fd)
+		return nil, fmt.Errorf("netns: fd %d (%s) is not a namespace file", fd, name)
+	}
+	unix.CloseOnExec(fd)
+	return &NS{path: name, fd: fd}, nil
+}
+
+// ID identifies the namespace itself (device and inode of its nsfs file), so that two files of
+// the same namespace compare equal; "" when it cannot be read.
+func (n *NS) ID() string {
+	var st unix.Stat_t
+	if err := unix.Fstat(n.fd, &st); err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
+}
+
 // Path is the file the namespace was opened from.
 func (n *NS) Path() string { return n.path }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 )
 
 var errNotLinux = errors.New("netns: network namespaces exist only on Linux")
@@ -15,6 +16,17 @@ type NS struct{}
 
 // Open fails: network namespaces are Linux-only.
 func Open(string) (*NS, error) { return nil, errNotLinux }
+
+// FromFD closes fd and fails.
+func FromFD(fd int, name string) (*NS, error) {
+	if f := os.NewFile(uintptr(fd), name); f != nil {
+		f.Close()
+	}
+	return nil, errNotLinux
+}
+
+// ID is empty.
+func (*NS) ID() string { return "" }
 
 // Path is empty.
 func (*NS) Path() string { return "" }
