@@ -183,17 +183,25 @@ func (p *nsPod) get(url string) (int, string, error) {
 }
 
 // startZtunnel runs the node's ztunnel inside the node's namespace (`ip netns exec`), serving
-// the node's mesh pods in their namespaces, and waits until it is ready.
+// the node's mesh pods in their namespaces (--pod-netns), and waits until it is ready.
 func (n *nsNode) startZtunnel(t *testing.T, bin, stateFile, svidDir string) {
 	t.Helper()
-	n.out, n.exited = &syncBuf{}, make(chan struct{})
-	args := []string{"netns", "exec", n.netns, bin, "--node", n.name, "--config-file", stateFile, "--svid-dir", svidDir,
-		"--socks5", "", "--drain-grace", "1s"}
+	var pods []string
 	for _, p := range n.pods {
 		if p.mesh {
-			args = append(args, "--pod-netns", p.ip+"=/var/run/netns/"+p.netns)
+			pods = append(pods, "--pod-netns", p.ip+"=/var/run/netns/"+p.netns)
 		}
 	}
+	n.runZtunnel(t, bin, stateFile, svidDir, pods...)
+}
+
+// runZtunnel runs the node's ztunnel inside the node's namespace with the given flags naming
+// its pods (--pod-netns ..., or --zds-socket PATH), and waits until it is ready.
+func (n *nsNode) runZtunnel(t *testing.T, bin, stateFile, svidDir string, podFlags ...string) {
+	t.Helper()
+	n.out, n.exited = &syncBuf{}, make(chan struct{})
+	args := append([]string{"netns", "exec", n.netns, bin, "--node", n.name, "--config-file", stateFile, "--svid-dir", svidDir,
+		"--socks5", "", "--drain-grace", "1s"}, podFlags...)
 	cmd := exec.Command("ip", args...) // ip execs the ztunnel: the same process
 	cmd.Stdout, cmd.Stderr = n.out, n.out
 	if err := cmd.Start(); err != nil {

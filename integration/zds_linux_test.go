@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -144,31 +143,6 @@ func (a *zdsAgent) snapshot(ns string, pods map[*nsPod]string) {
 	}
 }
 
-// zdsStartZtunnel runs the node's ztunnel in the node's namespace with --zds-socket (and no
-// --pod-netns) and waits until it is ready.
-func zdsStartZtunnel(t *testing.T, n *nsNode, bin, stateFile, svidDir, socket string) {
-	t.Helper()
-	n.out, n.exited = &syncBuf{}, make(chan struct{})
-	cmd := exec.Command("ip", "netns", "exec", n.netns, bin, "--node", n.name, "--config-file", stateFile,
-		"--svid-dir", svidDir, "--socks5", "", "--drain-grace", "1s", "--zds-socket", socket)
-	cmd.Stdout, cmd.Stderr = n.out, n.out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { cmd.Wait(); close(n.exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-n.exited
-		if t.Failed() {
-			t.Logf("%s log:\n%s", n.name, n.out)
-		}
-	})
-	eventually(t, 10*time.Second, n.name+" ready", func() bool {
-		code, _, err := n.get(":15021/healthz/ready")
-		return err == nil && code == 200
-	})
-}
-
 // zdsRefused reports whether a TCP connection from inside pod (unmarked) to addr is refused.
 func zdsRefused(t *testing.T, pod *nsPod, addr string) bool {
 	t.Helper()
@@ -214,8 +188,8 @@ func TestZDSNamespaces(t *testing.T) {
 	worker, worker2 := tp.node("worker"), tp.node("worker2")
 	agent1 := zdsNewAgent(t, filepath.Join(dir, "worker.sock"))
 	agent2 := zdsNewAgent(t, filepath.Join(dir, "worker2.sock"))
-	zdsStartZtunnel(t, worker, bins["ztunnel"], stateFile, svids, agent1.path)
-	zdsStartZtunnel(t, worker2, bins["ztunnel"], stateFile, svids, agent2.path)
+	worker.runZtunnel(t, bins["ztunnel"], stateFile, svids, "--zds-socket", agent1.path)
+	worker2.runZtunnel(t, bins["ztunnel"], stateFile, svids, "--zds-socket", agent2.path)
 	agent1.accept()
 	agent2.accept()
 	agent1.snapshot("handson", map[*nsPod]string{allow: "curl-allow"})

@@ -4,15 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -30,20 +27,10 @@ type rawPeer struct {
 // newRawPeer connects with a valid client certificate, exchanges the prefaces and settings.
 func newRawPeer(t *testing.T, e *env, settings ...http2.Setting) *rawPeer {
 	t.Helper()
-	conf, err := ClientTLSConfig(e.clientSVID, e.bundle, []spiffeid.ID{e.serverSVID.ID})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := tls.Dial("tcp", e.addr.String(), conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tc.Close() })
-	tc.SetDeadline(time.Now().Add(wait)) // bounds every read below
+	tc := dialPreface(t, e)
 	p := &rawPeer{t: t, fr: http2.NewFramer(tc, tc)}
 	p.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	p.henc = hpack.NewEncoder(&p.hbuf)
-	io.WriteString(tc, http2.ClientPreface)
 	p.fr.WriteSettings(settings...)
 	p.expect(func(f http2.Frame) bool {
 		sf, ok := f.(*http2.SettingsFrame)
@@ -237,15 +224,7 @@ func TestServerProtocolEdges(t *testing.T) {
 		}
 	})
 	t.Run("first frame must be SETTINGS", func(t *testing.T) {
-		e := newEnv(t, envOpts{})
-		conf, _ := ClientTLSConfig(e.clientSVID, e.bundle, []spiffeid.ID{e.serverSVID.ID})
-		tc, err := tls.Dial("tcp", e.addr.String(), conf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tc.Close()
-		tc.SetDeadline(time.Now().Add(wait))
-		io.WriteString(tc, http2.ClientPreface)
+		tc := dialPreface(t, newEnv(t, envOpts{}))
 		fr := http2.NewFramer(tc, tc)
 		fr.WritePing(false, [8]byte{})
 		p := &rawPeer{t: t, fr: fr}
@@ -336,23 +315,8 @@ func TestClientInteropXNet(t *testing.T) {
 	for i := range want {
 		want[i] = byte(i * 7)
 	}
-	werr := make(chan error, 1)
-	go func() {
-		_, err := conn.Write(want)
-		if err == nil {
-			err = conn.CloseWrite()
-		}
-		werr <- err
-	}()
-	got, err := io.ReadAll(conn)
-	if err != nil {
-		t.Fatalf("read %d bytes, then %v", len(got), err)
-	}
-	if err := <-werr; err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("echoed %d bytes, not the %d sent in order", len(got), len(want))
+	if got := echoThrough(t, conn, want); !bytes.Equal(got, want) {
+		t.Fatalf("echoed %d bytes, not the %d sent in order", len(got), size)
 	}
 	if conn.BytesSent() != size || conn.BytesReceived() != size {
 		t.Errorf("counted %d sent, %d received; want %d each", conn.BytesSent(), conn.BytesReceived(), size)

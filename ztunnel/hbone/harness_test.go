@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/http2"
 )
 
 // wait is how long a test waits for an event before failing; it never paces a test.
@@ -347,6 +349,48 @@ func (e *env) result() Result {
 		e.t.Fatal("timed out waiting for the stream's Result")
 	}
 	return Result{}
+}
+
+// dialPreface opens a TLS connection to e's server with the client's certificate, bounded by
+// the test's wait, and sends the HTTP/2 client preface: the start of a hand-driven client.
+func dialPreface(t *testing.T, e *env) *tls.Conn {
+	t.Helper()
+	conf, err := ClientTLSConfig(e.clientSVID, e.bundle, []spiffeid.ID{e.serverSVID.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := tls.Dial("tcp", e.addr.String(), conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tc.Close() })
+	tc.SetDeadline(time.Now().Add(wait)) // bounds every read and write of the test
+	if _, err := io.WriteString(tc, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	return tc
+}
+
+// echoThrough writes payload to conn and ends its side, concurrently reading everything back
+// until EOF, and returns what was read.
+func echoThrough(t *testing.T, conn *Conn, payload []byte) []byte {
+	t.Helper()
+	werr := make(chan error, 1)
+	go func() {
+		_, err := conn.Write(payload)
+		if err == nil {
+			err = conn.CloseWrite()
+		}
+		werr <- err
+	}()
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("read %d bytes, then %v", len(got), err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
+	return got
 }
 
 // dialErr dials and expects an error.

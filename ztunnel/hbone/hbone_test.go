@@ -36,22 +36,7 @@ func TestRoundTrip(t *testing.T) {
 	// 6 MiB: more than the stream window (4 MiB), written while it is read back.
 	payload := make([]byte, 6<<20)
 	rand.Read(payload)
-	werr := make(chan error, 1)
-	go func() {
-		_, err := conn.Write(payload)
-		if err == nil {
-			err = conn.CloseWrite()
-		}
-		werr <- err
-	}()
-	got, err := io.ReadAll(conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := <-werr; err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, payload) {
+	if got := echoThrough(t, conn, payload); !bytes.Equal(got, payload) {
 		t.Fatalf("echoed %d bytes, differ from the %d sent", len(got), len(payload))
 	}
 	if conn.BytesSent() != int64(len(payload)) || conn.BytesReceived() != int64(len(payload)) {

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/net/http2"
 )
@@ -46,17 +45,7 @@ func readSettings(fr *http2.Framer) (map[http2.SettingID]uint32, uint32, error) 
 func TestServerHTTP2Settings(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOpts{})
-	conf, err := ClientTLSConfig(e.clientSVID, e.bundle, []spiffeid.ID{e.serverSVID.ID})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := tls.Dial("tcp", e.addr.String(), conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
-	tc.SetDeadline(time.Now().Add(wait))
-	io.WriteString(tc, http2.ClientPreface)
+	tc := dialPreface(t, e)
 	fr := http2.NewFramer(tc, tc)
 	fr.WriteSettings()
 	settings, inc, err := readSettings(fr)
