@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,115 +19,51 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 	"istio.io/istio/pkg/zdsapi"
+
+	"github.com/goambient/goambient/ztunnel/zds/zdstest"
 )
 
-const zdsWait = 5 * time.Second // the node agent's own read/write deadline
+const zdsWait = zdstest.Wait
 
-// zdsAgent is a fake istio-cni node agent: it listens on a unix SOCK_SEQPACKET socket, and
-// the test drives what it sends on the ztunnel's connection.
+// zdsAgent is a fake istio-cni node agent (zdstest) and its connection to the ztunnel it
+// serves.
 type zdsAgent struct {
-	t     *testing.T
-	path  string
-	ln    *net.UnixListener
-	conns chan *net.UnixConn
-	conn  *net.UnixConn
+	*zdstest.Agent
+	t    *testing.T
+	conn *zdstest.Conn
 }
 
 func zdsNewAgent(t *testing.T, path string) *zdsAgent {
 	t.Helper()
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	a, err := zdstest.Listen(t, path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &zdsAgent{t: t, path: path, ln: ln, conns: make(chan *net.UnixConn, 4)}
-	go func() {
-		for {
-			c, err := ln.AcceptUnix()
-			if err != nil {
-				return
-			}
-			a.conns <- c
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		if a.conn != nil {
-			a.conn.Close()
-		}
-	})
-	return a
+	return &zdsAgent{Agent: a, t: t}
 }
 
 // accept waits for the ztunnel to connect and say hello (V1).
-func (a *zdsAgent) accept() {
-	a.t.Helper()
-	select {
-	case c := <-a.conns:
-		if a.conn != nil {
-			a.conn.Close()
-		}
-		a.conn = c
-	case <-time.After(zdsWait):
-		a.t.Fatalf("no ztunnel connected to %s", a.path)
-	}
-	var hello zdsapi.ZdsHello
-	a.read(&hello)
-	if hello.GetVersion() != zdsapi.Version_V1 {
-		a.t.Fatalf("hello %v, want version V1", &hello)
-	}
-}
-
-func (a *zdsAgent) read(m proto.Message) {
-	a.t.Helper()
-	buf := make([]byte, 1024)
-	a.conn.SetReadDeadline(time.Now().Add(zdsWait))
-	n, err := a.conn.Read(buf)
-	if err != nil {
-		a.t.Fatalf("read from the ztunnel: %v", err)
-	}
-	if err := proto.Unmarshal(buf[:n], m); err != nil {
-		a.t.Fatalf("decode %T: %v", m, err)
-	}
-}
+func (a *zdsAgent) accept() { a.t.Helper(); a.conn = a.Accept() }
 
 // send sends req (with the namespace file of pod, when set) and returns the ack's error.
 func (a *zdsAgent) send(req *zdsapi.WorkloadRequest, pod *nsPod) string {
 	a.t.Helper()
-	b, err := proto.Marshal(req)
-	if err != nil {
-		a.t.Fatal(err)
-	}
-	var oob []byte
+	var fds []int
 	if pod != nil {
 		f, err := os.Open("/var/run/netns/" + pod.netns)
 		if err != nil {
 			a.t.Fatal(err)
 		}
 		defer f.Close() // the ztunnel has its own copy once sent
-		oob = unix.UnixRights(int(f.Fd()))
+		fds = append(fds, int(f.Fd()))
 	}
-	a.conn.SetWriteDeadline(time.Now().Add(zdsWait))
-	if _, _, err := a.conn.WriteMsgUnix(b, oob, nil); err != nil {
-		a.t.Fatalf("send %v: %v", req, err)
-	}
-	var resp zdsapi.WorkloadResponse
-	a.read(&resp)
-	if resp.GetAck() == nil {
-		a.t.Fatalf("response to %v is not an ack: %v", req, &resp)
-	}
-	return resp.GetAck().GetError()
+	return a.conn.Send(req, fds...)
 }
 
 func zdsAdd(p *nsPod, ns, sa string) *zdsapi.WorkloadRequest {
-	return &zdsapi.WorkloadRequest{Payload: &zdsapi.WorkloadRequest_Add{Add: &zdsapi.AddWorkload{
-		Uid: "uid-" + p.name, WorkloadInfo: &zdsapi.WorkloadInfo{Name: p.name, Namespace: ns, ServiceAccount: sa},
-	}}}
+	return zdstest.Add("uid-"+p.name, ns, p.name, sa)
 }
-
-var zdsSnapshotSent = &zdsapi.WorkloadRequest{Payload: &zdsapi.WorkloadRequest_SnapshotSent{SnapshotSent: &zdsapi.SnapshotSent{}}}
 
 // snapshot sends an Add per pod, then SnapshotSent, each acked without error.
 func (a *zdsAgent) snapshot(ns string, pods map[*nsPod]string) {
@@ -138,7 +73,7 @@ func (a *zdsAgent) snapshot(ns string, pods map[*nsPod]string) {
 			a.t.Fatalf("snapshot add %s: ack error %q", p.name, e)
 		}
 	}
-	if e := a.send(zdsSnapshotSent, nil); e != "" {
+	if e := a.send(zdstest.SnapshotSent(), nil); e != "" {
 		a.t.Fatalf("snapshot sent: ack error %q", e)
 	}
 }
@@ -188,8 +123,8 @@ func TestZDSNamespaces(t *testing.T) {
 	worker, worker2 := tp.node("worker"), tp.node("worker2")
 	agent1 := zdsNewAgent(t, filepath.Join(dir, "worker.sock"))
 	agent2 := zdsNewAgent(t, filepath.Join(dir, "worker2.sock"))
-	worker.runZtunnel(t, bins["ztunnel"], stateFile, svids, "--zds-socket", agent1.path)
-	worker2.runZtunnel(t, bins["ztunnel"], stateFile, svids, "--zds-socket", agent2.path)
+	worker.runZtunnel(t, bins["ztunnel"], stateFile, svids, "--zds-socket", agent1.Path)
+	worker2.runZtunnel(t, bins["ztunnel"], stateFile, svids, "--zds-socket", agent2.Path)
 	agent1.accept()
 	agent2.accept()
 	agent1.snapshot("handson", map[*nsPod]string{allow: "curl-allow"})

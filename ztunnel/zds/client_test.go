@@ -22,112 +22,20 @@ import (
 	"istio.io/istio/pkg/zdsapi"
 
 	"github.com/goambient/goambient/ztunnel/proxy"
+	"github.com/goambient/goambient/ztunnel/zds/zdstest"
 )
 
 const wait = 5 * time.Second
 
-// fakeAgent is istio-cni's node agent side: a SOCK_SEQPACKET listener in a temp dir.
-type fakeAgent struct {
-	t     *testing.T
-	path  string
-	ln    *net.UnixListener
-	conns chan *net.UnixConn
-}
-
-func newFakeAgent(t *testing.T) *fakeAgent {
+// newAgent is a fake node agent on a socket in a temp dir (skips without SOCK_SEQPACKET).
+func newAgent(t *testing.T) *zdstest.Agent {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "ztunnel.sock")
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	a, err := zdstest.Listen(t, filepath.Join(t.TempDir(), "ztunnel.sock"))
 	if err != nil {
 		t.Skipf("no SOCK_SEQPACKET unix sockets here: %v", err)
 	}
-	a := &fakeAgent{t: t, path: path, ln: ln, conns: make(chan *net.UnixConn, 4)}
-	go func() {
-		for {
-			c, err := ln.AcceptUnix()
-			if err != nil {
-				return
-			}
-			a.conns <- c
-		}
-	}()
-	t.Cleanup(func() { ln.Close() })
 	return a
 }
-
-// accept waits for the ztunnel to connect and checks its hello.
-func (a *fakeAgent) accept() *net.UnixConn {
-	a.t.Helper()
-	select {
-	case c := <-a.conns:
-		a.t.Cleanup(func() { c.Close() })
-		var hello zdsapi.ZdsHello
-		a.read(c, &hello)
-		if hello.GetVersion() != zdsapi.Version_V1 {
-			a.t.Fatalf("hello version %v, want V1", hello.GetVersion())
-		}
-		return c
-	case <-time.After(wait):
-		a.t.Fatal("the ztunnel did not connect")
-		return nil
-	}
-}
-
-func (a *fakeAgent) read(c *net.UnixConn, m proto.Message) {
-	a.t.Helper()
-	buf := make([]byte, 1024) // as the node agent
-	c.SetReadDeadline(time.Now().Add(wait))
-	n, err := c.Read(buf)
-	if err != nil {
-		a.t.Fatalf("read from the ztunnel: %v", err)
-	}
-	if err := proto.Unmarshal(buf[:n], m); err != nil {
-		a.t.Fatalf("decode %T: %v", m, err)
-	}
-}
-
-// send sends raw bytes with fds and returns the ack's error text.
-func (a *fakeAgent) sendRaw(c *net.UnixConn, b []byte, fds ...int) string {
-	a.t.Helper()
-	var oob []byte
-	if len(fds) > 0 {
-		oob = unix.UnixRights(fds...)
-	}
-	if _, _, err := c.WriteMsgUnix(b, oob, nil); err != nil {
-		a.t.Fatalf("send: %v", err)
-	}
-	var resp zdsapi.WorkloadResponse
-	a.read(c, &resp)
-	if resp.GetAck() == nil {
-		a.t.Fatalf("response is not an ack: %v", &resp)
-	}
-	return resp.GetAck().GetError()
-}
-
-func (a *fakeAgent) send(c *net.UnixConn, req *zdsapi.WorkloadRequest, fds ...int) string {
-	a.t.Helper()
-	b, err := proto.Marshal(req)
-	if err != nil {
-		a.t.Fatal(err)
-	}
-	return a.sendRaw(c, b, fds...)
-}
-
-func addReq(uid, ns, name string) *zdsapi.WorkloadRequest {
-	return &zdsapi.WorkloadRequest{Payload: &zdsapi.WorkloadRequest_Add{Add: &zdsapi.AddWorkload{
-		Uid: uid, WorkloadInfo: &zdsapi.WorkloadInfo{Namespace: ns, Name: name, ServiceAccount: "sa"},
-	}}}
-}
-
-func delReq(uid string) *zdsapi.WorkloadRequest {
-	return &zdsapi.WorkloadRequest{Payload: &zdsapi.WorkloadRequest_Del{Del: &zdsapi.DelWorkload{Uid: uid}}}
-}
-
-func keepReq(uid string) *zdsapi.WorkloadRequest {
-	return &zdsapi.WorkloadRequest{Payload: &zdsapi.WorkloadRequest_Keep{Keep: &zdsapi.KeepWorkload{Uid: uid}}}
-}
-
-var snapReq = &zdsapi.WorkloadRequest{Payload: &zdsapi.WorkloadRequest_SnapshotSent{SnapshotSent: &zdsapi.SnapshotSent{}}}
 
 // pipeEnd is the write end of a new pipe as a raw fd for sending, and the read end: once
 // every copy of the write end is closed, reading it ends (io.EOF).
@@ -251,14 +159,14 @@ func (h *fakeHandler) callList() []string {
 }
 
 // start runs the client against a; it stops when the test ends.
-func start(t *testing.T, a *fakeAgent, h Handler) *syncLog {
+func start(t *testing.T, socket string, h Handler) *syncLog {
 	t.Helper()
 	logs := &syncLog{written: make(chan struct{}, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(ctx, Config{
-			Socket: a.path, Handler: h, Logger: slog.New(slog.NewTextHandler(logs, nil)),
+			Socket: socket, Handler: h, Logger: slog.New(slog.NewTextHandler(logs, nil)),
 			OpenNetns:  func(fd int, uid string) (proxy.Netns, error) { return &fakeNS{fd: fd}, nil },
 			MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
 		})
@@ -303,12 +211,12 @@ func (l *syncLog) String() string {
 // keeps both uids), then an Add and a Del; every request is acked after its handler call
 // returned, and the namespace fd arrives (writing to it reaches the agent's pipe).
 func TestSnapshotAddDel(t *testing.T) {
-	a, h := newFakeAgent(t), newFakeHandler()
-	start(t, a, h)
-	c := a.accept()
+	a, h := newAgent(t), newFakeHandler()
+	start(t, a.Path, h)
+	c := a.Accept()
 
 	fd1, r1 := pipeEnd(t)
-	if e := a.send(c, addReq("uid-1", "ns", "a"), fd1); e != "" {
+	if e := c.Send(zdstest.Add("uid-1", "ns", "a", "sa"), fd1); e != "" {
 		t.Fatalf("add uid-1: ack error %q", e)
 	}
 	unix.Close(fd1) // the node agent keeps its own copy; here only the ztunnel's is left
@@ -329,20 +237,20 @@ func TestSnapshotAddDel(t *testing.T) {
 	if _, err := io.ReadFull(r1, b); err != nil || string(b) != "ns" {
 		t.Fatalf("the received fd is not the sent pipe: %q %v", b, err)
 	}
-	for _, req := range []*zdsapi.WorkloadRequest{keepReq("uid-2"), snapReq} {
-		if e := a.send(c, req); e != "" {
+	for _, req := range []*zdsapi.WorkloadRequest{zdstest.Keep("uid-2"), zdstest.SnapshotSent()} {
+		if e := c.Send(req); e != "" {
 			t.Fatalf("%v: ack error %q", req, e)
 		}
-		if !h.takeDone() && req == snapReq {
+		if !h.takeDone() && req == zdstest.SnapshotSent() {
 			t.Fatal("snapshot acked before RetainPods returned")
 		}
 	}
 	fd3, _ := pipeEnd(t)
-	if e := a.send(c, addReq("uid-3", "ns", "c"), fd3); e != "" {
+	if e := c.Send(zdstest.Add("uid-3", "ns", "c", "sa"), fd3); e != "" {
 		t.Fatalf("add uid-3: %q", e)
 	}
 	unix.Close(fd3)
-	if e := a.send(c, delReq("uid-1")); e != "" {
+	if e := c.Send(zdstest.Del("uid-1")); e != "" {
 		t.Fatalf("del uid-1: %q", e)
 	}
 	if !closedEverywhere(r1) {
@@ -357,9 +265,9 @@ func TestSnapshotAddDel(t *testing.T) {
 // TestBadRequests: each malformed request is acked with an error naming what is wrong, its
 // fds are closed, and the connection keeps serving.
 func TestBadRequests(t *testing.T) {
-	a, h := newFakeAgent(t), newFakeHandler()
-	logs := start(t, a, h)
-	c := a.accept()
+	a, h := newAgent(t), newFakeHandler()
+	logs := start(t, a.Path, h)
+	c := a.Accept()
 	unknown := []byte{0x48, 0x01} // field 9 (not in the oneof), varint 1
 	for _, tc := range []struct {
 		name    string
@@ -370,12 +278,12 @@ func TestBadRequests(t *testing.T) {
 	}{
 		{name: "garbage", raw: []byte{0xff, 0xff, 0xff}, fds: 1, wantErr: "do not decode"},
 		{name: "no payload", raw: unknown, wantErr: "no known payload"},
-		{name: "add without uid", req: addReq("", "ns", "a"), fds: 1, wantErr: "WorkloadRequest.add.uid is empty"},
-		{name: "add without name", req: addReq("uid-x", "ns", ""), fds: 1, wantErr: "workload_info.name and workload_info.namespace are required"},
-		{name: "add without fd", req: addReq("uid-x", "ns", "a"), wantErr: "want the pod's network namespace as 1 fd, got 0"},
-		{name: "add with two fds", req: addReq("uid-x", "ns", "a"), fds: 2, wantErr: "got 2"},
-		{name: "del without uid", req: delReq(""), wantErr: "WorkloadRequest.del.uid is empty"},
-		{name: "keep without uid", req: keepReq(""), fds: 1, wantErr: "WorkloadRequest.keep.uid is empty"},
+		{name: "add without uid", req: zdstest.Add("", "ns", "a", "sa"), fds: 1, wantErr: "WorkloadRequest.add.uid is empty"},
+		{name: "add without name", req: zdstest.Add("uid-x", "ns", "", "sa"), fds: 1, wantErr: "workload_info.name and workload_info.namespace are required"},
+		{name: "add without fd", req: zdstest.Add("uid-x", "ns", "a", "sa"), wantErr: "want the pod's network namespace as 1 fd, got 0"},
+		{name: "add with two fds", req: zdstest.Add("uid-x", "ns", "a", "sa"), fds: 2, wantErr: "got 2"},
+		{name: "del without uid", req: zdstest.Del(""), wantErr: "WorkloadRequest.del.uid is empty"},
+		{name: "keep without uid", req: zdstest.Keep(""), fds: 1, wantErr: "WorkloadRequest.keep.uid is empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var fds []int
@@ -388,8 +296,7 @@ func TestBadRequests(t *testing.T) {
 			if tc.req != nil {
 				b, _ = proto.Marshal(tc.req)
 			}
-			a.t = t
-			e := a.sendRaw(c, b, fds...)
+			e := c.For(t).SendRaw(b, fds...)
 			if !strings.Contains(e, tc.wantErr) {
 				t.Errorf("ack error %q, want it to contain %q", e, tc.wantErr)
 			}
@@ -403,15 +310,14 @@ func TestBadRequests(t *testing.T) {
 			}
 		})
 	}
-	a.t = t
 	// Still serving: a good request after the bad ones.
-	if e := a.send(c, snapReq); e != "" {
+	if e := c.Send(zdstest.SnapshotSent()); e != "" {
 		t.Fatalf("snapshot after bad requests: %q", e)
 	}
-	if e := a.send(c, keepReq("late")); !strings.Contains(e, "only valid before snapshot_sent") {
+	if e := c.Send(zdstest.Keep("late")); !strings.Contains(e, "only valid before snapshot_sent") {
 		t.Errorf("keep after the snapshot: ack %q", e)
 	}
-	if e := a.send(c, snapReq); !strings.Contains(e, "received twice") {
+	if e := c.Send(zdstest.SnapshotSent()); !strings.Contains(e, "received twice") {
 		t.Errorf("second snapshot: ack %q", e)
 	}
 	if got := h.callList(); !slices.Equal(got, []string{"retain "}) {
@@ -425,9 +331,9 @@ func TestBadRequests(t *testing.T) {
 // TestAddError: the handler's error goes back in the ack, cut to fit the node agent's 1 KiB
 // read buffer when it is long.
 func TestAddError(t *testing.T) {
-	a, h := newFakeAgent(t), newFakeHandler()
-	start(t, a, h)
-	c := a.accept()
+	a, h := newAgent(t), newFakeHandler()
+	start(t, a.Path, h)
+	c := a.Accept()
 	for _, tc := range []struct {
 		err  string
 		want string
@@ -439,7 +345,7 @@ func TestAddError(t *testing.T) {
 		h.addErr = errors.New(tc.err)
 		h.mu.Unlock()
 		fd, r := pipeEnd(t)
-		e := a.send(c, addReq("uid-1", "ns", "a"), fd) // read into 1 KiB, as the node agent does
+		e := c.Send(zdstest.Add("uid-1", "ns", "a", "sa"), fd) // read into 1 KiB, as the node agent does
 		unix.Close(fd)
 		if e != tc.want {
 			t.Errorf("ack error %q, want %q", e, tc.want)
@@ -453,28 +359,28 @@ func TestAddError(t *testing.T) {
 // TestReconnect: when the node agent goes away the client connects again, says hello, and the
 // new snapshot replaces the pod set (pods not sent again are dropped).
 func TestReconnect(t *testing.T) {
-	a, h := newFakeAgent(t), newFakeHandler()
-	start(t, a, h)
-	c := a.accept()
+	a, h := newAgent(t), newFakeHandler()
+	start(t, a.Path, h)
+	c := a.Accept()
 	for _, uid := range []string{"uid-1", "uid-2"} {
 		fd, _ := pipeEnd(t)
-		if e := a.send(c, addReq(uid, "ns", uid), fd); e != "" {
+		if e := c.Send(zdstest.Add(uid, "ns", uid, "sa"), fd); e != "" {
 			t.Fatal(e)
 		}
 		unix.Close(fd)
 	}
-	if e := a.send(c, snapReq); e != "" {
+	if e := c.Send(zdstest.SnapshotSent()); e != "" {
 		t.Fatal(e)
 	}
 	c.Close() // the node agent restarts
 
-	c2 := a.accept()
+	c2 := a.Accept()
 	fd, _ := pipeEnd(t)
-	if e := a.send(c2, addReq("uid-2", "ns", "uid-2"), fd); e != "" {
+	if e := c2.Send(zdstest.Add("uid-2", "ns", "uid-2", "sa"), fd); e != "" {
 		t.Fatal(e)
 	}
 	unix.Close(fd)
-	if e := a.send(c2, snapReq); e != "" {
+	if e := c2.Send(zdstest.SnapshotSent()); e != "" {
 		t.Fatal(e)
 	}
 	want := []string{"add uid-1 ns/uid-1", "add uid-2 ns/uid-2", "retain uid-1,uid-2", "add uid-2 ns/uid-2", "retain uid-2"}
@@ -491,8 +397,8 @@ func TestReconnect(t *testing.T) {
 // TestBackoffBeforeAgent: the client keeps trying while the node agent is not there yet.
 func TestBackoffBeforeAgent(t *testing.T) {
 	dir := t.TempDir()
-	a := &fakeAgent{t: t, path: filepath.Join(dir, "ztunnel.sock"), conns: make(chan *net.UnixConn, 4)}
-	logs := start(t, a, newFakeHandler())
+	socket := filepath.Join(dir, "ztunnel.sock")
+	logs := start(t, socket, newFakeHandler())
 	timeout := time.After(wait)
 	for strings.Count(logs.String(), "reconnecting") < 2 {
 		select {
@@ -501,17 +407,9 @@ func TestBackoffBeforeAgent(t *testing.T) {
 			t.Fatalf("no retries logged:\n%s", logs)
 		}
 	}
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: a.path, Net: "unixpacket"})
+	a, err := zdstest.Listen(t, socket)
 	if err != nil {
 		t.Skipf("no SOCK_SEQPACKET: %v", err)
 	}
-	defer ln.Close()
-	ln.SetDeadline(time.Now().Add(wait))
-	c, err := ln.AcceptUnix()
-	if err != nil {
-		t.Fatalf("the client did not connect once the agent listened: %v", err)
-	}
-	defer c.Close()
-	var hello zdsapi.ZdsHello
-	a.read(c, &hello)
+	a.Accept() // the client connects and says hello once the agent listens
 }
