@@ -354,34 +354,51 @@ func setupSVIDs(t *testing.T, meshctlBin, dir, meshYAML string) string {
 	return svids
 }
 
+// nsHandson is handson's mesh in namespace mode: nodes worker (curl-allow, curl-deny) and
+// worker2 (handson-blue, serving on 8080), the handson Service at vip, SVIDs, and the state
+// file; no ztunnel yet.
+type nsHandson struct {
+	tp                    *nsTopo
+	bins                  map[string]string
+	dir, svids, stateFile string
+	vip                   string
+	blue, allow, deny     *nsPod
+	pods                  []podSpec // the state's workloads and services
+	svcs                  []svcSpec
+}
+
+func newNSHandson(t *testing.T, vip string) *nsHandson {
+	t.Helper()
+	h := &nsHandson{tp: newNSTopo(t, "worker", "worker2"), bins: buildBinaries(t), dir: t.TempDir(), vip: vip}
+	start := time.Now()
+	t.Cleanup(func() { t.Logf("scenario (after the build) took %v", time.Since(start)) })
+	h.svids = setupSVIDs(t, h.bins["meshctl"], h.dir, "../manifests/examples/handson/mesh.yaml")
+	h.blue = h.tp.addPod("worker2", "handson-blue", true)
+	h.allow = h.tp.addPod("worker", "curl-allow", true)
+	h.deny = h.tp.addPod("worker", "curl-deny", true)
+	h.pods = []podSpec{
+		{"handson-blue", "handson", "handson", h.blue.ip, "worker2", map[string]string{"app": "handson", "version": "blue"}, []string{"handson"}},
+		{"curl-allow", "handson", "curl-allow", h.allow.ip, "worker", map[string]string{"app": "curl-allow"}, nil},
+		{"curl-deny", "handson", "curl-deny", h.deny.ip, "worker", map[string]string{"app": "curl-deny"}, nil},
+	}
+	h.svcs = []svcSpec{{"handson", "handson", vip, [][2]int{{8080, 8080}}}}
+	h.blue.serve(t, 8080, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "handson-blue: %s %s from %s\n", r.Method, r.URL.Path, r.RemoteAddr)
+	}))
+	h.stateFile = filepath.Join(h.dir, "state.json")
+	writeAtomic(t, h.stateFile, scenarioState(t, h.pods, h.svcs, nil))
+	return h
+}
+
 // TestHandsonNamespaces runs handson steps 1–2 in namespace mode: node worker (curl-allow,
 // curl-deny; outsider, not in the mesh) and node worker2 (handson-blue). The curls call the
 // Service VIP as plain HTTP from inside their pods; the pods' iptables hand the connections to
 // their node's ztunnel, which carries them over HBONE.
 func TestHandsonNamespaces(t *testing.T) {
-	tp := newNSTopo(t, "worker", "worker2")
-	bins := buildBinaries(t)
-	start := time.Now()
-	defer func() { t.Logf("scenario (after the build) took %v", time.Since(start)) }()
-	dir := t.TempDir()
-	svids := setupSVIDs(t, bins["meshctl"], dir, "../manifests/examples/handson/mesh.yaml")
-
-	blue := tp.addPod("worker2", "handson-blue", true)
-	allow := tp.addPod("worker", "curl-allow", true)
-	deny := tp.addPod("worker", "curl-deny", true)
+	h := newNSHandson(t, "10.96.0.10")
+	tp, bins, svids, stateFile, vip := h.tp, h.bins, h.svids, h.stateFile, h.vip
+	blue, allow, deny := h.blue, h.allow, h.deny
 	outsider := tp.addPod("worker", "outsider", false)
-	pods := []podSpec{
-		{"handson-blue", "handson", "handson", blue.ip, "worker2", map[string]string{"app": "handson", "version": "blue"}, []string{"handson"}},
-		{"curl-allow", "handson", "curl-allow", allow.ip, "worker", map[string]string{"app": "curl-allow"}, nil},
-		{"curl-deny", "handson", "curl-deny", deny.ip, "worker", map[string]string{"app": "curl-deny"}, nil},
-	}
-	const vip = "10.96.0.10"
-	svcs := []svcSpec{{"handson", "handson", vip, [][2]int{{8080, 8080}}}}
-	blue.serve(t, 8080, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "handson-blue: %s %s from %s\n", r.Method, r.URL.Path, r.RemoteAddr)
-	}))
-	stateFile := filepath.Join(dir, "state.json")
-	writeAtomic(t, stateFile, scenarioState(t, pods, svcs, nil))
 	worker, worker2 := tp.node("worker"), tp.node("worker2")
 	worker.startZtunnel(t, bins["ztunnel"], stateFile, svids)
 	worker2.startZtunnel(t, bins["ztunnel"], stateFile, svids)
@@ -407,7 +424,7 @@ func TestHandsonNamespaces(t *testing.T) {
 	}
 
 	// Step 2: the L4 policy denies curl-deny on 8080.
-	writeAtomic(t, stateFile, scenarioState(t, pods, svcs, loadPolicies(t, readFile(t, "../manifests/examples/handson/L4-authorization-policy.yaml"))))
+	writeAtomic(t, stateFile, scenarioState(t, h.pods, h.svcs, loadPolicies(t, readFile(t, "../manifests/examples/handson/L4-authorization-policy.yaml"))))
 	for _, n := range []*nsNode{worker, worker2} {
 		n.waitConfig(t, "with the policy", func(d string) bool { return strings.Contains(d, "ns/handson/sa/curl-deny") })
 	}

@@ -10,8 +10,6 @@ package integration
 import (
 	"context"
 	"errors"
-	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -97,28 +95,10 @@ func zdsRefused(t *testing.T, pod *nsPod, addr string) bool {
 // agent restarts, the ztunnel connects again, keeps serving the pods of the new snapshot (without
 // reopening their listeners) and drops those the snapshot lacks.
 func TestZDSNamespaces(t *testing.T) {
-	tp := newNSTopo(t, "worker", "worker2")
-	bins := buildBinaries(t)
-	start := time.Now()
-	defer func() { t.Logf("scenario (after the build) took %v", time.Since(start)) }()
-	dir := t.TempDir()
-	svids := setupSVIDs(t, bins["meshctl"], dir, "../manifests/examples/handson/mesh.yaml")
-
-	blue := tp.addPod("worker2", "handson-blue", true)
-	allow := tp.addPod("worker", "curl-allow", true)
-	late := tp.addPod("worker", "curl-deny", true) // in the state from the start, sent by ZDS later
-	pods := []podSpec{
-		{"handson-blue", "handson", "handson", blue.ip, "worker2", map[string]string{"app": "handson"}, []string{"handson"}},
-		{"curl-allow", "handson", "curl-allow", allow.ip, "worker", map[string]string{"app": "curl-allow"}, nil},
-		{"curl-deny", "handson", "curl-deny", late.ip, "worker", map[string]string{"app": "curl-deny"}, nil},
-	}
-	const vip = "10.96.0.30"
-	svcs := []svcSpec{{"handson", "handson", vip, [][2]int{{8080, 8080}}}}
-	blue.serve(t, 8080, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "handson-blue: %s %s from %s\n", r.Method, r.URL.Path, r.RemoteAddr)
-	}))
-	stateFile := filepath.Join(dir, "state.json")
-	writeAtomic(t, stateFile, scenarioState(t, pods, svcs, nil))
+	h := newNSHandson(t, "10.96.0.30")
+	tp, bins, svids, stateFile, dir, vip := h.tp, h.bins, h.svids, h.stateFile, h.dir, h.vip
+	blue, allow := h.blue, h.allow
+	late := h.deny // in the state from the start, sent by ZDS later
 
 	worker, worker2 := tp.node("worker"), tp.node("worker2")
 	agent1 := zdsNewAgent(t, filepath.Join(dir, "worker.sock"))

@@ -351,9 +351,9 @@ func (e *env) result() Result {
 	return Result{}
 }
 
-// dialPreface opens a TLS connection to e's server with the client's certificate, bounded by
-// the test's wait, and sends the HTTP/2 client preface: the start of a hand-driven client.
-func dialPreface(t *testing.T, e *env) *tls.Conn {
+// dialTLS opens a TLS connection to e's server with the client's certificate, closed when the
+// test ends.
+func dialTLS(t *testing.T, e *env) *tls.Conn {
 	t.Helper()
 	conf, err := ClientTLSConfig(e.clientSVID, e.bundle, []spiffeid.ID{e.serverSVID.ID})
 	if err != nil {
@@ -364,6 +364,14 @@ func dialPreface(t *testing.T, e *env) *tls.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tc.Close() })
+	return tc
+}
+
+// dialPreface opens a TLS connection to e's server with the client's certificate, bounded by
+// the test's wait, and sends the HTTP/2 client preface: the start of a hand-driven client.
+func dialPreface(t *testing.T, e *env) *tls.Conn {
+	t.Helper()
+	tc := dialTLS(t, e)
 	tc.SetDeadline(time.Now().Add(wait)) // bounds every read and write of the test
 	if _, err := io.WriteString(tc, http2.ClientPreface); err != nil {
 		t.Fatal(err)

@@ -318,14 +318,7 @@ func TestPlaintextRefused(t *testing.T) {
 // requests the Client would not send.
 func rawH2(t *testing.T, e *env) *http2.ClientConn {
 	t.Helper()
-	conf, err := ClientTLSConfig(e.clientSVID, e.bundle, []spiffeid.ID{e.serverSVID.ID})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := tls.Dial("tcp", e.addr.String(), conf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tc := dialTLS(t, e)
 	cc, err := (&http2.Transport{}).NewClientConn(tc)
 	if err != nil {
 		t.Fatal(err)
