@@ -49,7 +49,19 @@ type h2Stream struct {
 	header  []hpack.HeaderField
 	gotResp bool
 
-	cancel context.CancelFunc // server: ends the handler's context
+	cancel context.CancelFunc // server: ends the handler's context; under mu
+}
+
+// setCancel gives the stream the function that ends its handler's context; a stream already
+// reset calls it at once.
+func (s *h2Stream) setCancel(cancel context.CancelFunc) {
+	s.mu.Lock()
+	s.cancel = cancel
+	aborted := s.rerr != nil
+	s.mu.Unlock()
+	if aborted {
+		cancel()
+	}
 }
 
 // newStream makes stream id's state; c.mu held.
@@ -198,12 +210,13 @@ func (s *h2Stream) abort(err error) {
 		close(s.ready)
 	}
 	s.readable.Broadcast()
+	cancel := s.cancel
 	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
 	if unread > 0 {
 		s.c.giveBack(unread, true)
-	}
-	if s.cancel != nil {
-		s.cancel()
 	}
 	s.c.removeStream(s)
 }

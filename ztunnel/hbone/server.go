@@ -298,7 +298,7 @@ func (s *Server) startStream(ctx context.Context, st *h2Stream, f *http2.MetaHea
 	req.Traceparent = req.Header.Get(HeaderTraceparent)
 	truncated := f.Truncated
 	sctx, cancel := context.WithCancel(ctx)
-	st.cancel = cancel
+	st.setCancel(cancel)
 	go func() {
 		defer cancel()
 		switch {
