@@ -100,6 +100,7 @@ type h2Conn struct {
 		maxStreams uint32
 		window     int32
 		maxFrame   uint32
+		tableSize  *uint32 // SETTINGS_HEADER_TABLE_SIZE not yet applied to henc
 	}
 	sendWindow  int64 // the connection's send window
 	recvAvail   int64 // what the peer may still send on the connection
@@ -386,7 +387,6 @@ func (c *h2Conn) onSettings(f *http2.SettingsFrame) (http2.ErrCode, error) {
 		}
 		return http2.ErrCodeProtocol, err
 	}
-	var tableSize *uint32
 	c.mu.Lock()
 	f.ForeachSetting(func(s http2.Setting) error {
 		switch s.ID {
@@ -402,17 +402,12 @@ func (c *h2Conn) onSettings(f *http2.SettingsFrame) (http2.ErrCode, error) {
 			c.peer.maxFrame = s.Val
 		case http2.SettingHeaderTableSize:
 			v := s.Val
-			tableSize = &v
+			c.peer.tableSize = &v // applied by the next HEADERS writer, which holds wmu
 		}
 		return nil
 	})
 	c.sendable.Broadcast()
 	c.mu.Unlock()
-	if tableSize != nil {
-		c.wmu.Lock() // the encoder is only used under wmu; HEADERS writers never wait on the read loop
-		c.henc.SetMaxDynamicTableSizeLimit(*tableSize)
-		c.wmu.Unlock()
-	}
 	c.queueAsync(h2Ctrl{typ: http2.FrameSettings, ack: true})
 	return 0, nil
 }
@@ -646,13 +641,18 @@ func (c *h2Conn) closedErr() error {
 
 // writeHeaders encodes fields and writes them as HEADERS and CONTINUATION frames; wmu held.
 func (c *h2Conn) writeHeaders(id uint32, fields []hpack.HeaderField, end bool) error {
+	c.mu.Lock()
+	max := int(c.peer.maxFrame)
+	tableSize := c.peer.tableSize
+	c.peer.tableSize = nil
+	c.mu.Unlock()
+	if tableSize != nil {
+		c.henc.SetMaxDynamicTableSizeLimit(*tableSize)
+	}
 	c.hbuf.Reset()
 	for _, f := range fields {
 		c.henc.WriteField(f)
 	}
-	c.mu.Lock()
-	max := int(c.peer.maxFrame)
-	c.mu.Unlock()
 	block := c.hbuf.Bytes()
 	for first := true; first || len(block) > 0; first = false {
 		frag := block[:min(len(block), max)]
