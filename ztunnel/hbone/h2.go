@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -106,7 +105,6 @@ type h2Conn struct {
 	recvAvail   int64 // what the peer may still send on the connection
 	recvPending int64 // bytes consumed and not yet given back with WINDOW_UPDATE
 	goAway      bool  // no new streams: GOAWAY received (client) or sent (server)
-	goAwayID    uint32
 	closed      bool
 	err         error
 	pingData    [8]byte
@@ -117,7 +115,6 @@ type h2Conn struct {
 	framesSeen  uint64      // framesRead at the last keep-alive check
 
 	framesRead atomic.Uint64
-	done       chan struct{} // closed when the connection is
 }
 
 // h2Ctrl is a queued control frame.
@@ -140,7 +137,6 @@ func newH2Conn(log *slog.Logger, nc, raw net.Conn, client bool, local h2Settings
 		streams:   make(map[uint32]*h2Stream),
 		nextID:    1,
 		recvAvail: h2DefaultWindow,
-		done:      make(chan struct{}),
 	}
 	c.sendable.L = &c.mu
 	c.peer.window = h2DefaultWindow
@@ -462,7 +458,6 @@ func (c *h2Conn) onPing(f *http2.PingFrame) {
 func (c *h2Conn) onGoAway(f *http2.GoAwayFrame) bool {
 	c.mu.Lock()
 	c.goAway = true
-	c.goAwayID = f.LastStreamID
 	var refused []*h2Stream
 	for id, s := range c.streams {
 		if id > f.LastStreamID {
@@ -594,13 +589,6 @@ func (c *h2Conn) reserve() bool {
 	}
 	c.reserved++
 	return true
-}
-
-// usable reports whether new streams can still be opened on the connection.
-func (c *h2Conn) usable() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return !c.closed && !c.goAway
 }
 
 // openStream opens a reserved stream with a HEADERS frame carrying fields (client).
@@ -812,7 +800,6 @@ func (c *h2Conn) closeWithError(err error) {
 	c.nc.Close()
 	t.Stop()
 	c.raw.Close()
-	close(c.done)
 }
 
 // armTimer schedules the next keep-alive check; mu held.
@@ -857,12 +844,4 @@ func (c *h2Conn) keepalive() {
 	if send {
 		c.queue(h2Ctrl{typ: http2.FramePing, ping: data})
 	}
-}
-
-// tlsState is the TLS state of the connection.
-func (c *h2Conn) tlsState() tls.ConnectionState {
-	if cs, ok := c.nc.(interface{ ConnectionState() tls.ConnectionState }); ok {
-		return cs.ConnectionState()
-	}
-	return tls.ConnectionState{}
 }
