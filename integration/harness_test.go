@@ -3,6 +3,7 @@ package integration
 // Helpers shared by the loopback tests of the real binaries.
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -350,4 +351,23 @@ func plainGet(from, url string) (int, error) {
 	defer resp.Body.Close()
 	io.Copy(io.Discard, resp.Body)
 	return resp.StatusCode, nil
+}
+
+// keepAliveGetter returns a function that sends GET /get (Host: backend) on the open
+// connection c and reads the whole response: requests on one keep-alive connection, each
+// bounded by 5 s.
+func keepAliveGetter(c net.Conn) func() (*http.Response, error) {
+	r := bufio.NewReader(c)
+	return func() (*http.Response, error) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := fmt.Fprintf(c, "GET /get HTTP/1.1\r\nHost: backend\r\n\r\n"); err != nil {
+			return nil, err
+		}
+		resp, err := http.ReadResponse(r, nil)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return resp, err
+	}
 }

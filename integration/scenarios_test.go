@@ -1,10 +1,8 @@
 package integration
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -271,19 +269,7 @@ func TestDemoStrictLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer kc.Close()
-	kr := bufio.NewReader(kc)
-	keepAliveGet := func() (*http.Response, error) {
-		kc.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := fmt.Fprintf(kc, "GET /get HTTP/1.1\r\nHost: backend\r\n\r\n"); err != nil {
-			return nil, err
-		}
-		resp, err := http.ReadResponse(kr, nil)
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-		return resp, err
-	}
+	keepAliveGet := keepAliveGetter(kc)
 	if resp, err := keepAliveGet(); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("step 3: keep-alive plaintext GET: %v %v", resp, err)
 	}
