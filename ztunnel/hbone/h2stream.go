@@ -170,6 +170,10 @@ func (s *h2Stream) onHeaders(f *http2.MetaHeadersFrame) {
 		s.status = status
 		s.header = append([]hpack.HeaderField(nil), f.RegularFields()...)
 		close(s.ready)
+	} else if s.eof { // the peer already ended its side (RFC 9113 §5.1, half-closed (remote))
+		s.mu.Unlock()
+		s.c.resetStream(s.id, http2.ErrCodeStreamClosed, errStreamReset)
+		return
 	} else if !f.StreamEnded() { // trailers must end the stream
 		s.mu.Unlock()
 		s.c.resetStream(s.id, http2.ErrCodeProtocol, errStreamReset)
@@ -308,7 +312,13 @@ func (s *h2Stream) writeResponse(fields []hpack.HeaderField, end bool) error {
 	if end {
 		c.mu.Lock()
 		s.sentEnd = true
+		done := s.recvEnd
 		c.mu.Unlock()
+		if done {
+			// Closed both ways once this frame leaves: it leaves the connection first, so a frame
+			// the peer sends after reading it finds a closed stream, never this one.
+			c.removeStream(s)
+		}
 	}
 	c.wmu.Lock()
 	err := c.writeHeaders(s.id, fields, end)

@@ -415,9 +415,7 @@ func (st *h2Stream) respond(status int, h http.Header) error {
 	st.c.mu.Lock()
 	finished := st.recvEnd
 	st.c.mu.Unlock()
-	if finished {
-		st.c.removeStream(st)
-	} else {
+	if !finished {
 		st.c.queue(h2Ctrl{typ: http2.FrameRSTStream, id: st.id, val: uint32(http2.ErrCodeNo)})
 		st.abort(errStreamReset)
 	}
