@@ -118,50 +118,72 @@ func startCAZtunnel(t *testing.T, bin, node, host, xdsAddr, caAddr, root, tokenF
 // TestCAIssuesToZtunnels: two ztunnels get their workloads' SVIDs from xdsserver's CA over
 // TLS with bootstrap tokens, a call between the two workloads succeeds over HBONE, and node A's
 // token cannot obtain node B's workload identity.
-func TestCAIssuesToZtunnels(t *testing.T) {
-	bins := buildXDSBinaries(t)
-	xdsBin := bins["xdsserver"]
-	dir := t.TempDir()
-	net24, _, _ := randomNet()
-	clientIP, serverIP := net24+".10", net24+".20"
-	hostA, hostB := net24+".1", net24+".2"
+// caEnv is xdsserver with its CA and secure listener serving the catest mesh from a folder,
+// bootstrap tokens for node-a and node-b, and the server workload's app; no ztunnel yet.
+type caEnv struct {
+	bins                             map[string]string
+	dir, cfg, caDir, tokens          string
+	root, tokA, tokB                 string
+	clientIP, serverIP, hostA, hostB string
+	xlog                             *syncBuf
+	plain, httpAddr, secure          string // xdsserver's plaintext ADS, HTTP and TLS listeners
+}
 
-	cfg := filepath.Join(dir, "config")
-	caDir := filepath.Join(dir, "ca")
-	if err := os.MkdirAll(cfg, 0o755); err != nil {
+func newCAEnv(t *testing.T) *caEnv {
+	t.Helper()
+	e := &caEnv{bins: buildXDSBinaries(t), dir: t.TempDir()}
+	net24, _, _ := randomNet()
+	e.clientIP, e.serverIP, e.hostA, e.hostB = net24+".10", net24+".20", net24+".1", net24+".2"
+	e.cfg, e.caDir, e.tokens = filepath.Join(e.dir, "config"), filepath.Join(e.dir, "ca"), filepath.Join(e.dir, "tokens")
+	if err := os.MkdirAll(e.cfg, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	writeAtomic(t, filepath.Join(cfg, "mesh.yaml"), caMesh(clientIP, serverIP))
-	tokens := filepath.Join(dir, "tokens")
-	writeAtomic(t, tokens, "# bootstrap tokens\n"+caTokenA+" ztunnel node-a\n"+caTokenB+" ztunnel node-b\n")
-	tokA, tokB := filepath.Join(dir, "token-a"), filepath.Join(dir, "token-b")
-	writeAtomic(t, tokA, caTokenA+"\n")
-	writeAtomic(t, tokB, caTokenB+"\n")
+	writeAtomic(t, filepath.Join(e.cfg, "mesh.yaml"), caMesh(e.clientIP, e.serverIP))
+	writeAtomic(t, e.tokens, "# bootstrap tokens\n"+caTokenA+" ztunnel node-a\n"+caTokenB+" ztunnel node-b\n")
+	e.tokA, e.tokB = filepath.Join(e.dir, "token-a"), filepath.Join(e.dir, "token-b")
+	writeAtomic(t, e.tokA, caTokenA+"\n")
+	writeAtomic(t, e.tokB, caTokenB+"\n")
+	e.xlog, e.plain, e.httpAddr, e.secure = e.startXdsserver(t)
+	e.root = filepath.Join(e.caDir, identity.RootCertFile)
+	return e
+}
 
-	xlog, xds, httpAddr, secure := startCAXdsserver(t, xdsBin, "--config-dir", cfg, "--loopback",
+// startXdsserver starts an xdsserver on e's folder, CA directory and tokens.
+func (e *caEnv) startXdsserver(t *testing.T) (out *syncBuf, plain, httpAddr, secure string) {
+	t.Helper()
+	return startCAXdsserver(t, e.bins["xdsserver"], "--config-dir", e.cfg, "--loopback",
 		"--xds-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--secure-listen", "127.0.0.1:0",
-		"--ca-dir", caDir, "--bootstrap-tokens", tokens)
-	root := filepath.Join(caDir, identity.RootCertFile)
-	if st, err := os.Stat(filepath.Join(caDir, identity.RootKeyFile)); err != nil || st.Mode().Perm() != 0o600 {
-		t.Fatalf("root key: %v %v, want mode 0600", st, err)
-	}
+		"--ca-dir", e.caDir, "--bootstrap-tokens", e.tokens)
+}
 
-	za := startCAZtunnel(t, bins["ztunnel"], "node-a", hostA, xds, secure, root, tokA)
-	zb := startCAZtunnel(t, bins["ztunnel"], "node-b", hostB, xds, secure, root, tokB)
-	serveHTTP(t, appAddrOf(serverIP, 8080), http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		io.WriteString(w, "hello from server\n")
+// call serves greeting from the server workload's app and waits until the client workload,
+// through node-a's ztunnel, gets it.
+func (e *caEnv) call(t *testing.T, greeting string) {
+	t.Helper()
+	serveHTTP(t, appAddrOf(e.serverIP, 8080), http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, greeting)
 	}))
-
 	var code int
 	var body string
 	eventually(t, 15*time.Second, "client → server through both ztunnels", func() bool {
 		var err error
-		code, body, err = curl(hostA+":15080", clientIP, "http://"+serverIP+":8080/")
+		code, body, err = curl(e.hostA+":15080", e.clientIP, "http://"+e.serverIP+":8080/")
 		return err == nil && code == 200
 	})
-	if body != "hello from server\n" {
-		t.Fatalf("body %q", body)
+	if body != greeting {
+		t.Fatalf("body %q, want %q", body, greeting)
 	}
+}
+
+func TestCAIssuesToZtunnels(t *testing.T) {
+	e := newCAEnv(t)
+	bins, dir, secure, root, tokA, tokB, xlog := e.bins, e.dir, e.secure, e.root, e.tokA, e.tokB, e.xlog
+	if st, err := os.Stat(filepath.Join(e.caDir, identity.RootKeyFile)); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("root key: %v %v, want mode 0600", st, err)
+	}
+	za := startCAZtunnel(t, bins["ztunnel"], "node-a", e.hostA, e.plain, secure, root, tokA)
+	zb := startCAZtunnel(t, bins["ztunnel"], "node-b", e.hostB, e.plain, secure, root, tokB)
+	e.call(t, "hello from server\n")
 	for _, id := range []string{"spiffe://cluster.local/ns/catest/sa/client", "spiffe://cluster.local/ns/catest/sa/server"} {
 		if len(xlog.lines("certificate issued", id)) == 0 {
 			t.Errorf("xdsserver did not log issuing %s", id)
@@ -223,7 +245,7 @@ func TestCAIssuesToZtunnels(t *testing.T) {
 		t.Fatalf("delta ADS over the secure listener: %d resources, %v", len(dr.GetResources()), err)
 	}
 
-	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	resp, err := http.Get("http://" + e.httpAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,9 +260,7 @@ func TestCAIssuesToZtunnels(t *testing.T) {
 
 	// A restart keeps the root: the new server's certificates verify against the same file.
 	before := readFile(t, root)
-	_, _, _, secure2 := startCAXdsserver(t, xdsBin, "--config-dir", cfg, "--loopback",
-		"--xds-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--secure-listen", "127.0.0.1:0",
-		"--ca-dir", caDir, "--bootstrap-tokens", tokens)
+	_, _, _, secure2 := e.startXdsserver(t)
 	if readFile(t, root) != before {
 		t.Fatal("the root changed across a restart")
 	}

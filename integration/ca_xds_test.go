@@ -4,63 +4,21 @@ package integration
 // istiod:15012: state and certificates both from the secure listener, no plaintext xDS.
 
 import (
-	"io"
-	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
-	"time"
-
-	"github.com/goambient/goambient/ztunnel/identity"
 )
 
 // TestCAXdsOverTLS: two ztunnels are given only xdsserver's secure listener, for their ADS
 // (--xds-root, --xds-token-file) and their SVIDs (--ca-address); they receive the state and the
 // certificates over it, and a call between the two workloads succeeds over HBONE.
 func TestCAXdsOverTLS(t *testing.T) {
-	bins := buildXDSBinaries(t)
-	xdsBin := bins["xdsserver"]
-	dir := t.TempDir()
-	net24, _, _ := randomNet()
-	clientIP, serverIP := net24+".10", net24+".20"
-	hostA, hostB := net24+".1", net24+".2"
-
-	cfg := filepath.Join(dir, "config")
-	caDir := filepath.Join(dir, "ca")
-	if err := os.MkdirAll(cfg, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	writeAtomic(t, filepath.Join(cfg, "mesh.yaml"), caMesh(clientIP, serverIP))
-	tokens := filepath.Join(dir, "tokens")
-	writeAtomic(t, tokens, caTokenA+" ztunnel node-a\n"+caTokenB+" ztunnel node-b\n")
-	tokA, tokB := filepath.Join(dir, "token-a"), filepath.Join(dir, "token-b")
-	writeAtomic(t, tokA, caTokenA+"\n")
-	writeAtomic(t, tokB, caTokenB+"\n")
-
-	xlog, plain, _, secure := startCAXdsserver(t, xdsBin, "--config-dir", cfg, "--loopback",
-		"--xds-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--secure-listen", "127.0.0.1:0",
-		"--ca-dir", caDir, "--bootstrap-tokens", tokens)
-	root := filepath.Join(caDir, identity.RootCertFile)
-
+	e := newCAEnv(t)
+	xlog, plain, secure, root, tokA, tokB := e.xlog, e.plain, e.secure, e.root, e.tokA, e.tokB
 	// The same root and token for the ADS as for the CA; the server name is the default one
 	// (istiod.istio-system.svc), which the serving certificate carries.
-	za := startCAZtunnel(t, bins["ztunnel"], "node-a", hostA, secure, secure, root, tokA, "--xds-root", root, "--xds-token-file", tokA)
-	zb := startCAZtunnel(t, bins["ztunnel"], "node-b", hostB, secure, secure, root, tokB, "--xds-root", root, "--xds-token-file", tokB)
-	serveHTTP(t, appAddrOf(serverIP, 8080), http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		io.WriteString(w, "hello over the secure listener\n")
-	}))
-
-	var code int
-	var body string
-	eventually(t, 15*time.Second, "client → server through both ztunnels", func() bool {
-		var err error
-		code, body, err = curl(hostA+":15080", clientIP, "http://"+serverIP+":8080/")
-		return err == nil && code == 200
-	})
-	if body != "hello over the secure listener\n" {
-		t.Fatalf("body %q", body)
-	}
+	za := startCAZtunnel(t, e.bins["ztunnel"], "node-a", e.hostA, secure, secure, root, tokA, "--xds-root", root, "--xds-token-file", tokA)
+	zb := startCAZtunnel(t, e.bins["ztunnel"], "node-b", e.hostB, secure, secure, root, tokB, "--xds-root", root, "--xds-token-file", tokB)
+	e.call(t, "hello over the secure listener\n")
 
 	for _, z := range []*ztunnelProc{za, zb} {
 		if len(z.out.lines("xds stream opened", secure, "tls=true")) == 0 {
