@@ -726,13 +726,24 @@ EXPORT CAPIStatus envoyGoFilterHttpGetHeader(void* s, void* key_data, int key_le
   UNLOCK_RETURN(CAPIOK);
 }
 
+// The header and trailer maps are handled alike; a map that does not exist yet is a call in the
+// wrong phase, as in Envoy.
+static CAPIStatus copy_headers(hmap* m, void* strs, void* buf) {
+  if (!m) return CAPIInvalidPhase;
+  hmap_to_go(m, strs, buf);
+  return CAPIOK;
+}
+
+static CAPIStatus remove_header(hmap* m, void* key_data, int key_len) {
+  if (!m) return CAPIInvalidPhase;
+  hmap_remove(m, key_data, (size_t)key_len);
+  return CAPIOK;
+}
+
 EXPORT CAPIStatus envoyGoFilterHttpCopyHeaders(void* s, void* strs, void* buf) {
   LOCKED_STATE(s);
   (void)f;
-  hmap* m = ((pstate*)s)->headers;
-  if (!m) UNLOCK_RETURN(CAPIInvalidPhase);
-  hmap_to_go(m, strs, buf);
-  UNLOCK_RETURN(CAPIOK);
+  UNLOCK_RETURN(copy_headers(((pstate*)s)->headers, strs, buf));
 }
 
 static CAPIStatus set_header(hmap* m, void* key_data, int key_len, void* value_data, int value_len, headerAction act) {
@@ -755,10 +766,7 @@ EXPORT CAPIStatus envoyGoFilterHttpSetHeaderHelper(void* s, void* key_data, int 
 EXPORT CAPIStatus envoyGoFilterHttpRemoveHeader(void* s, void* key_data, int key_len) {
   LOCKED_STATE(s);
   (void)f;
-  hmap* m = ((pstate*)s)->headers;
-  if (!m) UNLOCK_RETURN(CAPIInvalidPhase);
-  hmap_remove(m, key_data, (size_t)key_len);
-  UNLOCK_RETURN(CAPIOK);
+  UNLOCK_RETURN(remove_header(((pstate*)s)->headers, key_data, key_len));
 }
 
 // Buffers: the uint64 Go holds is the host's buffer* (Envoy: a Buffer::Instance*).
@@ -820,10 +828,7 @@ EXPORT CAPIStatus envoyGoFilterHttpSetBufferHelper(void* s, uint64_t buffer_ptr,
 EXPORT CAPIStatus envoyGoFilterHttpCopyTrailers(void* s, void* strs, void* buf) {
   LOCKED_STATE(s);
   (void)f;
-  hmap* m = ((pstate*)s)->trailers;
-  if (!m) UNLOCK_RETURN(CAPIInvalidPhase);
-  hmap_to_go(m, strs, buf);
-  UNLOCK_RETURN(CAPIOK);
+  UNLOCK_RETURN(copy_headers(((pstate*)s)->trailers, strs, buf));
 }
 
 EXPORT CAPIStatus envoyGoFilterHttpSetTrailer(void* s, void* key_data, int key_len, void* value, int value_len,
@@ -836,10 +841,7 @@ EXPORT CAPIStatus envoyGoFilterHttpSetTrailer(void* s, void* key_data, int key_l
 EXPORT CAPIStatus envoyGoFilterHttpRemoveTrailer(void* s, void* key_data, int key_len) {
   LOCKED_STATE(s);
   (void)f;
-  hmap* m = ((pstate*)s)->trailers;
-  if (!m) UNLOCK_RETURN(CAPIInvalidPhase);
-  hmap_remove(m, key_data, (size_t)key_len);
-  UNLOCK_RETURN(CAPIOK);
+  UNLOCK_RETURN(remove_header(((pstate*)s)->trailers, key_data, key_len));
 }
 
 EXPORT CAPIStatus envoyGoFilterHttpSetUpstreamOverrideHost(void* s, void* host_data, int host_len, bool strict) {
