@@ -19,21 +19,11 @@ import (
 // the same request through the boundary with a pass-through filter (an unregistered plugin_name),
 // through envoytest in-process, and the engine alone.
 func BenchmarkABI100Policies(b *testing.B) {
-	data, req := policytest.BenchSet(100, policytest.NamespaceWide)
-	yaml := strings.ReplaceAll(string(data), "spec:\n",
-		"spec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]\n")
-	objs, errs := policies.Load([]byte(yaml), "bench")
-	if len(errs) > 0 {
-		b.Fatal(errs[0])
+	yaml, engine, req, err := policytest.WaypointBenchSet(100)
+	if err != nil {
+		b.Fatal(err)
 	}
-	engine := policies.Compile(objs.AuthorizationPolicies, policies.Options{})
-	req.Target = policies.Target{Waypoint: true, Namespace: "bench", Gateway: "waypoint", GatewayClass: "istio-waypoint", Service: "web", ServiceNamespace: "bench"}
-	req.DestIP = req.SourceIP
 	var d policies.Decision
-	engine.Evaluate(&req, &d)
-	if !d.Allowed {
-		b.Fatalf("engine: the benchmark request must be allowed: %+v", d)
-	}
 
 	a, err := authzconfig.EncodeConfig(&authzconfig.Config{Namespace: "bench", Gateway: "waypoint", GatewayClass: "istio-waypoint", Policies: yaml})
 	if err != nil {

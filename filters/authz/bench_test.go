@@ -2,7 +2,6 @@ package authz_test
 
 import (
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
@@ -24,23 +23,11 @@ import (
 //	x_engine_net      (filter+host − host) time / engine time: what the filter adds to the engine
 //	engine_ns, host_ns, net_allocs (allocations of filter+host minus those of the host alone)
 func BenchmarkFilter100Policies(b *testing.B) {
-	data, req := policytest.BenchSet(100, policytest.NamespaceWide)
-	yaml := strings.ReplaceAll(string(data), "spec:\n",
-		"spec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]\n")
-
-	// The engine alone, on the request the filter builds.
-	objs, errs := policies.Load([]byte(yaml), "bench")
-	if len(errs) > 0 {
-		b.Fatal(errs[0])
+	yaml, engine, req, err := policytest.WaypointBenchSet(100)
+	if err != nil {
+		b.Fatal(err)
 	}
-	engine := policies.Compile(objs.AuthorizationPolicies, policies.Options{})
-	req.Target = policies.Target{Waypoint: true, Namespace: "bench", Gateway: "waypoint", GatewayClass: "istio-waypoint", Service: "web", ServiceNamespace: "bench"}
-	req.DestIP = req.SourceIP
 	var d policies.Decision
-	engine.Evaluate(&req, &d)
-	if !d.Allowed {
-		b.Fatalf("engine: the benchmark request must be allowed: %+v", d)
-	}
 
 	// The filter on the fake host.
 	h := envoytest.NewHost(nil)
@@ -96,15 +83,10 @@ func BenchmarkFilter100Policies(b *testing.B) {
 // Factory and DecodeHeaders with minimal callbacks (no fake-host overhead), against the
 // engine's Evaluate measured in the same run (x_engine).
 func BenchmarkDecodeHeaders100Policies(b *testing.B) {
-	data, req := policytest.BenchSet(100, policytest.NamespaceWide)
-	yaml := strings.ReplaceAll(string(data), "spec:\n",
-		"spec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]\n")
-	objs, errs := policies.Load([]byte(yaml), "bench")
-	if len(errs) > 0 {
-		b.Fatal(errs[0])
+	yaml, engine, req, err := policytest.WaypointBenchSet(100)
+	if err != nil {
+		b.Fatal(err)
 	}
-	engine := policies.Compile(objs.AuthorizationPolicies, policies.Options{})
-	req.Target = policies.Target{Waypoint: true, Namespace: "bench", Gateway: "waypoint", GatewayClass: "istio-waypoint", Service: "web", ServiceNamespace: "bench"}
 	var d policies.Decision
 	engineNs := nsPerOp(func() { engine.Evaluate(&req, &d) })
 

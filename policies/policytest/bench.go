@@ -63,3 +63,26 @@ func BenchSet(n int, shape Shape) ([]byte, policies.Request) {
 	}
 	return []byte(b.String()), req
 }
+
+// WaypointBenchSet is BenchSet(n, NamespaceWide) attached to the waypoint "waypoint" of
+// namespace bench, compiled, and its request as that waypoint sees it for the service web of
+// bench: what the waypoint filter's benchmarks run. The request is allowed (checked here; an
+// error says otherwise).
+func WaypointBenchSet(n int) (yaml string, engine *policies.Engine, req policies.Request, err error) {
+	data, req := BenchSet(n, NamespaceWide)
+	yaml = strings.ReplaceAll(string(data), "spec:\n",
+		"spec:\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]\n")
+	objs, errs := policies.Load([]byte(yaml), "bench")
+	if len(errs) > 0 {
+		return "", nil, req, errs[0]
+	}
+	engine = policies.Compile(objs.AuthorizationPolicies, policies.Options{})
+	req.Target = policies.Target{Waypoint: true, Namespace: "bench", Gateway: "waypoint", GatewayClass: "istio-waypoint", Service: "web", ServiceNamespace: "bench"}
+	req.DestIP = req.SourceIP
+	var d policies.Decision
+	engine.Evaluate(&req, &d)
+	if !d.Allowed {
+		return "", nil, req, fmt.Errorf("the waypoint benchmark request is not allowed: %+v", d)
+	}
+	return yaml, engine, req, nil
+}
