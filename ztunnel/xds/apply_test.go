@@ -133,10 +133,7 @@ func TestApplyNACKReconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runClient(t, c)
 	for _, typ := range []string{extensionType, routeType} {
 		if s := within(t, s1.subs, "subscription"); s.typeURL != typ || s.node != node {
 			t.Fatalf("subscription to %s with node %q, want %s with %q", s.typeURL, s.node, typ, node)
@@ -220,25 +217,14 @@ func TestNewOptions(t *testing.T) {
 // subscription only, Synced waits for every type, and an unchanged resource keeps its
 // decoded message across responses.
 func TestStoreSubscriptions(t *testing.T) {
-	f := &fakeADS{reqs: make(chan *discovery.DeltaDiscoveryRequest, 16), resps: make(chan *discovery.DeltaDiscoveryResponse)}
-	g := grpc.NewServer()
-	discovery.RegisterAggregatedDiscoveryServiceServer(g, f)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go g.Serve(l)
-	defer g.Stop()
+	f, addr := startFakeADS(t)
 
 	store := state.NewStore(nil)
-	c, err := New(Options{Address: l.Addr().String(), Store: store, Node: Node{IP: "10.0.0.5", PodName: "z", Namespace: "istio-system"}})
+	c, err := New(Options{Address: addr, Store: store, Node: Node{IP: "10.0.0.5", PodName: "z", Namespace: "istio-system"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runClient(t, c)
 
 	first, second := within(t, f.reqs, "subscription"), within(t, f.reqs, "subscription")
 	if first.GetNode().GetId() == "" || second.GetNode() != nil {
@@ -246,11 +232,7 @@ func TestStoreSubscriptions(t *testing.T) {
 	}
 	send := func(r *discovery.DeltaDiscoveryResponse) {
 		t.Helper()
-		select {
-		case f.resps <- r:
-		case <-time.After(10 * time.Second):
-			t.Fatal("cannot send")
-		}
+		f.send(t, r)
 		if ack := within(t, f.reqs, "ACK"); ack.GetResponseNonce() != r.GetNonce() || ack.GetErrorDetail() != nil {
 			t.Fatalf("want ACK of %s, got %v", r.GetNonce(), ack)
 		}

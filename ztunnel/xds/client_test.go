@@ -47,6 +47,39 @@ func (f *fakeADS) DeltaAggregatedResources(s discovery.AggregatedDiscoveryServic
 	}
 }
 
+// startFakeADS serves a fakeADS on a loopback port until the test ends.
+func startFakeADS(t *testing.T) (f *fakeADS, addr string) {
+	t.Helper()
+	f = &fakeADS{reqs: make(chan *discovery.DeltaDiscoveryRequest, 16), resps: make(chan *discovery.DeltaDiscoveryResponse)}
+	g := grpc.NewServer()
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, f)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(l)
+	t.Cleanup(g.Stop)
+	return f, l.Addr().String()
+}
+
+// send hands r to the client's stream, within 10 s.
+func (f *fakeADS) send(t *testing.T, r *discovery.DeltaDiscoveryResponse) {
+	t.Helper()
+	select {
+	case f.resps <- r:
+	case <-time.After(10 * time.Second):
+		t.Fatal("cannot send")
+	}
+}
+
+// runClient runs c until the test ends, then waits for Run to return.
+func runClient(t *testing.T, c *Client) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
 func workload(uid string, addr []byte) *discovery.Resource {
 	a, _ := anypb.New(&workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: &workloadapi.Workload{
 		Uid: uid, Name: "w", Namespace: "ns", Addresses: [][]byte{addr},
@@ -56,45 +89,18 @@ func workload(uid string, addr []byte) *discovery.Resource {
 }
 
 func TestClientACKsNACKs(t *testing.T) {
-	f := &fakeADS{reqs: make(chan *discovery.DeltaDiscoveryRequest, 16), resps: make(chan *discovery.DeltaDiscoveryResponse)}
-	g := grpc.NewServer()
-	discovery.RegisterAggregatedDiscoveryServiceServer(g, f)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go g.Serve(l)
-	defer g.Stop()
+	f, addr := startFakeADS(t)
 
 	store := state.NewStore(nil)
 	node := Node{IP: "10.0.0.5", PodName: "ztunnel-abc", Namespace: "istio-system", NodeName: "worker"}
-	c, err := New(Options{Address: l.Addr().String(), Store: store, Node: node})
+	c, err := New(Options{Address: addr, Store: store, Node: node})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runClient(t, c)
 
-	recv := func() *discovery.DeltaDiscoveryRequest {
-		t.Helper()
-		select {
-		case r := <-f.reqs:
-			return r
-		case <-time.After(10 * time.Second):
-			t.Fatal("no request")
-			return nil
-		}
-	}
-	send := func(r *discovery.DeltaDiscoveryResponse) {
-		t.Helper()
-		select {
-		case f.resps <- r:
-		case <-time.After(10 * time.Second):
-			t.Fatal("cannot send")
-		}
-	}
+	recv := func() *discovery.DeltaDiscoveryRequest { t.Helper(); return within(t, f.reqs, "request") }
+	send := func(r *discovery.DeltaDiscoveryResponse) { t.Helper(); f.send(t, r) }
 
 	// Subscriptions: both types, wildcard, node id and metadata on the first.
 	first, second := recv(), recv()
@@ -159,36 +165,16 @@ func TestClientACKsNACKs(t *testing.T) {
 // mesh's initial sync) is received and ACKed, not refused (which made the client reconnect
 // and get the same response forever).
 func TestClientAcceptsLargeResponse(t *testing.T) {
-	f := &fakeADS{reqs: make(chan *discovery.DeltaDiscoveryRequest, 16), resps: make(chan *discovery.DeltaDiscoveryResponse)}
-	g := grpc.NewServer()
-	discovery.RegisterAggregatedDiscoveryServiceServer(g, f)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go g.Serve(l)
-	defer g.Stop()
+	f, addr := startFakeADS(t)
 
 	store := state.NewStore(nil)
-	c, err := New(Options{Address: l.Addr().String(), Store: store, Node: Node{IP: "10.0.0.5", PodName: "z", Namespace: "istio-system", NodeName: "worker"}})
+	c, err := New(Options{Address: addr, Store: store, Node: Node{IP: "10.0.0.5", PodName: "z", Namespace: "istio-system", NodeName: "worker"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runClient(t, c)
 
-	recv := func() *discovery.DeltaDiscoveryRequest {
-		t.Helper()
-		select {
-		case r := <-f.reqs:
-			return r
-		case <-time.After(10 * time.Second):
-			t.Fatal("no request")
-			return nil
-		}
-	}
+	recv := func() *discovery.DeltaDiscoveryRequest { t.Helper(); return within(t, f.reqs, "request") }
 	recv()
 	recv() // the two subscriptions
 

@@ -153,10 +153,7 @@ func TestClientTLSToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	runClient(t, c)
 
 	auth := func() string {
 		t.Helper()
