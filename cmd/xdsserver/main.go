@@ -152,7 +152,14 @@ func run(args []string) int {
 	if sec != nil {
 		secAddr = sec.ln.Addr().String()
 	}
-	log.Info("xdsserver started", "xds", xl.Addr().String(), "http", hl.Addr().String(), "config", strings.Join(dirs, ","), "loopback", *loopback, "secure", secAddr)
+	from := "config:" + strings.Join(dirs, ",")
+	switch {
+	case *kubeconfig != "":
+		from = "kubeconfig:" + *kubeconfig
+	case *inCluster:
+		from = "in-cluster"
+	}
+	log.Info("xdsserver started", "xds", xl.Addr().String(), "http", hl.Addr().String(), "source", from, "loopback", *loopback, "secure", secAddr)
 
 	code := 0
 	select {
