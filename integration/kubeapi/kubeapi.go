@@ -1,9 +1,4 @@
-// Package kubeapi runs a real Kubernetes API server (kube-apiserver and etcd, built by
-// integration/kube/tools/build.sh) on loopback for tests, with RBAC and service-account tokens.
-//
-// There is no kubelet, scheduler nor controller manager: tests create what those would (a
-// namespace's default ServiceAccount: CreateNamespace; a pod's status: SetPodRunning).
-// Binaries are found through $GOAMBIENT_KUBE_BIN_DIR; without it the tests skip, saying why.
+// Package kubeapi runs a real Kubernetes API server (kube-apiserver and etcd, built by integration/kube/tools/build.sh and found through $GOAMBIENT_KUBE_BIN_DIR) on loopback for tests, with RBAC and service-account tokens but no kubelet nor controller manager.
 package kubeapi
 
 import (
