@@ -23,6 +23,7 @@ if ! complete; then
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld+=" -X $p.gitVersion=$kube -X $p.gitMajor=$major -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
+  mkdir -p "$(dirname "$dir")"
   tmp=$(mktemp -d "${dir}.tmp.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w$ld" -o "$tmp/" \
