@@ -51,7 +51,7 @@ type Server struct {
 	// Dir holds the logs (etcd.log, kube-apiserver.log), certificates and etcd's data.
 	Dir string
 
-	procs []*proc
+	procs  []*proc
 	ownDir bool
 }
 
