@@ -6,6 +6,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"io"
@@ -101,10 +103,12 @@ func TestCAWithTokenReview(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	goneTok := token("istio-system", "ztunnel", []string{"istio-ca"}, gone)
-	if err := fetch("gone-alive", goneTok); err != nil {
+	// The API server caches a successful review for 10 s: the token checked while the pod
+	// lives is not the one checked after it is gone.
+	if err := fetch("gone-alive", token("istio-system", "ztunnel", []string{"istio-ca"}, gone)); err != nil {
 		t.Fatalf("a token bound to a live ztunnel pod on %s was refused: %v", Node, err)
 	}
+	goneTok := token("istio-system", "ztunnel", []string{"istio-ca"}, gone)
 	if err := e.s.Kube.CoreV1().Pods("istio-system").Delete(ctx, gone.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +123,7 @@ func TestCAWithTokenReview(t *testing.T) {
 	}{
 		{"ztunnel", ztunnelTok, codes.OK},
 		{"another-service-account", token("handson", "curl-deny", []string{"istio-ca"}, nil), codes.PermissionDenied},
-		{"api-server-audience", token("istio-system", "ztunnel", nil, e.ztunnelPod), codes.Unauthenticated},
+		{"api-server-audience", token("istio-system", "ztunnel", []string{kubeapi.Issuer}, e.ztunnelPod), codes.Unauthenticated},
 		{"bound-pod-deleted", goneTok, codes.Unauthenticated},
 		{"untrusted-signer", forgedToken(t, "istio-system", "ztunnel"), codes.Unauthenticated},
 	} {
@@ -138,16 +142,49 @@ func TestCAWithTokenReview(t *testing.T) {
 		"--ca-address", x.host+":15012", "--ca-root", root, "--ca-token-file", tokFile,
 		"--socks5", zhost+":15080", "--admin", zhost+":15000", "--metrics", zhost+":15020", "--readiness", zhost+":15021")
 	eventually(t, 2*time.Minute, "ztunnel ready", func() bool { return httpOK("http://" + zhost + ":15021/healthz/ready") })
-	eventually(t, time.Minute, "the ztunnel's SVID of handson/curl-allow", func() bool {
-		return strings.Contains(z.log.String(), "fetched SVID") && strings.Contains(z.log.String(), "ns/handson/sa/curl-allow")
+	// A TLS handshake with curl-allow's inbound listener: the ztunnel presents the pod's SVID,
+	// which it asks the CA for.
+	var chain []*x509.Certificate
+	eventually(t, time.Minute, "curl-allow's SVID from the ztunnel's inbound listener", func() bool {
+		conn, err := tls.Dial("tcp", e.ips["handson/curl-allow"]+":15008", &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"},
+			MinVersion: tls.VersionTLS13, VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+				chain = nil
+				for _, r := range raw {
+					c, err := x509.ParseCertificate(r)
+					if err != nil {
+						return err
+					}
+					chain = append(chain, c)
+				}
+				return nil
+			}})
+		if err == nil {
+			conn.Close()
+		}
+		return len(chain) > 0
 	})
+	if len(chain[0].URIs) != 1 || chain[0].URIs[0].String() != id.String() {
+		t.Errorf("the inbound listener of curl-allow presented %v, want %s", chain[0].URIs, id)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(x.rootPEM))
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Errorf("curl-allow's SVID does not chain to xdsserver's root: %v", err)
+	}
+	if !strings.Contains(z.log.String(), "fetched SVID") {
+		t.Error("the ztunnel did not log fetching the SVID")
+	}
 	resp, err := http.Get("http://" + zhost + ":15000/config_dump")
 	if err != nil {
 		t.Fatal(err)
 	}
 	dump, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"Kubernetes//Pod/handson/curl-allow", e.ips["handson/curl-allow"], "Kubernetes//Pod/handson/curl-deny"} {
+	for _, want := range []string{"Kubernetes//Pod/handson/curl-allow", "Kubernetes//Pod/handson/curl-deny", "Kubernetes//Pod/default/web-api"} {
 		if !strings.Contains(string(dump), want) {
 			t.Errorf("the ztunnel's config_dump lacks %s", want)
 		}

@@ -29,6 +29,7 @@ if ! complete; then
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w$ld" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./etcd
   echo "kubernetes $kube etcd $etcd" >"$tmp/VERSION"
+  chmod 755 "$tmp"
   rm -rf "$dir" && mv "$tmp" "$dir"
   trap - EXIT
 fi
