@@ -105,14 +105,11 @@ func newEnv(s *kubeapi.Server, dir string) (*env, error) {
 		}
 		built <- nil
 	}()
-	out, err := s.Kubectl(ctx, "apply", "--server-side", "-k", "../../manifests/install")
+	out, err := s.Apply(ctx, "-k", "../../manifests/install")
 	if err != nil {
 		return nil, err
 	}
 	e.applyOut = string(out)
-	if _, err := s.Kubectl(ctx, "wait", "--for=condition=Established", "crd", "--all", "--timeout=120s"); err != nil {
-		return nil, err
-	}
 	// Namespaces first with their default ServiceAccount (a controller manager's job).
 	for _, f := range scenarioFiles {
 		for _, doc := range docs(filepath.Join(examples, f)) {
@@ -128,7 +125,7 @@ func newEnv(s *kubeapi.Server, dir string) (*env, error) {
 		}
 	}
 	for _, f := range scenarioFiles {
-		if _, err := s.Kubectl(ctx, "apply", "--server-side", "-f", filepath.Join(examples, f)); err != nil {
+		if _, err := s.Apply(ctx, "-f", filepath.Join(examples, f)); err != nil {
 			return nil, err
 		}
 	}

@@ -284,6 +284,20 @@ func (s *Server) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
 	return out, nil
 }
 
+// Apply runs `kubectl apply --server-side` with args (-f FILE, -k DIR, ...) as the
+// administrator, then waits until every CRD is Established (so that objects of the kinds it
+// defines can be created next), and returns kubectl's output.
+func (s *Server) Apply(ctx context.Context, args ...string) ([]byte, error) {
+	out, err := s.Kubectl(ctx, append([]string{"apply", "--server-side"}, args...)...)
+	if err != nil {
+		return out, err
+	}
+	if w, err := s.Kubectl(ctx, "wait", "--for=condition=Established", "crd", "--all", "--timeout=120s"); err != nil && !strings.Contains(string(w), "no matching resources") {
+		return out, err
+	}
+	return out, nil
+}
+
 // WriteKubeconfig writes a kubeconfig file of c (certificates and token inline).
 func WriteKubeconfig(path string, c *rest.Config) error {
 	kc := clientcmdapi.NewConfig()
