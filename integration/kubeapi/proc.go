@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
+	"sync"
 	"syscall"
 )
 
@@ -23,7 +25,7 @@ func startProc(bin, logPath string, args ...string) (*proc, error) {
 	cmd.Stdout, cmd.Stderr = f, f
 	// Killed with the test binary even when it dies without its cleanups.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := spawn(cmd); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("kubeapi: start %s: %w", bin, err)
 	}
@@ -40,4 +42,32 @@ func startProc(bin, logPath string, args ...string) (*proc, error) {
 func (p *proc) kill() {
 	p.cmd.Process.Kill()
 	<-p.exited
+}
+
+// Pdeathsig is sent when the thread that started the child exits, not the process: children
+// are started from one thread locked to a goroutine that never returns, so that only the end
+// of the test binary kills them.
+var spawner struct {
+	once sync.Once
+	reqs chan spawnReq
+}
+
+type spawnReq struct {
+	cmd *exec.Cmd
+	err chan error
+}
+
+func spawn(cmd *exec.Cmd) error {
+	spawner.once.Do(func() {
+		spawner.reqs = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread lives as long as the process
+			for r := range spawner.reqs {
+				r.err <- r.cmd.Start()
+			}
+		}()
+	})
+	r := spawnReq{cmd: cmd, err: make(chan error, 1)}
+	spawner.reqs <- r
+	return <-r.err
 }
