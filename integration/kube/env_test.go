@@ -51,6 +51,7 @@ type env struct {
 	// ztunnel): its projected tokens are bound to it.
 	ztunnelPod *corev1.Pod
 	applyOut   string // kubectl's output for the bundle
+	timings    string // how long the set-up's steps took
 }
 
 var setup struct {
@@ -73,8 +74,10 @@ func TestMain(m *testing.M) {
 // Kubernetes binaries.
 func cluster(t *testing.T) *env {
 	t.Helper()
+	t0 := time.Now()
 	s := kubeapi.Shared(t)
 	setup.once.Do(func() {
+		t.Logf("API server started in %v", time.Since(t0).Round(time.Millisecond))
 		dir, err := os.MkdirTemp("", "kubetest-")
 		if err != nil {
 			setup.err = err
@@ -82,6 +85,9 @@ func cluster(t *testing.T) *env {
 		}
 		cleanups = append(cleanups, func() { os.RemoveAll(dir) })
 		setup.e, setup.err = newEnv(s, dir)
+		if setup.err == nil {
+			t.Logf("cluster set up: %s", setup.e.timings)
+		}
 	})
 	if setup.err != nil {
 		t.Fatal(setup.err)
@@ -105,11 +111,14 @@ func newEnv(s *kubeapi.Server, dir string) (*env, error) {
 		}
 		built <- nil
 	}()
+	t0 := time.Now()
 	out, err := s.Apply(ctx, "-k", "../../manifests/install")
 	if err != nil {
 		return nil, err
 	}
 	e.applyOut = string(out)
+	e.timings = fmt.Sprintf("bundle applied in %v", time.Since(t0).Round(time.Millisecond))
+	t0 = time.Now()
 	// Namespaces first with their default ServiceAccount (a controller manager's job).
 	for _, f := range scenarioFiles {
 		for _, doc := range docs(filepath.Join(examples, f)) {
@@ -157,9 +166,12 @@ func newEnv(s *kubeapi.Server, dir string) (*env, error) {
 			e.ztunnelPod = running
 		}
 	}
+	e.timings += fmt.Sprintf(", scenarios applied and pods running in %v", time.Since(t0).Round(time.Millisecond))
+	t0 = time.Now()
 	if err := <-built; err != nil {
 		return nil, err
 	}
+	e.timings += fmt.Sprintf(", then waited %v for the binaries", time.Since(t0).Round(time.Millisecond))
 	for _, b := range []string{"xdsserver", "ztunnel"} {
 		e.bins[b] = filepath.Join(dir, b)
 	}
