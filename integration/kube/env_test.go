@@ -133,10 +133,13 @@ func newEnv(s *kubeapi.Server, dir string) (*env, error) {
 			}
 		}
 	}
+	// One kubectl, which applies the files in the order given.
+	var args []string
 	for _, f := range scenarioFiles {
-		if _, err := s.Apply(ctx, "-f", filepath.Join(examples, f)); err != nil {
-			return nil, err
-		}
+		args = append(args, "-f", filepath.Join(examples, f))
+	}
+	if _, err := s.Apply(ctx, args...); err != nil {
+		return nil, err
 	}
 	// A ztunnel's pod, for its bound tokens (the DaemonSet's pod a kubelet would run).
 	if err := s.EnsureServiceAccount(ctx, "istio-system", "default"); err != nil {
