@@ -18,7 +18,9 @@ import (
 // keys; kube-public gets none. (Changes after the start are tested against a real API server
 // in integration/kube.)
 func TestPublishes(t *testing.T) {
-	ns := func(name string) *corev1.Namespace { return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}} }
+	ns := func(name string) *corev1.Namespace {
+		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	}
 	stale := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: rootcm.ConfigMapName, Namespace: "shop"},
 		Data: map[string]string{rootcm.DataKey: "old root", "extra": "kept"}}
 	client := fake.NewClientset(ns("default"), ns("shop"), ns("kube-public"), stale)
