@@ -123,7 +123,7 @@ func TestCAWithTokenReview(t *testing.T) {
 	}{
 		{"ztunnel", ztunnelTok, codes.OK},
 		{"another-service-account", token("handson", "curl-deny", []string{"istio-ca"}, nil), codes.PermissionDenied},
-		{"api-server-audience", token("istio-system", "ztunnel", []string{kubeapi.Issuer}, e.ztunnelPod), codes.Unauthenticated},
+		{"api-server-audience", token("istio-system", "ztunnel", nil, e.ztunnelPod), codes.Unauthenticated}, // as an automounted token
 		{"bound-pod-deleted", goneTok, codes.Unauthenticated},
 		{"untrusted-signer", forgedToken(t, "istio-system", "ztunnel"), codes.Unauthenticated},
 	} {

@@ -32,8 +32,12 @@ const EnvBinDir = "GOAMBIENT_KUBE_BIN_DIR"
 // Issuer is the service-account token issuer, and the API server's own audience.
 const Issuer = "https://kubernetes.default.svc.cluster.local"
 
-// Audiences the API server accepts in tokens: its own and Istio's CA's.
-var Audiences = []string{Issuer, "istio-ca"}
+// Audiences are the API server's own audiences (--api-audiences), those of tokens requested
+// without one (the automounted ones). Like a real cluster's, they do not include Istio's
+// istio-ca: a token for the CA is asked for by name (TokenRequest audiences, as a projected
+// volume does), and TokenReview checks it for istio-ca by name. With istio-ca here, every
+// pod's automounted token would be accepted by the CA.
+var Audiences = []string{Issuer}
 
 // ReadyTimeout bounds the start of etcd and of the API server (both, on a loaded machine).
 const ReadyTimeout = 3 * time.Minute

@@ -18,8 +18,8 @@ import (
 func TestMain(m *testing.M) { os.Exit(kubeapi.Main(m)) }
 
 // The harness's promises, against the real API server: RBAC applies to a service account (not
-// to the administrator), TokenRequest and TokenReview work with Istio's audience, kubectl
-// speaks to it, and the shared server is one.
+// to the administrator), TokenRequest and TokenReview work with Istio's audience (which the API
+// server itself does not accept), kubectl speaks to it, and the shared server is one.
 func TestServer(t *testing.T) {
 	s := kubeapi.Shared(t)
 	if s2 := kubeapi.Shared(t); s2 != s {
@@ -41,12 +41,23 @@ func TestServer(t *testing.T) {
 	if !tr.Status.Authenticated || tr.Status.User.Username != "system:serviceaccount:harness:default" {
 		t.Fatalf("TokenReview: %+v", tr.Status)
 	}
-	sa, err := kubernetes.NewForConfig(s.ConfigFor(tok))
+	list := func(tok string) error {
+		sa, err := kubernetes.NewForConfig(s.ConfigFor(tok))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = sa.CoreV1().Pods("harness").List(ctx, metav1.ListOptions{})
+		return err
+	}
+	// A token for istio-ca is not one for the API server (its audiences do not include it).
+	if err := list(tok); err == nil || !strings.Contains(err.Error(), "Unauthorized") {
+		t.Fatalf("a token for istio-ca was taken by the API server: %v", err)
+	}
+	apiTok, err := s.Token(ctx, "harness", "default", nil, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = sa.CoreV1().Pods("harness").List(ctx, metav1.ListOptions{})
-	if err == nil || !strings.Contains(err.Error(), "forbidden") {
+	if err := list(apiTok); err == nil || !strings.Contains(err.Error(), "forbidden") {
 		t.Fatalf("a service account without a role listed pods: %v", err)
 	}
 	out, err := s.Kubectl(ctx, "version", "-o", "json")
