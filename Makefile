@@ -2,7 +2,7 @@
 GO ?= go
 OPA := $(GO) tool opa
 
-.PHONY: test vet gotest opa-test bench fuzz build clean demo filters
+.PHONY: test vet gotest opa-test bench fuzz build clean demo filters crds kube-bins images
 
 test: filters vet gotest opa-test
 
@@ -48,3 +48,24 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# The install bundle's CRDs, copied from the modules at go.mod's versions: Istio's (istio.io/api)
+# and Gateway API's standard channel. integration/install_test.go fails when they drift.
+crds:
+	$(GO) mod download istio.io/api sigs.k8s.io/gateway-api
+	rm -rf manifests/install/crds && mkdir -p manifests/install/crds/gateway-api
+	install -m 0644 "$$($(GO) list -m -f '{{.Dir}}' istio.io/api)/kubernetes/customresourcedefinitions.gen.yaml" manifests/install/crds/istio.yaml
+	install -m 0644 "$$($(GO) list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)"/config/crd/standard/*.yaml manifests/install/crds/gateway-api/
+
+# kube-apiserver, kubectl and etcd for the cluster tests, built once per version into
+# $${GOAMBIENT_CACHE:-~/.cache/goambient}/kube-<version>/; the tests find them through
+# GOAMBIENT_KUBE_BIN_DIR=<that folder> (.ci/run sets it) and skip without it.
+kube-bins:
+	integration/kube/tools/build.sh
+
+# OCI images (docker-archive tarballs: docker load, kind load image-archive, ctr images import)
+# of xdsserver, ztunnel and the embedded waypoint, from the static binaries, without a
+# container engine: bin/images/<component>.tar, tagged goambient/<component>:dev. The Envoy
+# waypoint image has a Dockerfile (manifests/images/waypoint-envoy.Dockerfile), built elsewhere.
+images: build
+	$(GO) run ./manifests/images --bin bin --out bin/images

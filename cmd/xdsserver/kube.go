@@ -18,7 +18,8 @@ import (
 
 // kubeSource is the Kubernetes source, reaching the cluster through the kubeconfig file at
 // path, or the pod's service account when path is empty (in-cluster). In a cluster istiod's
-// role includes deploying waypoints, so the model does not synthesize them.
+// role includes deploying waypoints, so the model does not synthesize them, and the kubelet
+// and the API server give every address, so the model allocates none.
 func kubeSource(path string, cfg model.Config, noStatus bool, log *slog.Logger) (*kube.Source, kubernetes.Interface, error) {
 	var rc *rest.Config
 	var err error
@@ -47,6 +48,7 @@ func kubeSource(path string, cfg model.Config, noStatus bool, log *slog.Logger) 
 		return nil, nil, fmt.Errorf("gateway API clientset: %w", err)
 	}
 	cfg.DeployWaypoints = false
+	cfg.FromCluster = true // every address comes from the cluster; a pod without one waits
 	return kube.New(kube.Clients{Kube: k, Istio: i, Gateway: g}, kube.Options{Model: cfg, NoStatus: noStatus, Logger: log}), k, nil
 }
 

@@ -113,10 +113,13 @@ func run(args []string) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	go func() { errc <- srv.Serve(xl) }()
 	if sec != nil {
 		go func() { errc <- sec.serve() }()
+		if kc != nil { // istiod's namespace controller: the root in every namespace
+			go func() { errc <- publishRoot(ctx, log.With("scope", "rootcm"), kc, *caDir) }()
+		}
 	}
 	go func() {
 		if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
@@ -152,7 +155,14 @@ func run(args []string) int {
 	if sec != nil {
 		secAddr = sec.ln.Addr().String()
 	}
-	log.Info("xdsserver started", "xds", xl.Addr().String(), "http", hl.Addr().String(), "config", strings.Join(dirs, ","), "loopback", *loopback, "secure", secAddr)
+	from := "config:" + strings.Join(dirs, ",")
+	switch {
+	case *kubeconfig != "":
+		from = "kubeconfig:" + *kubeconfig
+	case *inCluster:
+		from = "in-cluster"
+	}
+	log.Info("xdsserver started", "xds", xl.Addr().String(), "http", hl.Addr().String(), "source", from, "loopback", *loopback, "secure", secAddr)
 
 	code := 0
 	select {

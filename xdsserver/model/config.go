@@ -20,6 +20,12 @@ type Config struct {
 	// Placement), as in a cluster where istiod has deployed it. For inputs without Kubernetes.
 	DeployWaypoints bool
 	WaypointNode    string // node of synthesized waypoint pods; the first node (sorted) when empty
+	// FromCluster says the input is a Kubernetes API server's objects, where the kubelet and
+	// the API server give every address: nothing is allocated from the Placement. A pod with
+	// no IP yet (scheduled, not started) is left out until it has one, as istiod's ambient
+	// index does (pilot/pkg/serviceregistry/ambient/workloads.go), not sent to ztunnels with
+	// an invented address; a Service without a cluster IP (ExternalName) has no VIP.
+	FromCluster bool
 }
 
 // Placement gives the ranges pod IPs and service VIPs are allocated from when the input has

@@ -43,6 +43,11 @@ func (b *builder) place() {
 		}
 		return false
 	})
+	if b.cfg.FromCluster {
+		// The kubelet has not reported the pod's IP yet: not a problem, a pod starting.
+		b.workloads = slices.DeleteFunc(b.workloads, func(w *Workload) bool { return len(w.IPs) == 0 })
+		return
+	}
 	b.workloads = slices.DeleteFunc(b.workloads, func(w *Workload) bool {
 		if len(w.IPs) > 0 {
 			return false

@@ -474,11 +474,11 @@ spec: {selector: {matchLabels: {app: handson}}, action: ALLOW, rules: [{to: [{op
 	checkRBAC(t, c)
 }
 
-// checkRBAC: every call the source made is allowed by manifests/xdsserver-rbac.yaml (the
+// checkRBAC: every call the source made is allowed by manifests/install/xdsserver-rbac.yaml (the
 // test's own creates, updates and deletes left aside).
 func checkRBAC(t *testing.T, c *cluster) {
 	t.Helper()
-	data, err := os.ReadFile("../../../manifests/xdsserver-rbac.yaml")
+	data, err := os.ReadFile("../../../manifests/install/xdsserver-rbac.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
