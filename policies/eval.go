@@ -12,9 +12,10 @@ const detailsNone = "rbac_access_denied_matched_policy[none]"
 
 // evalCtx is what one evaluation derives from a request once.
 type evalCtx struct {
-	r      *Request
-	path   string // normalised, without the query
-	remote netip.Addr
+	r       *Request
+	path    string // normalised, without the query
+	remote  netip.Addr
+	nsSites nsSites // of the peer principal, for namespaces matching
 }
 
 // Decide evaluates r and returns the decision. It allocates only for AUDIT matches; use
@@ -287,10 +288,10 @@ func (s *csource) match(c *evalCtx) bool {
 	if len(s.notReqPrinc) > 0 && anyReqPrincipal(s.notReqPrinc, &r.Auth) {
 		return false
 	}
-	if len(s.namespaces) > 0 && !anyNS(s.namespaces, p) {
+	if len(s.namespaces) > 0 && !anyNS(s.namespaces, p, &c.nsSites) {
 		return false
 	}
-	if len(s.notNamespaces) > 0 && anyNS(s.notNamespaces, p) {
+	if len(s.notNamespaces) > 0 && anyNS(s.notNamespaces, p, &c.nsSites) {
 		return false
 	}
 	if len(s.sas) > 0 && !anySA(s.sas, p) {
@@ -370,7 +371,7 @@ func (v *cvalues) match(w *ccondition, c *evalCtx) bool {
 	case condDestIP:
 		return anyPrefix(v.prefixes, r.DestIP)
 	case condSourceNS:
-		return anyNS(v.ns, r.Principal)
+		return anyNS(v.ns, r.Principal, &c.nsSites)
 	case condSourcePrincipal:
 		return anyPrincipal(v.strs, r.Principal)
 	case condSourceSA:

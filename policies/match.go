@@ -208,28 +208,80 @@ func newNSMatch(v string) nsMatch {
 
 func nsMatches(values []string) []nsMatch { return compileAll(values, newNSMatch) }
 
-func (m *nsMatch) match(principal string) bool {
+func (m *nsMatch) match(principal string, sites *nsSites) bool {
 	if principal == "" {
 		return false
 	}
-	u := spiffeURI(principal)
-	if !m.newline {
-		// Every byte is matched by a literal or by a .*, neither of which takes a newline; and
-		// with no newline anywhere, placing each literal as early as possible is enough.
-		if strings.IndexByte(principal, '\n') >= 0 {
+	if m.newline {
+		return starsMatch(spiffeURI(principal), m.toks, 0)
+	}
+	// Every byte is matched by a literal or by a .*, neither of which takes a newline; and with
+	// no newline anywhere, placing each literal as early as possible is enough.
+	if !sites.done {
+		sites.find(principal)
+	}
+	if sites.newline {
+		return false
+	}
+	head := m.toks[0][1:] // "ns/<part>": the first literal without its '/'
+	from := -1
+	if !sites.many {
+		part := head[len("ns/"):]
+		for _, k := range sites.pos[:sites.n] {
+			if strings.HasPrefix(principal[k+len("ns/"):], part) { // principal[k:] starts with "ns/"
+				from = k + len(head)
+				break
+			}
+		}
+	} else if strings.HasPrefix(principal, head) {
+		from = len(head) // the '/' is the last byte of "spiffe://"
+	} else if i := strings.Index(principal, m.toks[0]); i >= 0 {
+		from = i + len(m.toks[0])
+	}
+	if from < 0 {
+		return false
+	}
+	for _, t := range m.toks[1:] {
+		i := strings.Index(principal[from:], t)
+		if i < 0 {
 			return false
 		}
-		from := 0
-		for _, t := range m.toks {
-			i := u.index(t, from)
-			if i < 0 {
-				return false
-			}
-			from = i + len(t)
-		}
-		return true
+		from += i + len(t)
 	}
-	return starsMatch(u, m.toks, 0)
+	return true
+}
+
+// nsSites is what the namespace matchers of one request share about its peer URI
+// spiffe://<principal>: where a segment "ns/" starts (positions in the principal; 0 when the
+// principal begins with "ns/", whose '/' is then the prefix's last byte), and whether it holds
+// a newline. It is computed once, on first use, without allocating.
+type nsSites struct {
+	done    bool
+	newline bool
+	many    bool // more sites than pos holds: search the principal instead
+	n       int
+	pos     [8]int
+}
+
+func (s *nsSites) find(principal string) {
+	s.done = true
+	s.newline = strings.IndexByte(principal, '\n') >= 0
+	for i := 0; ; {
+		j := strings.Index(principal[i:], "ns/")
+		if j < 0 {
+			return
+		}
+		k := i + j
+		if k == 0 || principal[k-1] == '/' {
+			if s.n == len(s.pos) {
+				s.many = true
+				return
+			}
+			s.pos[s.n] = k
+			s.n++
+		}
+		i = k + 1
+	}
 }
 
 // starsMatch reports whether the URI from `from` on is .* toks[0] .* toks[1] ... .* with '.'
@@ -249,9 +301,9 @@ func starsMatch(u spiffeURI, toks []string, from int) bool {
 	return false
 }
 
-func anyNS(ms []nsMatch, principal string) bool {
+func anyNS(ms []nsMatch, principal string, sites *nsSites) bool {
 	for i := range ms {
-		if ms[i].match(principal) {
+		if ms[i].match(principal, sites) {
 			return true
 		}
 	}

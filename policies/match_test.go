@@ -73,8 +73,11 @@ func TestPrincipalMatchersAreIstiodsRegexes(t *testing.T) {
 	compiled := map[string]*regexp.Regexp{}
 	for range 50000 {
 		principal := draw(rng.IntN(9))
-		if rng.IntN(3) == 0 {
+		switch rng.IntN(12) {
+		case 0, 1, 2, 3:
 			principal = "td/ns/" + value(false) + "/" + draw(rng.IntN(2)) + "sa/" + value(false) + draw(rng.IntN(2))
+		case 4: // more "ns/" segments than nsSites keeps
+			principal = strings.Repeat("ns/a/", 8+rng.IntN(3)) + draw(3)
 		}
 		field := []string{"principals", "namespaces", "serviceAccounts", "trustDomains"}[rng.IntN(4)]
 		var v string
@@ -92,7 +95,7 @@ func TestPrincipalMatchersAreIstiodsRegexes(t *testing.T) {
 			got = anyPrincipal([]strMatch{m}, principal)
 		case "namespaces":
 			v = value(true)
-			got = anyNS(nsMatches([]string{v}), principal)
+			got = anyNS(nsMatches([]string{v}), principal, &nsSites{})
 		case "serviceAccounts":
 			v = value(false)
 			if rng.IntN(2) == 0 {
