@@ -56,16 +56,16 @@ var (
 	// still match (extra segments), and one with a newline, which RE2's '.' does not match.
 	oddPrincipals = []string{"cluster.local/ns/foo/extra/sa/client", "cluster.local/ns/bar/sa/web/extra", "td2.example/x/ns/foo/sa/admin",
 		"cluster.local/workload", "cluster.local/ns/foo/sa/client\nx", "cluster.local/ns/bar/sa/client2"}
-	reqQueries   = []string{"?q=1", "?next=/admin/x", "?"}
-	reqMethods   = []string{"GET", "GET", "POST", "DELETE", "PUT"}
-	issuers      = []string{"https://issuer.example", "https://accounts.example/tenant", "idp"}
-	subjects     = []string{"alice", "bob", "svc-1"}
-	audiences    = []string{"api", "web", "mobile"}
-	presenters   = []string{"web-app", "cli"}
-	snis         = []string{"web.foo.svc.cluster.local", "api.example.com"}
-	gateways     = []string{"waypoint", "wp2"}
-	classes      = []string{"istio-waypoint", "other-class"}
-	services     = []string{"web", "api"}
+	reqQueries = []string{"?q=1", "?next=/admin/x", "?"}
+	reqMethods = []string{"GET", "GET", "POST", "DELETE", "PUT"}
+	issuers    = []string{"https://issuer.example", "https://accounts.example/tenant", "idp"}
+	subjects   = []string{"alice", "bob", "svc-1"}
+	audiences  = []string{"api", "web", "mobile"}
+	presenters = []string{"web-app", "cli"}
+	snis       = []string{"web.foo.svc.cluster.local", "api.example.com"}
+	gateways   = []string{"waypoint", "wp2"}
+	classes    = []string{"istio-waypoint", "other-class"}
+	services   = []string{"web", "api"}
 
 	valPrincipals = []string{
 		"cluster.local/ns/foo/sa/client", "cluster.local/ns/bar/sa/web", "cluster.local/ns/istio-system/sa/admin",
