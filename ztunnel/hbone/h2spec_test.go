@@ -55,7 +55,7 @@ func TestH2Spec(t *testing.T) {
 				return
 			}
 			info := &Request{RemoteAddr: c.RemoteAddr().(*net.TCPAddr).AddrPort(), LocalAddr: c.LocalAddr().(*net.TCPAddr).AddrPort()}
-			go e.srv.serveHTTP2(context.Background(), c, c, info)
+			go e.srv.serveHTTP2(context.Background(), c, c, info, nil)
 		}
 	}()
 	report := filepath.Join(t.TempDir(), "junit.xml")

@@ -2,10 +2,13 @@ package hbone
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -21,7 +24,14 @@ import (
 type rawTCP struct {
 	*net.TCPConn
 	rc syscall.RawConn
+	// writeTimeout, when set, fails a Write whose socket takes no byte for this long. The
+	// deadline is only set once the socket is full (a write that does not wait costs nothing),
+	// moved on each time bytes went out since, and cleared after.
+	writeTimeout time.Duration
 }
+
+// setWriteTimeout sets writeTimeout; it is called before the connection is used.
+func (c *rawTCP) setWriteTimeout(d time.Duration) { c.writeTimeout = d }
 
 // rawConn returns c with raw reads and writes when it is a TCP connection, else c.
 func rawConn(c net.Conn) net.Conn {
@@ -69,7 +79,7 @@ func (c *rawTCP) Read(p []byte) (int, error) {
 
 func (c *rawTCP) Write(p []byte) (int, error) {
 	raceWrote(p)
-	written := 0
+	written, armed := 0, -1 // armed: written when the deadline was last set
 	var errno syscall.Errno
 	err := c.rc.Write(func(fd uintptr) bool {
 		for written < len(p) {
@@ -79,6 +89,11 @@ func (c *rawTCP) Write(p []byte) (int, error) {
 				written += int(r)
 			case syscall.EINTR:
 			case syscall.EAGAIN:
+				if c.writeTimeout > 0 && written != armed {
+					// The poller's wait below honours a deadline set now.
+					c.TCPConn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+					armed = written
+				}
 				return false // wait for the poller to say it is writable
 			default:
 				errno = e
@@ -87,7 +102,12 @@ func (c *rawTCP) Write(p []byte) (int, error) {
 		}
 		return true
 	})
+	if armed >= 0 && err == nil {
+		c.TCPConn.SetWriteDeadline(time.Time{})
+	}
 	switch {
+	case err != nil && armed >= 0 && errors.Is(err, os.ErrDeadlineExceeded):
+		return written, c.opError("write", fmt.Errorf("%w: the peer took no byte for %v", unwrapOp(err), c.writeTimeout))
 	case err != nil:
 		return written, c.opError("write", err)
 	case errno != 0:
@@ -98,10 +118,18 @@ func (c *rawTCP) Write(p []byte) (int, error) {
 
 func (c *rawTCP) opError(op string, err error) error {
 	var oe *net.OpError
-	if errors.As(err, &oe) {
+	if errors.As(err, &oe) && !strings.HasPrefix(oe.Op, "raw-") {
 		return err
 	}
-	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: unwrapOp(err)}
+}
+
+// unwrapOp is what a RawConn's *net.OpError ("raw-read", "raw-write") says, without it.
+func unwrapOp(err error) error {
+	if oe, ok := err.(*net.OpError); ok {
+		return oe.Err
+	}
+	return err
 }
 
 // writeNonblocking writes what the socket takes now, without waiting: a full send buffer is
