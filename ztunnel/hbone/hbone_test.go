@@ -156,7 +156,7 @@ func TestClientCloseClosesUpstream(t *testing.T) {
 	}
 }
 
-// TLS 1.3 with an AES-GCM suite, ALPN h2, and no SNI from the client, seen from both sides.
+// TLS 1.3 with one of CipherSuites, ALPN h2, and no SNI from the client, seen from both sides.
 func TestTLSParameters(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOpts{})
@@ -187,14 +187,18 @@ func TestTLSParameters(t *testing.T) {
 // VerifyConnection refuses what Go could negotiate but HBONE does not allow.
 func TestCheckConnectionState(t *testing.T) {
 	ok := tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256, NegotiatedProtocol: "h2"}
-	if err := checkConnectionState(ok); err != nil {
-		t.Fatal(err)
+	for _, suite := range []uint16{tls.TLS_AES_128_GCM_SHA256, tls.TLS_AES_256_GCM_SHA384, tls.TLS_CHACHA20_POLY1305_SHA256} {
+		cs := ok
+		cs.CipherSuite = suite
+		if err := checkConnectionState(cs); err != nil {
+			t.Errorf("%s: %v", tls.CipherSuiteName(suite), err)
+		}
 	}
 	bad := map[string]func(*tls.ConnectionState){
-		"chacha20": func(cs *tls.ConnectionState) { cs.CipherSuite = tls.TLS_CHACHA20_POLY1305_SHA256 },
-		"tls1.2":   func(cs *tls.ConnectionState) { cs.Version = tls.VersionTLS12 },
-		"no alpn":  func(cs *tls.ConnectionState) { cs.NegotiatedProtocol = "" },
-		"http/1.1": func(cs *tls.ConnectionState) { cs.NegotiatedProtocol = "http/1.1" },
+		"TLS_AES_128_CCM_SHA256": func(cs *tls.ConnectionState) { cs.CipherSuite = 0x1304 },
+		"tls1.2":                 func(cs *tls.ConnectionState) { cs.Version = tls.VersionTLS12 },
+		"no alpn":                func(cs *tls.ConnectionState) { cs.NegotiatedProtocol = "" },
+		"http/1.1":               func(cs *tls.ConnectionState) { cs.NegotiatedProtocol = "http/1.1" },
 	}
 	for name, mod := range bad {
 		cs := ok
