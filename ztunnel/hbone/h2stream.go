@@ -51,6 +51,16 @@ type h2Stream struct {
 	gotResp bool
 
 	cancel context.CancelCauseFunc // server: ends the handler's context; under mu
+	// stop, while a Relay runs the stream, ends the relay (closes both its connections); abort
+	// calls it, as nothing more can go either way once the stream is reset. Under mu.
+	stop func()
+}
+
+// setStop gives the stream the function that ends its relay (see stop).
+func (s *h2Stream) setStop(stop func()) {
+	s.mu.Lock()
+	s.stop = stop
+	s.mu.Unlock()
 }
 
 // setCancel gives the stream the function that ends its handler's context; a stream already
@@ -265,7 +275,17 @@ func (s *h2Stream) abort(err error) {
 	}
 	s.readable.Broadcast()
 	cancel := s.cancel
+	// A relay whose reading side already ended (END_STREAM) would otherwise wait for its other
+	// side's source for good; when received bytes are still to be written, the relay stops
+	// once it has written them (halfRelay).
+	stop := s.stop
+	if s.buf.len() > 0 {
+		stop = nil
+	}
 	s.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 	if cancel != nil {
 		cause := err
 		if !answered {

@@ -548,3 +548,37 @@ func TestDialContext(t *testing.T) {
 		t.Fatal("the handler's context did not end with the reset stream")
 	}
 }
+
+// A client that ends its side of a tunnel and then goes away (its connection closes): the
+// server's relay ends and closes the upstream, even though the application keeps its own side
+// open after the FIN (found by FuzzServerFrames: the relay waited on the application for good,
+// holding a goroutine and a socket per such stream).
+func TestRelayEndsWhenTheClientGoesAway(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+	sawEOF, end := make(chan struct{}), make(chan struct{})
+	defer close(end)
+	up := newUpstream(t, func(c *net.TCPConn) {
+		io.Copy(io.Discard, c) // to the client's END_STREAM
+		close(sawEOF)
+		<-end // its own side stays open, and silent
+	})
+	c, _ := e.client(ClientConfig{})
+	conn := e.dial(c, e.target(up.addr))
+	if _, err := conn.Write([]byte("bye")); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sawEOF:
+	case <-time.After(wait):
+		t.Fatal("the upstream did not see the client's END_STREAM")
+	}
+	c.Close() // the HBONE connection goes, the stream with it
+	// Done comes once the relay is over and the upstream closed.
+	if r := e.result(); r.Err == nil {
+		t.Errorf("Result %+v, want the stream's error", r)
+	}
+}
