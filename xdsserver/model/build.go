@@ -52,6 +52,7 @@ func Build(in *kubeobj.Set, cfg Config) (*Mesh, error) {
 	b.bindWaypoints()
 	b.selectServices(in.EndpointSlices)
 	b.buildPolicies(in.Policies)
+	b.buildRouting(in)
 	b.implicitNamespaces()
 	return b.finish(), nil
 }

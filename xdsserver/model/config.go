@@ -26,6 +26,10 @@ type Config struct {
 	// index does (pilot/pkg/serviceregistry/ambient/workloads.go), not sent to ztunnels with
 	// an invented address; a Service without a cluster IP (ExternalName) has no VIP.
 	FromCluster bool
+	// Previous is the mesh built before this one from the same source. A routing object
+	// (VirtualService, HTTPRoute, DestinationRule) whose new version is invalid keeps its
+	// valid version from Previous, as if a validating webhook had refused the change.
+	Previous *Mesh
 }
 
 // Placement gives the ranges pod IPs and service VIPs are allocated from when the input has

@@ -106,6 +106,9 @@ func render(t *testing.T, m *model.Mesh, r *Resources) string {
 		Pods      map[string]string `json:"pods"`
 		Waypoints []wp              `json:"waypoints"`
 		Warnings  []string          `json:"warnings,omitempty"`
+		// The mesh's own problems: routing objects left out or only partly applied.
+		MeshErrors   []string `json:"mesh_errors,omitempty"`
+		MeshWarnings []string `json:"mesh_warnings,omitempty"`
 	}
 	out.Pods = r.Pods
 	keys := make([]string, 0, len(r.Waypoints))
@@ -155,6 +158,12 @@ func render(t *testing.T, m *model.Mesh, r *Resources) string {
 	}
 	for _, w := range r.Warnings {
 		out.Warnings = append(out.Warnings, w.Error())
+	}
+	for _, e := range m.Errors {
+		out.MeshErrors = append(out.MeshErrors, e.Error())
+	}
+	for _, w := range m.Warnings {
+		out.MeshWarnings = append(out.MeshWarnings, w.Error())
 	}
 	y, err := yaml.Marshal(out)
 	if err != nil {
