@@ -125,9 +125,6 @@ func checkOutlier(c *checker, f string, o *networking.OutlierDetection) {
 	if o.GetSplitExternalLocalOriginErrors() || o.GetConsecutiveLocalOriginFailures() != nil {
 		c.warn(f+".splitExternalLocalOriginErrors", "local-origin errors are not counted apart by this waypoint")
 	}
-	if o.GetMinHealthPercent() != 0 {
-		c.warn(f+".minHealthPercent", "Envoy's panic threshold is not applied by the embedded waypoint (it never sends to ejected or unhealthy endpoints)")
-	}
 }
 
 func checkConnectionPool(c *checker, f string, p *networking.ConnectionPoolSettings) {

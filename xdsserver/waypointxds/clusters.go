@@ -130,11 +130,10 @@ func upstreamCluster(sp servicePort, u upstream) *cluster.Cluster {
 	if opts != nil {
 		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptions: toAny(opts)}
 	}
-	if od := outlierDetection(p.GetOutlierDetection()); od != nil {
-		c.OutlierDetection = od
-		// istiod sets the panic threshold from minHealthPercent (0 turns panic mode off).
-		c.CommonLbConfig = &cluster.Cluster_CommonLbConfig{HealthyPanicThreshold: &xdstype.Percent{Value: float64(p.GetOutlierDetection().GetMinHealthPercent())}}
-	}
+	// The panic threshold: minHealthPercent with outlier detection, else 0 (no panic mode:
+	// istiod sends unhealthy endpoints, which must then never get traffic).
+	c.CommonLbConfig = &cluster.Cluster_CommonLbConfig{HealthyPanicThreshold: &xdstype.Percent{Value: float64(p.GetOutlierDetection().GetMinHealthPercent())}}
+	c.OutlierDetection = outlierDetection(p.GetOutlierDetection())
 	return c
 }
 
@@ -205,13 +204,19 @@ func outlierDetection(o *networking.OutlierDetection) *cluster.OutlierDetection 
 }
 
 // upstreamEndpoints are the pods behind a service port (those a subset's labels select, for a
-// subset), each an internal address of connect_originate carrying podIP:targetPort in
+// subset; not-ready ones left out when outlierDetection.minHealthPercent is set, as istiod's
+// endpoint builder does), each an internal address of connect_originate carrying podIP:targetPort in
 // metadata, as Istio's endpoint builder does.
 func upstreamEndpoints(mesh *model.Mesh, sp servicePort, u upstream) *endpoint.ClusterLoadAssignment {
 	var lbs []*endpoint.LbEndpoint
+	// Unhealthy endpoints are sent, except when a panic threshold would route to them.
+	skipUnhealthy := u.policy.GetOutlierDetection().GetMinHealthPercent() > 0
 	for _, wl := range mesh.Workloads {
 		if len(wl.IPs) == 0 || !wl.Ambient {
 			continue // only HBONE-capable pods are reached through connect_originate
+		}
+		if skipUnhealthy && !wl.Healthy {
+			continue
 		}
 		if u.subset != nil && !labelsMatch(u.subset.GetLabels(), wl.Labels) {
 			continue
