@@ -15,10 +15,12 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/goambient/goambient/cmd/waypoint/internal/accesslog"
-	"github.com/goambient/goambient/cmd/waypoint/internal/authzhost"
-	"github.com/goambient/goambient/cmd/waypoint/internal/config"
-	"github.com/goambient/goambient/cmd/waypoint/internal/server"
+	"github.com/goambient/goambient/filters/authz"
+	"github.com/goambient/goambient/filters/authzconfig"
+	"github.com/goambient/goambient/filters/embedded/accesslog"
+	"github.com/goambient/goambient/filters/embedded/config"
+	"github.com/goambient/goambient/filters/embedded/host"
+	"github.com/goambient/goambient/filters/embedded/server"
 	"github.com/goambient/goambient/ztunnel/hbone"
 	"github.com/goambient/goambient/ztunnel/identity"
 	"github.com/goambient/goambient/ztunnel/state"
@@ -38,7 +40,10 @@ type Options struct {
 	ServiceAccount string
 	AccessLog      io.Writer
 	Logger         *slog.Logger
-	Host           *authzhost.Host // the filter
+	Host           *host.Host // the authorization filter on the host adapter
+	// Rand is the source of randomness (weighted clusters, fault and mirror percentages, load
+	// balancing, back-off); random when nil, seeded in tests.
+	Rand server.Rand
 }
 
 // App is a running waypoint.
@@ -113,6 +118,7 @@ func Start(ctx context.Context, o Options) (*App, error) {
 	}
 	a.Server, err = server.New(server.Options{
 		Logger: log.With("scope", "waypoint"), Store: a.Store, Host: o.Host, AccessLog: al, Client: a.client, SVID: a.SVID,
+		Rand: o.Rand, Hostname: node.Pod,
 	})
 	if err != nil {
 		return fail(err)
@@ -201,4 +207,10 @@ func (a *App) Stop() {
 	if a.idm != nil {
 		a.idm.Close()
 	}
+}
+
+// AuthzHost is the goambient.authz filter (filters/authz) on the production host adapter: the
+// same filter code Envoy loads from filters.so, registered under the same plugin name.
+func AuthzHost(log *slog.Logger) (*host.Host, error) {
+	return host.New(host.Plugin{Name: authzconfig.PluginName, Factory: authz.Factory, Parser: authz.Parser{}}, log)
 }

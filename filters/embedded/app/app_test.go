@@ -1,171 +1,82 @@
 package app
 
 import (
-	"bufio"
-	"bytes"
-	"context"
-	"encoding/json"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
+	golang "github.com/envoyproxy/go-control-plane/contrib/envoy/extensions/filters/http/golang/v3alpha"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/goambient/goambient/cmd/waypoint/internal/authzhost"
-	"github.com/goambient/goambient/cmd/waypoint/internal/config"
 	"github.com/goambient/goambient/filters/authzconfig"
-	"github.com/goambient/goambient/ztunnel/hbone"
+	"github.com/goambient/goambient/filters/embedded/config"
+	"github.com/goambient/goambient/xdsserver/model"
 )
 
-const l7Policy = "../../../../manifests/examples/handson/L7-authorization-policy.yaml"
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-// entries returns the access-log lines as maps.
-func (s *syncBuf) entries(t testing.TB) []map[string]any {
+// ecds is a waypoint's TypedExtensionConfig made by hand: a plugin name and policies that
+// xdsserver would never send (to check what the waypoint refuses).
+func ecds(t testing.TB, pluginName, policies string) types.Resource {
 	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []map[string]any
-	for _, l := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
-		if l == "" {
-			continue
-		}
-		var m map[string]any
-		if err := json.Unmarshal([]byte(l), &m); err != nil {
-			t.Fatalf("access log line %q: %v", l, err)
-		}
-		out = append(out, m)
-	}
-	return out
-}
-
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-type fixture struct {
-	m      mesh
-	p      *pki
-	app    *app
-	peers  chan string
-	cp     *cp
-	wp     *App
-	log    *syncBuf
-	client *hbone.Client
-}
-
-func setup(t testing.TB) *fixture {
-	t.Helper()
-	f := &fixture{m: newMesh(), log: &syncBuf{}}
-	f.p = newPKI(t, waypointSA)
-	f.app = startApp(t)
-	f.peers = startDest(t, f.p, f.m, f.app.addr)
-	f.cp = startCP(t)
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	wp, err := Start(context.Background(), Options{
-		XDSAddress: f.cp.addr, NodeID: f.m.nodeID(), Listen: netip.AddrPortFrom(f.m.waypoint, 0).String(), ReadyListen: "127.0.0.1:0",
-		SVIDDir: f.p.dir, AccessLog: f.log, Logger: logger, Host: authzhost.New(logger),
-	})
+	cfg, err := authzconfig.EncodeConfig(&authzconfig.Config{Namespace: "handson", Gateway: "handson", GatewayClass: "istio-waypoint", Policies: policies})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(wp.Stop)
-	f.wp = wp
-	f.client, err = hbone.NewClient(hbone.ClientConfig{Bundle: f.p.ca.Bundle()})
+	gc, err := anypb.New(&golang.Config{LibraryId: authzconfig.LibraryID, LibraryPath: authzconfig.LibraryPath, PluginName: pluginName, PluginConfig: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.client.Close() })
-	return f
+	return &core.TypedExtensionConfig{Name: ecdsName, TypedConfig: gc}
 }
 
-func (f *fixture) ready() int {
-	resp, err := http.Get("http://" + f.wp.ReadyAddr().String() + "/healthz/ready")
-	if err != nil {
-		return 0
-	}
-	resp.Body.Close()
-	return resp.StatusCode
+// handson is handson's step 3 through the embedded waypoint: handson-blue's pod, the
+// waypoint with xdsserver's translation of the scenario.
+type handson struct {
+	*waypoint
+	m     *model.Mesh
+	blue  *app
+	peers chan string
 }
 
-func (f *fixture) configure(t testing.TB, withECDS bool) {
+const (
+	hostname   = "handson.handson.svc.cluster.local"
+	waypointSA = "handson-istio-waypoint"
+	ecdsName   = "goambient.authz/handson/handson"
+)
+
+func setup(t testing.TB) *handson {
 	t.Helper()
-	f.cp.set(t, config.AddressType, addresses(f.m))
-	f.cp.set(t, config.RouteType, map[string]types.Resource{routeName: rds(t)})
-	if withECDS {
-		pol, err := os.ReadFile(l7Policy)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.cp.set(t, config.ExtensionType, map[string]types.Resource{ecdsName: ecds(t, authzconfig.PluginName, string(pol))})
+	tmpl, err := os.ReadFile("testdata/handson.yaml")
+	if err != nil {
+		t.Fatal(err)
 	}
+	a := newAddrs()
+	p := newPKI(t, "handson/"+waypointSA)
+	h := &handson{m: buildMesh(t, a.render(string(tmpl)))}
+	h.blue, h.peers = startPod(t, p, "handson-blue", "handson", "handson", a.of("blue"), 8080)
+	h.waypoint = startWaypoint(t, a, p, "handson", waypointSA, waypointSA, 1)
+	return h
 }
 
-// stream is one CONNECT to the waypoint carrying HTTP/1.1 requests, as a source ztunnel opens it.
-type stream struct {
-	c  *hbone.Conn
-	br *bufio.Reader
-}
-
-func (f *fixture) connect(t testing.TB, sa string) *stream {
+// configure serves the translation; without ECDS, the authz filter's config is held back.
+func (h *handson) configure(t testing.TB, withECDS bool) {
 	t.Helper()
-	wpID := spiffeid.RequireFromString("spiffe://cluster.local/ns/handson/sa/" + waypointSA)
-	c, err := f.client.Dial(context.Background(), hbone.Target{
-		Source: f.p.svid(t, sa), Address: netip.MustParseAddrPort(f.wp.Addr().String()), Identities: []spiffeid.ID{wpID},
-		Authority: netip.AddrPortFrom(f.m.vip, 8080).String(), SourceAddr: netip.AddrPortFrom(f.m.curl, 40000), Host: hostname,
-	})
-	if err != nil {
-		t.Fatal(err)
+	h.cp.serve(t, h.m, "handson/handson")
+	if !withECDS {
+		h.cp.set(t, config.ExtensionType, map[string]types.Resource{})
 	}
-	t.Cleanup(func() { c.Close() })
-	return &stream{c: c, br: bufio.NewReader(c)}
 }
 
-func (s *stream) do(t testing.TB, method, path, body string) (int, string) {
+func (h *handson) vip() netip.AddrPort { return netip.AddrPortFrom(h.a.of("vip"), 8080) }
+
+func (h *handson) curlAddr() netip.AddrPort { return netip.AddrPortFrom(h.a.of("curl"), 40000) }
+
+func (h *handson) connect(t testing.TB, sa string) *stream {
 	t.Helper()
-	req, _ := http.NewRequest(method, "http://handson:8080"+path, strings.NewReader(body))
-	if body == "" {
-		req.Body = nil
-	}
-	if err := req.Write(s.c); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(s.br, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(b)
+	return h.waypoint.connect(t, "handson", sa, h.vip(), "handson:8080", h.curlAddr())
 }
 
 const denied = "rbac_access_denied_matched_policy[ns[handson]-policy[layer7-authz]-rule[0]]"
@@ -195,11 +106,11 @@ func TestHandsonStep3(t *testing.T) {
 	if code, body := f.connect(t, "curl-allow").do(t, "POST", "/", "{}"); code != 200 || body != "handson-blue POST / 2" {
 		t.Fatalf("POST / from curl-allow = %d %q, want 200", code, body)
 	}
-	if got := f.app.requests(); strings.Join(got, ",") != "GET /,POST /" {
+	if got := f.blue.requests(); strings.Join(got, ",") != "GET /,POST /" {
 		t.Errorf("handson-blue saw %v, want the GET and curl-allow's POST only", got)
 	}
 	peer := <-f.peers
-	if want := "spiffe://cluster.local/ns/handson/sa/" + waypointSA + " " + f.m.blue.String() + ":8080 for=\"" + f.m.curl.String() + ":40000\";host=" + hostname; peer != want {
+	if want := "spiffe://cluster.local/ns/handson/sa/" + waypointSA + " " + f.a.of("blue").String() + ":8080 for=\"" + f.curlAddr().String() + "\";host=" + hostname; peer != want {
 		t.Errorf("handson-blue's ztunnel saw %q, want %q", peer, want)
 	}
 
@@ -219,9 +130,9 @@ func TestHandsonStep3(t *testing.T) {
 	cluster := "inbound-vip|8080|http|" + hostname
 	check("GET", get, map[string]any{
 		"method": "GET", "path": "/", "response_code": 200.0, "response_code_details": "via_upstream", "protocol": "HTTP/1.1",
-		"upstream_cluster": cluster, "upstream_host": "envoy://connect_originate/" + f.m.blue.String() + ":8080",
-		"authority": "handson:8080", "downstream_remote_address": f.m.curl.String() + ":40000",
-		"downstream_local_address": f.m.vip.String() + ":8080", "bytes_received": 0.0, "bytes_sent": 20.0,
+		"upstream_cluster": cluster, "upstream_host": "envoy://connect_originate/" + f.a.of("blue").String() + ":8080",
+		"authority": "handson:8080", "downstream_remote_address": f.curlAddr().String(), "route_name": "default", "response_flags": "-",
+		"downstream_local_address": f.vip().String(), "bytes_received": 0.0, "bytes_sent": 20.0,
 	})
 	check("POST", post, map[string]any{
 		"method": "POST", "response_code": 403.0, "response_code_details": denied, "upstream_cluster": cluster,
@@ -242,7 +153,7 @@ func TestFailClosedAndBadConfig(t *testing.T) {
 	f.configure(t, false)
 	eventually(t, "routes and addresses", func() bool {
 		snap := f.wp.Store.Load()
-		return len(snap.Routes) == 1 && snap.State.ServiceByVIP(f.m.vip) != nil
+		return len(snap.Tables) == 1 && snap.State.ServiceByVIP(f.vip().Addr()) != nil
 	})
 	if got := f.ready(); got != http.StatusServiceUnavailable {
 		t.Fatalf("readiness without a filter config = %d, want 503", got)

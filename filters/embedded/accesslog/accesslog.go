@@ -15,7 +15,8 @@ type Entry struct {
 	Path                     string
 	Protocol                 string // HTTP/1.1
 	ResponseCode             int    // 0 when no response was sent
-	ResponseFlags            string // Envoy's short flags: UF (upstream connect failure), NR (no route), UC, DC
+	ResponseFlags            string // Envoy's short flags as written, or empty: Flags
+	Flags                    Flags  // response flags (DI, FI, UT, URX, UF, UC, UO, UH, NR, NC, DC)
 	ResponseCodeDetails      string // via_upstream, rbac_access_denied_matched_policy[...], ...
 	ConnectionTermination    string
 	UpstreamTransportFailure string
@@ -108,7 +109,7 @@ func Marshal(e *Entry) []byte {
 		DownstreamPeerURISAN:     str(e.PeerPrincipal),
 	}
 	if l.ResponseFlags == "" {
-		l.ResponseFlags = "-"
+		l.ResponseFlags = e.Flags.String()
 	}
 	if e.UpstreamServiceTime >= 0 && e.UpstreamHost != "" {
 		l.UpstreamServiceTime = str(itoa(e.UpstreamServiceTime.Milliseconds()))

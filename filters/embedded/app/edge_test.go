@@ -12,7 +12,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/goambient/goambient/cmd/waypoint/internal/config"
+	"github.com/goambient/goambient/filters/embedded/config"
 	"github.com/goambient/goambient/ztunnel/hbone"
 )
 
@@ -26,16 +26,16 @@ func TestStreamEdges(t *testing.T) {
 	wpID := spiffeid.RequireFromString("spiffe://cluster.local/ns/handson/sa/" + waypointSA)
 	dial := func(authority string) (*hbone.Conn, error) {
 		return f.client.Dial(context.Background(), hbone.Target{
-			Source: f.p.svid(t, "curl"), Address: netip.MustParseAddrPort(f.wp.Addr().String()),
+			Source: f.p.svid(t, "handson", "curl"), Address: netip.MustParseAddrPort(f.wp.Addr().String()),
 			Identities: []spiffeid.ID{wpID}, Authority: authority,
 		})
 	}
 	var se hbone.StatusError
-	if _, err := dial(netip.AddrPortFrom(f.m.blue, 8080).String()); !errors.As(err, &se) || se.Code != 503 {
+	if _, err := dial(netip.AddrPortFrom(f.a.of("blue"), 8080).String()); !errors.As(err, &se) || se.Code != 503 {
 		t.Errorf("CONNECT to a pod address: %v, want 503", err)
 	}
 
-	c, err := dial(netip.AddrPortFrom(f.m.vip, 8080).String())
+	c, err := dial(f.vip().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +48,7 @@ func TestStreamEdges(t *testing.T) {
 		t.Fatalf("garbage on the stream: %v %v, want 400", resp, err)
 	}
 
-	c2, err := dial(netip.AddrPortFrom(f.m.vip, 8080).String())
+	c2, err := dial(f.vip().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,8 +67,8 @@ func TestStreamEdges(t *testing.T) {
 	}
 	defer oc.Close()
 	if _, err := oc.Dial(context.Background(), hbone.Target{
-		Source: other.svid(t, "curl"), Address: netip.MustParseAddrPort(f.wp.Addr().String()),
-		Identities: []spiffeid.ID{wpID}, Authority: netip.AddrPortFrom(f.m.vip, 8080).String(),
+		Source: other.svid(t, "handson", "curl"), Address: netip.MustParseAddrPort(f.wp.Addr().String()),
+		Identities: []spiffeid.ID{wpID}, Authority: f.vip().String(),
 	}); err == nil {
 		t.Error("a client of another root connected")
 	}

@@ -24,15 +24,15 @@ func BenchmarkWaypointVsDirect(b *testing.B) {
 	eventually(b, "readiness 200", func() bool { return f.ready() == http.StatusOK })
 	via := f.connect(b, "curl-allow")
 	dc, err := f.client.Dial(context.Background(), hbone.Target{
-		Source: f.p.svid(b, "curl-allow"), Address: netip.AddrPortFrom(f.m.blue, 15008),
+		Source: f.p.svid(b, "handson", "curl-allow"), Address: netip.AddrPortFrom(f.a.of("blue"), 15008),
 		Identities: []spiffeid.ID{spiffeid.RequireFromString("spiffe://cluster.local/ns/handson/sa/handson")},
-		Authority:  netip.AddrPortFrom(f.m.blue, 8080).String(),
+		Authority:  netip.AddrPortFrom(f.a.of("blue"), 8080).String(),
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer dc.Close()
-	direct := &stream{c: dc, br: bufio.NewReader(dc)}
+	direct := &stream{c: dc, br: bufio.NewReader(dc), host: "handson:8080"}
 	for _, s := range []*stream{direct, via} { // warm up both paths
 		if code, _ := s.do(b, "GET", "/", ""); code != 200 {
 			b.Fatalf("warm-up GET = %d", code)
