@@ -179,7 +179,7 @@ func buildMesh(t testing.TB, data string) *model.Mesh {
 
 // serve gives the control plane what xdsserver would send the waypoint gateway of the mesh:
 // the workload API and the waypoint's ECDS, CDS, EDS and RDS, from the real translators.
-func (c *cp) serve(t testing.TB, m *model.Mesh, gateway string) {
+func (c *cp) serve(t testing.TB, m *model.Mesh, gateway string) *waypointxds.WaypointResources {
 	t.Helper()
 	addrs := map[string]types.Resource{}
 	for name, r := range wds.Translate(m, wds.Options{}).ByType()[config.AddressType] {
@@ -202,6 +202,7 @@ func (c *cp) serve(t testing.TB, m *model.Mesh, gateway string) {
 		}
 		c.set(t, typ, res)
 	}
+	return w
 }
 
 // app is the application of a pod behind its ztunnel: it answers with its name, what it saw,
@@ -216,7 +217,7 @@ type app struct {
 }
 
 // ServeHTTP answers GET /headers with the request's headers as JSON (httpbin's /headers, plus
-// the pod's name), /status/<code> with that code, /flaky with 503 every other call, /delay/<ms>
+// the pod's name), /status/<code> with that code, /flaky... with 503 every other call, /delay/<ms>
 // after that long, anything else with "<pod> <METHOD> <path> <body length>".
 func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b, _ := io.ReadAll(r.Body)
@@ -238,7 +239,7 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		var code int
 		fmt.Sscanf(p, "/status/%d", &code)
 		w.WriteHeader(code)
-	case p == "/flaky":
+	case strings.HasPrefix(p, "/flaky"):
 		if n%2 == 1 {
 			http.Error(w, a.name+" flaked", http.StatusServiceUnavailable)
 			return

@@ -228,6 +228,9 @@ func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer
 		x.keep = false
 		return x.reply(http.StatusBadRequest, "Bad Request", "path_normalization_failed", 0, nil)
 	}
+	if i := strings.IndexByte(req.RequestURI, '?'); i >= 0 {
+		path += req.RequestURI[i:] // the query is kept as it came (Envoy normalises the path only)
+	}
 	hreq := requests.Get().(*host.Request)
 	defer requests.Put(hreq)
 	hreq.Reset(req.Method, path, req.Host, "http", req.Proto, req.Header)
