@@ -236,4 +236,3 @@ func js(m proto.Message) string {
 	b, _ := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(m)
 	return string(b)
 }
-
