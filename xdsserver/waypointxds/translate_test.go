@@ -208,3 +208,37 @@ func TestGoldensHaveInputs(t *testing.T) {
 		}
 	}
 }
+
+// TestTrafficInputsAreTheScenario: each testdata/traffic-*.in.yaml is the files of
+// manifests/examples/traffic its first line names, joined as they are, so that the goldens
+// are the scenario's resources (the seed's VirtualService verbatim).
+func TestTrafficInputsAreTheScenario(t *testing.T) {
+	ins, _ := filepath.Glob("testdata/traffic-*.in.yaml")
+	if len(ins) < 3 {
+		t.Fatalf("inputs: %v", ins)
+	}
+	for _, in := range ins {
+		b, err := os.ReadFile(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, rest, _ := strings.Cut(string(b), "\n")
+		list, ok := strings.CutPrefix(first, "# manifests/examples/traffic: ")
+		if !ok {
+			t.Errorf("%s: the first line does not name the scenario's files", in)
+			continue
+		}
+		list, _, _ = strings.Cut(list, " (")
+		var parts []string
+		for _, f := range strings.Split(list, " + ") {
+			p, err := os.ReadFile(filepath.Join("../../manifests/examples/traffic", f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts = append(parts, string(p))
+		}
+		if want := strings.Join(parts, "---\n"); rest != want {
+			t.Errorf("%s is not %s joined: rebuild it from the scenario", in, list)
+		}
+	}
+}
