@@ -108,8 +108,9 @@ type rawConn struct {
 	enc  *hpack.Encoder
 
 	ackPings  bool
-	refused   atomic.Int64 // RST_STREAM REFUSED_STREAM received
-	ended     atomic.Int64 // streams ended by the server (RST_STREAM, or trailers)
+	refused   atomic.Int64    // RST_STREAM REFUSED_STREAM received
+	ended     atomic.Int64    // streams ended by the server (RST_STREAM, or trailers), once each
+	endedIDs  map[uint32]bool // read's own
 	goaway    chan *http2.GoAwayFrame
 	closed    chan struct{} // the server closed the connection
 	serverPng atomic.Int64  // PINGs the server sent
@@ -122,7 +123,7 @@ func dialRaw(t *testing.T, addr string, ackPings bool) *rawConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	r := &rawConn{conn: c, w: http2.NewFramer(c, nil), ackPings: ackPings, goaway: make(chan *http2.GoAwayFrame, 1), closed: make(chan struct{})}
+	r := &rawConn{conn: c, w: http2.NewFramer(c, nil), ackPings: ackPings, goaway: make(chan *http2.GoAwayFrame, 1), closed: make(chan struct{}), endedIDs: map[uint32]bool{}}
 	r.enc = hpack.NewEncoder(&r.hbuf)
 	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
 		t.Fatal(err)
@@ -156,13 +157,13 @@ func (r *rawConn) read() {
 				}
 			}
 		case *http2.RSTStreamFrame:
-			r.ended.Add(1)
+			r.end(f.StreamID)
 			if f.ErrCode == http2.ErrCodeRefusedStream {
 				r.refused.Add(1)
 			}
 		case *http2.MetaHeadersFrame:
 			if f.StreamEnded() {
-				r.ended.Add(1)
+				r.end(f.StreamID)
 			}
 		case *http2.GoAwayFrame:
 			select {
@@ -170,6 +171,13 @@ func (r *rawConn) read() {
 			default:
 			}
 		}
+	}
+}
+
+func (r *rawConn) end(id uint32) {
+	if !r.endedIDs[id] {
+		r.endedIDs[id] = true
+		r.ended.Add(1)
 	}
 }
 
