@@ -493,3 +493,59 @@ func TestAttackKeepalive(t *testing.T) {
 	})
 	base.recovered(t, addr, 4<<20)
 }
+
+// TestAttackNonReadingOwnGRPCServer: on a gRPC server of the caller's (Register, not served on
+// Server.Listener), a client that leaves its response unacknowledged has its stream ended
+// (DeadlineExceeded) after the ACK timeout, and the stream's goroutines go.
+func TestAttackNonReadingOwnGRPCServer(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	srv, err := server.New(server.Options{Registerer: reg, Limits: server.Limits{AckTimeout: 500 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Set(resources(t, false))
+	g := grpc.NewServer()
+	srv.Register(g)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- g.Serve(l) }()
+	t.Cleanup(func() {
+		srv.Stop()
+		g.Stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	base := measure()
+	cc, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	s, err := discovery.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "slow"}, TypeUrl: wds.AddressType, ResourceNamesSubscribe: []string{"*"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil { // read, but never acknowledged
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("stream ended with %v, want DeadlineExceeded", err)
+	}
+	if got := counter(t, reg, "goambient_xds_refused_total", "stalled"); got != 1 {
+		t.Errorf("goambient_xds_refused_total{reason=stalled} = %v, want 1", got)
+	}
+	// The connection stays (it is not the Server's to close: its reader, writer and keepalive
+	// goroutines remain); the stream's go.
+	eventually(t, timeout, func() bool { return serverGoroutines() <= base.goroutines+3 }, func() string {
+		return fmt.Sprintf("server goroutines: %d, %d before the connection", serverGoroutines(), base.goroutines)
+	})
+}
