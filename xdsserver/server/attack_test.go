@@ -112,6 +112,7 @@ type rawConn struct {
 	ended     atomic.Int64    // streams ended by the server (RST_STREAM, or trailers), once each
 	endedIDs  map[uint32]bool // read's own
 	goaway    chan *http2.GoAwayFrame
+	settings  chan struct{} // the server's first SETTINGS arrived: gRPC serves the connection
 	closed    chan struct{} // the server closed the connection
 	serverPng atomic.Int64  // PINGs the server sent
 }
@@ -123,7 +124,7 @@ func dialRaw(t *testing.T, addr string, ackPings bool) *rawConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	r := &rawConn{conn: c, w: http2.NewFramer(c, nil), ackPings: ackPings, goaway: make(chan *http2.GoAwayFrame, 1), closed: make(chan struct{}), endedIDs: map[uint32]bool{}}
+	r := &rawConn{conn: c, w: http2.NewFramer(c, nil), ackPings: ackPings, goaway: make(chan *http2.GoAwayFrame, 1), closed: make(chan struct{}), settings: make(chan struct{}), endedIDs: map[uint32]bool{}}
 	r.enc = hpack.NewEncoder(&r.hbuf)
 	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
 		t.Fatal(err)
@@ -147,6 +148,11 @@ func (r *rawConn) read() {
 		switch f := f.(type) {
 		case *http2.SettingsFrame:
 			if !f.IsAck() {
+				select {
+				case <-r.settings:
+				default:
+					close(r.settings)
+				}
 				r.write(func(w *http2.Framer) error { return w.WriteSettingsAck() })
 			}
 		case *http2.PingFrame:
@@ -548,4 +554,104 @@ func TestAttackNonReadingOwnGRPCServer(t *testing.T) {
 	eventually(t, timeout, func() bool { return serverGoroutines() <= base.goroutines+3 }, func() string {
 		return fmt.Sprintf("server goroutines: %d, %d before the connection", serverGoroutines(), base.goroutines)
 	})
+}
+
+// TestAttackCaps: a connection beyond MaxConnections is closed when accepted, a stream beyond
+// MaxStreams and a request beyond MaxRecvMsgSize end with ResourceExhausted; what is freed is
+// usable again.
+func TestAttackCaps(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	_, addr := startServer(t, "127.0.0.1:0", server.Options{
+		Registerer: reg,
+		Limits:     server.Limits{MaxConnections: 3, MaxStreams: 2, MaxRecvMsgSize: 4 << 10, StreamsPerSecond: -1},
+	}, resources(t, false))
+	base := measure()
+
+	t.Run("connections", func(t *testing.T) {
+		served := func(c *rawConn) bool {
+			select {
+			case <-c.settings:
+				return true
+			case <-c.closed:
+				return false
+			case <-time.After(timeout):
+				t.Fatal("a connection neither served nor closed")
+				return false
+			}
+		}
+		var held []*rawConn
+		for range 3 {
+			c := dialRaw(t, addr, true)
+			if !served(c) {
+				t.Fatal("one of the first three connections was closed")
+			}
+			held = append(held, c)
+		}
+		if served(dialRaw(t, addr, true)) {
+			t.Fatal("a fourth connection was served")
+		}
+		held[0].conn.Close()
+		eventually(t, timeout, func() bool {
+			c := dialRaw(t, addr, true)
+			defer c.conn.Close()
+			return served(c)
+		}, func() string { return "no connection served after one closed" })
+		for _, h := range held {
+			h.conn.Close()
+		}
+		if got := counter(t, reg, "goambient_xds_refused_total", "connections"); got < 1 {
+			t.Errorf("goambient_xds_refused_total{reason=connections} = %v", got)
+		}
+	})
+	eventually(t, timeout, func() bool { return serverGoroutines() <= base.goroutines+2 }, func() string {
+		return fmt.Sprintf("server goroutines: %d, %d before", serverGoroutines(), base.goroutines)
+	})
+
+	t.Run("streams and message size", func(t *testing.T) {
+		c := dial(t, addr)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		var open []discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+		for range 2 {
+			s, err := c.DeltaAggregatedResources(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "n"}, TypeUrl: wds.AddressType, ResourceNamesSubscribe: []string{"*"}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Recv(); err != nil {
+				t.Fatal(err)
+			}
+			open = append(open, s)
+		}
+		s, err := c.DeltaAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); status.Code(err) != codes.ResourceExhausted {
+			t.Errorf("a third stream: %v, want ResourceExhausted", err)
+		}
+		for _, s := range open {
+			if err := s.CloseSend(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Recv(); err != io.EOF {
+				t.Fatalf("stream end: %v", err)
+			}
+		}
+		// Under the cap again; a request bigger than the limit ends its stream.
+		s, err = c.DeltaAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = s.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: strings.Repeat("n", 8<<10)}, TypeUrl: wds.AddressType})
+		if _, err := s.Recv(); status.Code(err) != codes.ResourceExhausted {
+			t.Errorf("an 8 KiB request: %v, want ResourceExhausted", err)
+		}
+		if got := counter(t, reg, "goambient_xds_refused_total", "streams"); got != 1 {
+			t.Errorf("goambient_xds_refused_total{reason=streams} = %v, want 1", got)
+		}
+	})
+	base.recovered(t, addr, 4<<20)
 }
