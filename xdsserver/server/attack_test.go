@@ -655,3 +655,72 @@ func TestAttackCaps(t *testing.T) {
 	})
 	base.recovered(t, addr, 4<<20)
 }
+
+// TestAttackBlindAcks: a client that acknowledges without reading (go-control-plane's nonces
+// are predictable) is cut off at the next push, when sending to it blocks past SendTimeout.
+func TestAttackBlindAcks(t *testing.T) {
+	set, err := meshgen.Generate(meshgen.Default.Scaled(20)) // 500 pods: a response well over the 64 KiB window
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := model.Build(set, model.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mesh := wds.Translate(m, wds.Options{}).ByType()
+	reg := prometheus.NewRegistry()
+	var responses atomic.Int64 // to the attacker (the only client)
+	srv, addr := startServer(t, "127.0.0.1:0", server.Options{
+		Registerer:      reg,
+		Limits:          server.Limits{SendTimeout: 500 * time.Millisecond, AckTimeout: time.Hour},
+		OnDeltaResponse: func(int64, *discovery.DeltaDiscoveryResponse) { responses.Add(1) },
+	}, mesh)
+	base := measure()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	s, err := discovery.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "blind"}, TypeUrl: wds.AddressType, ResourceNamesSubscribe: []string{"*"}}); err != nil {
+		t.Fatal(err)
+	}
+	// Each response is acknowledged unread, so the next push is sent to it, until gRPC's write
+	// quota for the stream (64 KiB, which the client's window never gives back) is spent and
+	// sending blocks.
+	for i := 1; counter(t, reg, "goambient_xds_refused_total", "stalled") == 0; i++ {
+		if i > 50 {
+			t.Fatal("50 pushes, and sending never blocked")
+		}
+		eventually(t, timeout, func() bool { return responses.Load() >= int64(i) }, func() string {
+			return fmt.Sprintf("response %d was not sent", i)
+		})
+		if err := s.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: wds.AddressType, ResponseNonce: fmt.Sprint(i)}); err != nil {
+			break // cut off
+		}
+		next := map[string]map[string]proto.Message{}
+		for typ, byName := range mesh {
+			next[typ] = maps.Clone(byName)
+		}
+		for name := range next[wds.AddressType] {
+			delete(next[wds.AddressType], name)
+			break
+		}
+		mesh = next
+		srv.Set(mesh)
+		eventually(t, timeout, func() bool {
+			return responses.Load() > int64(i) || counter(t, reg, "goambient_xds_refused_total", "stalled") > 0
+		}, func() string { return fmt.Sprintf("push %d was not sent", i) })
+	}
+	eventually(t, timeout, func() bool { return cc.GetState() != connectivity.Ready }, func() string {
+		return "the blind acknowledger is still connected"
+	})
+	cc.Close()
+	base.recovered(t, addr, 4<<20)
+}
