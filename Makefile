@@ -50,6 +50,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzWorkloadRequest -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./ztunnel/zds
 	$(GO) test -run '^$$' -fuzz FuzzParseFDs -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./ztunnel/zds
 	$(GO) test -run '^$$' -fuzz FuzzWorkloadAPI -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./ztunnel/xds
+	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./xdsserver/kubeobj
+	$(GO) test -run '^$$' -fuzz FuzzTranslate -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./xdsserver/waypointxds
 
 clean:
 	rm -rf bin

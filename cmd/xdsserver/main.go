@@ -32,7 +32,7 @@ func run(args []string) int {
 	var dirs multi
 	fs.Var(&dirs, "config-dir", "folder (read recursively) or file of mesh YAML (repeatable; required)")
 	loopback := fs.Bool("loopback", false, "place pods and VIPs without addresses on loopback (127.10.0.0/16, 127.96.0.0/16) for local runs")
-	xdsListen := fs.String("xds-listen", "127.0.0.1:15010", "plaintext gRPC delta ADS listener")
+	xdsListen := fs.String("xds-listen", "127.0.0.1:15010", "plaintext gRPC ADS listener, unauthenticated like istiod's 15010: keep it on loopback or a private network; empty: none (with --ca-dir)")
 	httpListen := fs.String("http-listen", "127.0.0.1:15014", "HTTP listener for /healthz/ready and /metrics")
 	interval := fs.Duration("interval", files.DefaultInterval, "how often the config folders are looked at")
 	waypointHostname := fs.Bool("waypoint-hostname", false, "refer to waypoints by hostname instead of VIP")
@@ -43,11 +43,17 @@ func run(args []string) int {
 	kubeconfig := fs.String("kubeconfig", "", "read the mesh from the Kubernetes cluster of this kubeconfig file instead of --config-dir")
 	inCluster := fs.Bool("kube", false, "read the mesh from the Kubernetes cluster this runs in (service account), instead of --config-dir")
 	noStatus := fs.Bool("no-status", false, "with --kubeconfig/--kube: do not write status conditions on AuthorizationPolicies")
+	maxFileSize := fs.Int64("max-config-file-size", files.DefaultMaxFileSize, "largest configuration file read, in bytes; a larger one is reported and skipped")
+	limits := limitFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if (len(dirs) == 0) == (*kubeconfig == "" && !*inCluster) {
 		fmt.Fprintln(os.Stderr, "xdsserver: give either --config-dir, or --kubeconfig or --kube")
+		return 2
+	}
+	if *xdsListen == "" && *caDir == "" {
+		fmt.Fprintln(os.Stderr, "xdsserver: without --xds-listen, --ca-dir is required (the TLS listener is then the only one)")
 		return 2
 	}
 	var level slog.Level
@@ -64,7 +70,7 @@ func run(args []string) int {
 	meshPushes := prometheus.NewCounter(prometheus.CounterOpts{Name: "goambient_mesh_updates_total", Help: "Meshes built from the configuration and translated."})
 	reg.MustRegister(configErrors, configWarnings, meshPushes)
 
-	srv, err := server.New(server.Options{Logger: log.With("scope", "xds"), Registerer: reg})
+	srv, err := server.New(server.Options{Logger: log.With("scope", "xds"), Registerer: reg, Limits: limits()})
 	if err != nil {
 		log.Error("xds server", "error", err.Error())
 		return 1
@@ -73,7 +79,7 @@ func run(args []string) int {
 	if *loopback {
 		cfg.Placement = model.LoopbackPlacement
 	}
-	src, kc, err := pickSource(files.New(files.Options{Paths: dirs, Interval: *interval, Model: cfg, Logger: log.With("scope", "files")}),
+	src, kc, err := pickSource(files.New(files.Options{Paths: dirs, Interval: *interval, Model: cfg, MaxFileSize: *maxFileSize, Logger: log.With("scope", "files")}),
 		*kubeconfig, *inCluster, *noStatus, cfg, log.With("scope", "kube"))
 	if err != nil {
 		log.Error("kubernetes source", "error", err.Error())
@@ -82,10 +88,12 @@ func run(args []string) int {
 	topts := wds.Options{WaypointHostname: *waypointHostname}
 	waypoints := newWaypointPusher(log.With("scope", "waypoints"), srv)
 
-	xl, err := net.Listen("tcp", *xdsListen)
-	if err != nil {
-		log.Error("xds listener", "error", err.Error())
-		return 1
+	var xl net.Listener
+	if *xdsListen != "" {
+		if xl, err = net.Listen("tcp", *xdsListen); err != nil {
+			log.Error("xds listener", "error", err.Error())
+			return 1
+		}
 	}
 	hl, err := net.Listen("tcp", *httpListen)
 	if err != nil {
@@ -114,7 +122,11 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	errc := make(chan error, 5)
-	go func() { errc <- srv.Serve(xl) }()
+	xdsAddr := ""
+	if xl != nil {
+		xdsAddr = xl.Addr().String()
+		go func() { errc <- srv.Serve(xl) }()
+	}
 	if sec != nil {
 		go func() { errc <- sec.serve() }()
 		if kc != nil { // istiod's namespace controller: the root in every namespace
@@ -162,7 +174,7 @@ func run(args []string) int {
 	case *inCluster:
 		from = "in-cluster"
 	}
-	log.Info("xdsserver started", "xds", xl.Addr().String(), "http", hl.Addr().String(), "source", from, "loopback", *loopback, "secure", secAddr)
+	log.Info("xdsserver started", "xds", xdsAddr, "http", hl.Addr().String(), "source", from, "loopback", *loopback, "secure", secAddr)
 
 	code := 0
 	select {

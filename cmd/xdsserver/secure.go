@@ -88,7 +88,9 @@ func startSecure(log *slog.Logger, reg prometheus.Registerer, srv *server.Server
 	if err != nil {
 		return nil, fmt.Errorf("--secure-listen: %w", err)
 	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(cert.TLSConfig())))
+	// The same limits as the plaintext listener (keepalive, stream counts and rate, stalled
+	// clients), on the same Server: the ADS stream count and rate are shared.
+	g := grpc.NewServer(append(srv.ServerOptions(), grpc.Creds(credentials.NewTLS(cert.TLSConfig())))...)
 	// The same ADS as the plaintext listener, plus each waypoint's SDS secrets for the
 	// waypoint itself (authenticated by the same tokens as the CA).
 	issuer := newWaypointSVIDs(root, mesh, 0)
@@ -97,7 +99,7 @@ func startSecure(log *slog.Logger, reg prometheus.Registerer, srv *server.Server
 		return nil, err
 	}
 	cs.Register(g)
-	return &secure{g: g, ln: ln, mesh: mesh, srv: srv, done: make(chan struct{})}, nil
+	return &secure{g: g, ln: srv.Listener(ln), mesh: mesh, srv: srv, done: make(chan struct{})}, nil
 }
 
 // secretRefresh is how often the waypoints' secrets are looked at (an SVID is renewed at half

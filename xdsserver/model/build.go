@@ -389,6 +389,9 @@ func (b *builder) implicitNamespaces() {
 func (b *builder) finish() *Mesh {
 	m := b.m
 	for _, n := range b.namespaces {
+		if n.Implicit && n.Validate() != nil {
+			continue // named only by objects that were left out for it (found by FuzzTranslate)
+		}
 		m.Namespaces = append(m.Namespaces, n)
 	}
 	slices.SortFunc(m.Namespaces, func(a, b *Namespace) int { return cmp.Compare(a.Name, b.Name) })

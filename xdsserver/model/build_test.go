@@ -165,6 +165,13 @@ kind: Pod
 metadata: {name: twin, namespace: shop}
 status: {podIP: 10.244.9.9}`,
 			[]string{`test.yaml:12 (document 3): Pod shop/zz-twin: status.podIP: 10.244.9.9 is already the address of Pod shop/twin`}, "Pod shop/zz-twin"},
+		// Found by FuzzTranslate: the pod was left out, but the implicit namespace its lookup
+		// created stayed, and the built mesh did not validate.
+		{"pod namespace", `
+apiVersion: v1
+kind: Pod
+metadata: {name: bad, namespace: deXo}`,
+			[]string{`test.yaml:12 (document 3): Pod deXo/bad: metadata.namespace: "deXo" is not a valid namespace name`}, "Pod deXo/bad"},
 		{"wrong apiVersion", `
 apiVersion: v2
 kind: Pod

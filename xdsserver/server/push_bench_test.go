@@ -129,6 +129,7 @@ func BenchmarkOnePolicyPush(b *testing.B) {
 	var sentBytes, maxMsg atomic.Int64
 	srv, err := server.New(server.Options{
 		Registerer: prometheus.NewRegistry(),
+		Limits:     server.Limits{StreamsPerSecond: -1}, // the clients connect at once
 		OnDeltaResponse: func(_ int64, resp *discovery.DeltaDiscoveryResponse) {
 			n := int64(proto.Size(resp))
 			sentBytes.Add(n)
