@@ -42,7 +42,12 @@ func run(args []string) int {
 	bootstrapTokens := fs.String("bootstrap-tokens", "", "file of bootstrap tokens accepted by the CA (format in xdsserver/ca/README.md)")
 	kubeconfig := fs.String("kubeconfig", "", "read the mesh from the Kubernetes cluster of this kubeconfig file instead of --config-dir")
 	inCluster := fs.Bool("kube", false, "read the mesh from the Kubernetes cluster this runs in (service account), instead of --config-dir")
-	noStatus := fs.Bool("no-status", false, "with --kubeconfig/--kube: do not write status conditions on AuthorizationPolicies")
+	noStatus := fs.Bool("no-status", false, "with --kubeconfig/--kube: do not write status conditions on AuthorizationPolicies nor on Gateways")
+	var deploy deployFlags
+	fs.BoolVar(&deploy.off, "no-gateway-deploy", false, "with --kubeconfig/--kube: do not deploy Gateways nor create the GatewayClasses istio and istio-waypoint")
+	fs.StringVar(&deploy.proxy, "waypoint-proxy", "envoy", "what deployed waypoints run unless their parameters say otherwise: envoy, or go (the embedded Go waypoint)")
+	fs.StringVar(&deploy.goImage, "waypoint-image", "goambient/waypoint:dev", "image of the embedded Go waypoint (--waypoint-proxy=go)")
+	fs.StringVar(&deploy.envoyImage, "waypoint-envoy-image", "goambient/waypoint-envoy:dev", "image of the Envoy waypoint (Envoy contrib with filters.so)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -113,13 +118,18 @@ func run(args []string) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	errc := make(chan error, 5)
+	errc := make(chan error, 6)
 	go func() { errc <- srv.Serve(xl) }()
 	if sec != nil {
 		go func() { errc <- sec.serve() }()
 		if kc != nil { // istiod's namespace controller: the root in every namespace
 			go func() { errc <- publishRoot(ctx, log.With("scope", "rootcm"), kc, *caDir) }()
 		}
+	}
+	if kc != nil && !deploy.off { // istiod's Gateway deployment and GatewayClass controllers
+		go func() {
+			errc <- deployGateways(ctx, log.With("scope", "gatewaydeploy"), *kubeconfig, kc, deploy, *noStatus, cfg.TrustDomain)
+		}()
 	}
 	go func() {
 		if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
