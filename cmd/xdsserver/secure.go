@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"log/slog"
 	"net"
 	"sync"
@@ -52,7 +53,7 @@ func startSecure(log *slog.Logger, reg prometheus.Registerer, srv *server.Server
 	if err != nil {
 		return nil, fmt.Errorf("trust domain: %w", err)
 	}
-	root, created, err := identity.LoadOrCreateCA(caDir, td)
+	root, created, err := pki.LoadOrCreateCA(caDir, td)
 	if err != nil {
 		return nil, fmt.Errorf("--ca-dir: %w", err)
 	}
@@ -133,7 +134,7 @@ func (s *secure) stop() {
 // waypoint) and keeps it until half its lifetime has passed, so the SDS secret "default" keeps
 // its version between pushes.
 type waypointSVIDs struct {
-	ca   *identity.CA
+	ca   *pki.CA
 	mesh ca.Mesh
 	ttl  time.Duration
 	now  func() time.Time
@@ -142,7 +143,7 @@ type waypointSVIDs struct {
 	issued map[spiffeid.ID]*x509svid.SVID
 }
 
-func newWaypointSVIDs(root *identity.CA, mesh ca.Mesh, ttl time.Duration) *waypointSVIDs {
+func newWaypointSVIDs(root *pki.CA, mesh ca.Mesh, ttl time.Duration) *waypointSVIDs {
 	return &waypointSVIDs{ca: root, mesh: mesh, ttl: cmp.Or(ttl, ca.DefaultTTL), now: time.Now, issued: map[spiffeid.ID]*x509svid.SVID{}}
 }
 

@@ -1,6 +1,8 @@
-package identity
+// Package pki is the mesh's certificate authority — a root that issues X.509-SVIDs and the control plane's serving certificate, kept in files or a Kubernetes Secret — used by xdsserver's CA, by meshctl and by tests, and never by the data plane, which gets its certificates over the CA's gRPC API.
+package pki
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -24,7 +26,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// File names of a CA kept on disk. RootCertFile is also the trust bundle of an SVID directory.
+// File names of a CA kept on disk. RootCertFile is also the trust bundle of an SVID directory
+// (ztunnel/identity.RootCertFile).
 const (
 	RootCertFile = "root-cert.pem"
 	RootKeyFile  = "root-key.pem"
@@ -71,15 +74,15 @@ func newCAOptions(opts []CAOption) caOptions {
 // spiffe://<td>: Istio's roots do not need one, and go-spiffe bundles accept any CA.
 func NewCA(td spiffeid.TrustDomain, opts ...CAOption) (*CA, error) {
 	if td.IsZero() {
-		return nil, errors.New("identity: CA: empty trust domain")
+		return nil, errors.New("pki: empty trust domain")
 	}
 	o := newCAOptions(opts)
 	if o.rootTTL <= 0 {
-		return nil, fmt.Errorf("identity: CA: root lifetime must be positive, got %s", o.rootTTL)
+		return nil, fmt.Errorf("pki: root lifetime must be positive, got %s", o.rootTTL)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("identity: CA: generating the root key: %w", err)
+		return nil, fmt.Errorf("pki: generating the root key: %w", err)
 	}
 	serial, err := newSerial()
 	if err != nil {
@@ -98,11 +101,11 @@ func NewCA(td spiffeid.TrustDomain, opts ...CAOption) (*CA, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		return nil, fmt.Errorf("identity: CA: signing the root: %w", err)
+		return nil, fmt.Errorf("pki: signing the root: %w", err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("identity: CA: parsing the root: %w", err)
+		return nil, fmt.Errorf("pki: parsing the root: %w", err)
 	}
 	return &CA{td: td, cert: cert, key: key, now: o.now}, nil
 }
@@ -112,35 +115,35 @@ func NewCA(td spiffeid.TrustDomain, opts ...CAOption) (*CA, error) {
 // are, serves any trust domain).
 func LoadCA(dir string, td spiffeid.TrustDomain, opts ...CAOption) (*CA, error) {
 	if td.IsZero() {
-		return nil, errors.New("identity: CA: empty trust domain")
+		return nil, errors.New("pki: empty trust domain")
 	}
 	o := newCAOptions(opts)
 	certPath, keyPath := filepath.Join(dir, RootCertFile), filepath.Join(dir, RootKeyFile)
 	certPEM, err := os.ReadFile(certPath)
 	if err != nil {
-		return nil, fmt.Errorf("identity: CA: %w", err)
+		return nil, fmt.Errorf("pki: %w", err)
 	}
 	keyPEM, err := os.ReadFile(keyPath)
 	if err != nil {
-		return nil, fmt.Errorf("identity: CA: %w", err)
+		return nil, fmt.Errorf("pki: %w", err)
 	}
 	certs, err := parseCertsPEM(certPEM)
 	if err != nil {
-		return nil, fmt.Errorf("identity: CA: %s: %w", certPath, err)
+		return nil, fmt.Errorf("pki: %s: %w", certPath, err)
 	}
 	cert := certs[0]
 	if !cert.IsCA || !cert.BasicConstraintsValid {
-		return nil, fmt.Errorf("identity: CA: %s: the certificate is not a CA", certPath)
+		return nil, fmt.Errorf("pki: %s: the certificate is not a CA", certPath)
 	}
 	key, err := parseKeyPEM(keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("identity: CA: %s: %w", keyPath, err)
+		return nil, fmt.Errorf("pki: %s: %w", keyPath, err)
 	}
 	if !publicKeyEqual(key.Public(), cert.PublicKey) {
-		return nil, fmt.Errorf("identity: CA: %s does not match the key of %s", keyPath, certPath)
+		return nil, fmt.Errorf("pki: %s does not match the key of %s", keyPath, certPath)
 	}
 	if rootTD, ok := RootTrustDomain(cert); ok && rootTD != td {
-		return nil, fmt.Errorf("identity: CA: %s is the root of trust domain %q, not %q", certPath, rootTD.Name(), td.Name())
+		return nil, fmt.Errorf("pki: %s is the root of trust domain %q, not %q", certPath, rootTD.Name(), td.Name())
 	}
 	return &CA{td: td, cert: cert, key: key, now: o.now}, nil
 }
@@ -177,16 +180,16 @@ func RootTrustDomain(root *x509.Certificate) (spiffeid.TrustDomain, bool) {
 func (ca *CA) Save(dir string) error {
 	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.key)
 	if err != nil {
-		return fmt.Errorf("identity: CA: encoding the root key: %w", err)
+		return fmt.Errorf("pki: encoding the root key: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("identity: CA: %w", err)
+		return fmt.Errorf("pki: %w", err)
 	}
 	if err := writeFileAtomic(filepath.Join(dir, RootKeyFile), pemBlock("PRIVATE KEY", keyDER), 0o600); err != nil {
-		return fmt.Errorf("identity: CA: %w", err)
+		return fmt.Errorf("pki: %w", err)
 	}
 	if err := writeFileAtomic(filepath.Join(dir, RootCertFile), pemBlock("CERTIFICATE", ca.cert.Raw), 0o644); err != nil {
-		return fmt.Errorf("identity: CA: %w", err)
+		return fmt.Errorf("pki: %w", err)
 	}
 	return nil
 }
@@ -207,7 +210,7 @@ func (ca *CA) Bundle() *x509bundle.Bundle {
 func (ca *CA) IssueSVID(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("identity: CA: generating a key for %s: %w", id, err)
+		return nil, fmt.Errorf("pki: generating a key for %s: %w", id, err)
 	}
 	leaf, err := ca.sign(key.Public(), id, ttl)
 	if err != nil {
@@ -224,13 +227,13 @@ func (ca *CA) IssueSVID(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, erro
 func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
-		return nil, fmt.Errorf("identity: CA: CSR for %s: %w", id, err)
+		return nil, fmt.Errorf("pki: CSR for %s: %w", id, err)
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("identity: CA: CSR for %s: bad signature: %w", id, err)
+		return nil, fmt.Errorf("pki: CSR for %s: bad signature: %w", id, err)
 	}
 	if err := checkPublicKey(csr.PublicKey); err != nil {
-		return nil, fmt.Errorf("identity: CA: CSR for %s: %w", id, err)
+		return nil, fmt.Errorf("pki: CSR for %s: %w", id, err)
 	}
 	leaf, err := ca.sign(csr.PublicKey, id, ttl)
 	if err != nil {
@@ -243,7 +246,7 @@ func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509
 func (ca *CA) SignCSRPEM(csrPEM []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
 	block, _ := pem.Decode(csrPEM)
 	if block == nil || (block.Type != "CERTIFICATE REQUEST" && block.Type != "NEW CERTIFICATE REQUEST") {
-		return nil, fmt.Errorf("identity: CA: CSR for %s: no PEM CERTIFICATE REQUEST block", id)
+		return nil, fmt.Errorf("pki: CSR for %s: no PEM CERTIFICATE REQUEST block", id)
 	}
 	return ca.SignCSR(block.Bytes, id, ttl)
 }
@@ -252,16 +255,16 @@ func (ca *CA) SignCSRPEM(csrPEM []byte, id spiffeid.ID, ttl time.Duration) ([]*x
 // clientAuth, not a CA, NotAfter-NotBefore = ttl.
 func (ca *CA) sign(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (*x509.Certificate, error) {
 	if id.IsZero() {
-		return nil, errors.New("identity: CA: empty SPIFFE ID")
+		return nil, errors.New("pki: empty SPIFFE ID")
 	}
 	if id.TrustDomain() != ca.td {
-		return nil, fmt.Errorf("identity: CA: %s is not in trust domain %q", id, ca.td.Name())
+		return nil, fmt.Errorf("pki: %s is not in trust domain %q", id, ca.td.Name())
 	}
 	if ttl == 0 {
 		ttl = DefaultSVIDTTL
 	}
 	if ttl < time.Second {
-		return nil, fmt.Errorf("identity: CA: lifetime of %s must be at least 1s, got %s", id, ttl)
+		return nil, fmt.Errorf("pki: lifetime of %s must be at least 1s, got %s", id, ttl)
 	}
 	serial, err := newSerial()
 	if err != nil {
@@ -270,7 +273,7 @@ func (ca *CA) sign(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (*x5
 	now := ca.now().Truncate(time.Second)
 	notAfter := now.Add(ttl)
 	if notAfter.After(ca.cert.NotAfter) {
-		return nil, fmt.Errorf("identity: CA: %s would outlive the root (expires %s)", id, ca.cert.NotAfter.UTC().Format(time.RFC3339))
+		return nil, fmt.Errorf("pki: %s would outlive the root (expires %s)", id, ca.cert.NotAfter.UTC().Format(time.RFC3339))
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
@@ -284,11 +287,11 @@ func (ca *CA) sign(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (*x5
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
 	if err != nil {
-		return nil, fmt.Errorf("identity: CA: signing %s: %w", id, err)
+		return nil, fmt.Errorf("pki: signing %s: %w", id, err)
 	}
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("identity: CA: parsing %s: %w", id, err)
+		return nil, fmt.Errorf("pki: parsing %s: %w", id, err)
 	}
 	return leaf, nil
 }
@@ -315,7 +318,7 @@ func checkPublicKey(pub crypto.PublicKey) error {
 func newSerial() (*big.Int, error) {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
-		return nil, fmt.Errorf("identity: CA: serial number: %w", err)
+		return nil, fmt.Errorf("pki: serial number: %w", err)
 	}
 	return serial.Add(serial, big.NewInt(1)), nil // never 0
 }
@@ -406,4 +409,27 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// Source issues SVIDs from a CA in the same process (ztunnel/identity.Source): for tests and
+// single-process local runs.
+type Source struct {
+	CA  *CA
+	TTL time.Duration // SVID lifetime; DefaultSVIDTTL when 0
+}
+
+// NewSource issues SVIDs of lifetime ttl (DefaultSVIDTTL when 0) from ca.
+func NewSource(ca *CA, ttl time.Duration) *Source { return &Source{CA: ca, TTL: ttl} }
+
+// FetchSVID issues a new SVID for id.
+func (s *Source) FetchSVID(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("pki: SVID for %s: %w", id, err)
+	}
+	return s.CA.IssueSVID(id, s.TTL)
+}
+
+// FetchBundle returns the CA's root.
+func (s *Source) FetchBundle(context.Context) (*x509bundle.Bundle, error) {
+	return s.CA.Bundle(), nil
 }

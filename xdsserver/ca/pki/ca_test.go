@@ -1,4 +1,4 @@
-package identity
+package pki
 
 import (
 	"crypto"
@@ -327,3 +327,9 @@ func urls(us []*url.URL) []string {
 	}
 	return out
 }
+
+// fakeClock is a time that moves only when a test says.
+type fakeClock struct{ now time.Time }
+
+func newFakeClock(t time.Time) *fakeClock { return &fakeClock{now: t} }
+func (c *fakeClock) Now() time.Time       { return c.now }
