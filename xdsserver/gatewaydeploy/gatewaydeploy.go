@@ -136,10 +136,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		"ServiceAccount": kf.Core().V1().ServiceAccounts().Informer(), "ConfigMap": kf.Core().V1().ConfigMaps().Informer(),
 		"Pod": pf.Core().V1().Pods().Informer(),
 	}
-	for kind, inf := range infs {
-		if err := inf.AddIndexers(cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}); err != nil {
-			return fmt.Errorf("gatewaydeploy: %s: %w", kind, err)
-		}
+	for kind, inf := range infs { // the generated informers index by namespace
 		if _, err := inf.AddEventHandler(c.handler(kind)); err != nil {
 			return fmt.Errorf("gatewaydeploy: %s: %w", kind, err)
 		}

@@ -2,6 +2,7 @@
 package pki
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -43,9 +44,13 @@ const (
 // for concurrent use.
 type CA struct {
 	td   spiffeid.TrustDomain
-	cert *x509.Certificate
+	cert *x509.Certificate // the signing certificate: the root, or an intermediate (plugged in)
 	key  crypto.Signer
-	now  func() time.Time
+	// chain is what is sent after a leaf up to the root, which is not in it: empty for a root
+	// CA, the signing certificate and the intermediates above it otherwise.
+	chain []*x509.Certificate
+	root  *x509.Certificate
+	now   func() time.Time
 }
 
 // CAOption configures NewCA, LoadCA and LoadOrCreateCA.
@@ -107,7 +112,7 @@ func NewCA(td spiffeid.TrustDomain, opts ...CAOption) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pki: parsing the root: %w", err)
 	}
-	return &CA{td: td, cert: cert, key: key, now: o.now}, nil
+	return &CA{td: td, cert: cert, key: key, root: cert, now: o.now}, nil
 }
 
 // LoadCA reads dir/root-cert.pem and dir/root-key.pem. The root must be a CA whose key matches;
@@ -145,8 +150,82 @@ func LoadCA(dir string, td spiffeid.TrustDomain, opts ...CAOption) (*CA, error) 
 	if rootTD, ok := RootTrustDomain(cert); ok && rootTD != td {
 		return nil, fmt.Errorf("pki: %s is the root of trust domain %q, not %q", certPath, rootTD.Name(), td.Name())
 	}
-	return &CA{td: td, cert: cert, key: key, now: o.now}, nil
+	return &CA{td: td, cert: cert, key: key, root: cert, now: o.now}, nil
 }
+
+// FromPEM makes a CA of Istio's CA files (the keys of the Secrets istio-ca-secret and cacerts):
+// caCert (ca-cert.pem) signs with caKey (ca-key.pem); rootCert (root-cert.pem) is the root,
+// caCert itself when empty; certChain (cert-chain.pem) holds the intermediates between caCert
+// and the root (either may be listed in it too). caCert must chain to the root.
+func FromPEM(td spiffeid.TrustDomain, caCert, caKey, certChain, rootCert []byte, opts ...CAOption) (*CA, error) {
+	if td.IsZero() {
+		return nil, errors.New("pki: CA: empty trust domain")
+	}
+	o := newCAOptions(opts)
+	certs, err := parseCertsPEM(caCert)
+	if err != nil {
+		return nil, fmt.Errorf("pki: ca-cert.pem: %w", err)
+	}
+	cert := certs[0]
+	if !cert.IsCA || !cert.BasicConstraintsValid {
+		return nil, errors.New("pki: ca-cert.pem: the certificate is not a CA")
+	}
+	key, err := parseKeyPEM(caKey)
+	if err != nil {
+		return nil, fmt.Errorf("pki: ca-key.pem: %w", err)
+	}
+	if !publicKeyEqual(key.Public(), cert.PublicKey) {
+		return nil, errors.New("pki: ca-key.pem does not match ca-cert.pem")
+	}
+	ca := &CA{td: td, cert: cert, key: key, root: cert, now: o.now}
+	if len(bytes.TrimSpace(rootCert)) == 0 {
+		if err := cert.CheckSignatureFrom(cert); err != nil {
+			return nil, fmt.Errorf("pki: ca-cert.pem is not self-signed and no root-cert.pem is given: %w", err)
+		}
+		return ca, nil
+	}
+	roots, err := parseCertsPEM(rootCert)
+	if err != nil {
+		return nil, fmt.Errorf("pki: root-cert.pem: %w", err)
+	}
+	ca.root = roots[0]
+	if cert.Equal(ca.root) {
+		return ca, nil
+	}
+	ca.chain = []*x509.Certificate{cert}
+	if len(bytes.TrimSpace(certChain)) > 0 {
+		more, err := parseCertsPEM(certChain)
+		if err != nil {
+			return nil, fmt.Errorf("pki: cert-chain.pem: %w", err)
+		}
+		for _, c := range more {
+			if !c.Equal(cert) && !c.Equal(ca.root) {
+				ca.chain = append(ca.chain, c)
+			}
+		}
+	}
+	pool, inter := x509.NewCertPool(), x509.NewCertPool()
+	pool.AddCert(ca.root)
+	for _, c := range ca.chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, CurrentTime: o.now()}); err != nil {
+		return nil, fmt.Errorf("pki: ca-cert.pem does not chain to root-cert.pem: %w", err)
+	}
+	return ca, nil
+}
+
+// PEM returns the signing certificate and its key (PKCS#8), for a Secret.
+func (ca *CA) PEM() (certPEM, keyPEM []byte, err error) {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: encoding the key: %w", err)
+	}
+	return pemBlock("CERTIFICATE", ca.cert.Raw), pemBlock("PRIVATE KEY", keyDER), nil
+}
+
+// RootPEM is the root certificate, PEM.
+func (ca *CA) RootPEM() []byte { return pemBlock("CERTIFICATE", ca.root.Raw) }
 
 // LoadOrCreateCA loads the CA kept in dir, or creates one and saves it there when neither of its
 // files exists. created tells which happened.
@@ -176,8 +255,12 @@ func RootTrustDomain(root *x509.Certificate) (spiffeid.TrustDomain, bool) {
 	return spiffeid.TrustDomain{}, false
 }
 
-// Save writes root-cert.pem (0644) and root-key.pem (0600, PKCS#8) into dir, creating it.
+// Save writes root-cert.pem (0644) and root-key.pem (0600, PKCS#8) into dir, creating it. Only
+// a root CA can be saved so.
 func (ca *CA) Save(dir string) error {
+	if len(ca.chain) > 0 {
+		return errors.New("pki: CA: an intermediate CA is not kept as root-cert.pem and root-key.pem")
+	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.key)
 	if err != nil {
 		return fmt.Errorf("pki: encoding the root key: %w", err)
@@ -198,11 +281,11 @@ func (ca *CA) Save(dir string) error {
 func (ca *CA) TrustDomain() spiffeid.TrustDomain { return ca.td }
 
 // Root is the root certificate.
-func (ca *CA) Root() *x509.Certificate { return ca.cert }
+func (ca *CA) Root() *x509.Certificate { return ca.root }
 
 // Bundle is the trust bundle of the CA's trust domain: the root.
 func (ca *CA) Bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})
+	return x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.root})
 }
 
 // IssueSVID generates an ECDSA P-256 key and issues an X.509-SVID for id, valid for ttl from
@@ -216,14 +299,14 @@ func (ca *CA) IssueSVID(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, erro
 	if err != nil {
 		return nil, err
 	}
-	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{leaf}, PrivateKey: key}, nil
+	return &x509svid.SVID{ID: id, Certificates: append([]*x509.Certificate{leaf}, ca.chain...), PrivateKey: key}, nil
 }
 
 // SignCSR issues a certificate for id, valid for ttl (DefaultSVIDTTL when 0), to the public key
 // of a DER certificate request. The caller decides the identity: the CSR's subject and SANs are
 // ignored. The CSR's signature must verify and its key must be ECDSA P-256/P-384/P-521,
 // RSA of at least 2048 bits, or Ed25519. It returns the chain, leaf first, without the root (see
-// Bundle): with this root-only CA, just the leaf.
+// Bundle): for a root CA, just the leaf.
 func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
@@ -239,7 +322,7 @@ func (ca *CA) SignCSR(csrDER []byte, id spiffeid.ID, ttl time.Duration) ([]*x509
 	if err != nil {
 		return nil, err
 	}
-	return []*x509.Certificate{leaf}, nil
+	return append([]*x509.Certificate{leaf}, ca.chain...), nil
 }
 
 // SignCSRPEM is SignCSR for a PEM "CERTIFICATE REQUEST", as Istio's CreateCertificate sends.

@@ -16,7 +16,7 @@ import (
 // IssueServingCert issues a TLS server certificate for the control plane itself: a new ECDSA
 // P-256 key, the URI SAN id and the DNS SANs dnsNames (istiod's certificate carries
 // istiod.istio-system.svc so that clients verify it by name), valid for ttl (DefaultSVIDTTL when
-// 0). The returned certificate's chain is the leaf alone; its Leaf is set.
+// 0). The returned certificate's chain is the leaf and the CA's intermediates; its Leaf is set.
 func (ca *CA) IssueServingCert(id spiffeid.ID, dnsNames []string, ttl time.Duration) (*tls.Certificate, error) {
 	if id.TrustDomain() != ca.td {
 		return nil, fmt.Errorf("pki: serving certificate %s is not in trust domain %q", id, ca.td.Name())
@@ -61,5 +61,9 @@ func (ca *CA) IssueServingCert(id spiffeid.ID, dnsNames []string, ttl time.Durat
 	if err != nil {
 		return nil, fmt.Errorf("pki: parsing serving certificate %s: %w", id, err)
 	}
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+	chain := [][]byte{der}
+	for _, c := range ca.chain {
+		chain = append(chain, c.Raw)
+	}
+	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, nil
 }
