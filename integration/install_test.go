@@ -187,7 +187,8 @@ func TestInstallZtunnel(t *testing.T) {
 	}
 }
 
-// TestInstallXdsserver: the Deployment runs xdsserver in cluster mode with its own flags,
+// TestInstallXdsserver: the Deployment runs xdsserver in cluster mode with its own flags (its
+// CA in the cluster's Secrets),
 // listening where the istiod Service sends, probed on /healthz/ready, non-root, read-only.
 func TestInstallXdsserver(t *testing.T) {
 	var d appsv1.Deployment
@@ -197,8 +198,10 @@ func TestInstallXdsserver(t *testing.T) {
 	spec := d.Spec.Template.Spec
 	c := spec.Containers[0]
 	a := args(t, "../cmd/xdsserver", c)
-	if a["kube"] != "true" || a["ca-dir"] == "" || mounted(c, spec.Volumes, a["ca-dir"]+"/root-cert.pem") == nil {
-		t.Errorf("not in cluster mode with a mounted CA: %v", a)
+	// In cluster mode the CA is in istiod's Secrets (cacerts, istio-ca-secret), read through the
+	// API: no --ca-dir, no mounted key.
+	if a["kube"] != "true" || a["ca-dir"] != "" || len(spec.Volumes) != 0 {
+		t.Errorf("not in cluster mode with the CA in the cluster's Secrets: %v, volumes %v", a, spec.Volumes)
 	}
 	listen := map[int32]string{15010: a["xds-listen"], 15012: a["secure-listen"], 15014: a["http-listen"]}
 	for _, p := range svc.Spec.Ports {

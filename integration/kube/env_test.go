@@ -209,8 +209,15 @@ func docs(path string) [][]byte {
 
 // proc is a started binary of this repository, killed at the end of the test.
 type proc struct {
-	cmd *exec.Cmd
-	log *syncBuf
+	cmd    *exec.Cmd
+	log    *syncBuf
+	exited chan struct{}
+}
+
+// kill ends the process by its PID and waits for it.
+func (p *proc) kill() {
+	p.cmd.Process.Kill()
+	<-p.exited
 }
 
 func start(t *testing.T, name, bin string, args ...string) *proc {
@@ -220,11 +227,10 @@ func start(t *testing.T, name, bin string, args ...string) *proc {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() { p.cmd.Wait(); close(exited) }()
+	p.exited = make(chan struct{})
+	go func() { p.cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-exited
+		p.kill()
 		if t.Failed() {
 			t.Logf("%s log:\n%s", name, p.log)
 		}

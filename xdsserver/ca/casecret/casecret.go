@@ -92,7 +92,7 @@ func Load(ctx context.Context, o Options) (*Result, error) {
 	s := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: SelfSignedSecret, Namespace: o.Namespace},
 		Type:       SecretType,
-		Data: map[string][]byte{CACertKey: certPEM, CAKeyKey: keyPEM, RootCertKey: certPEM, CertChainKey: {}, PrivateKey: {}},
+		Data:       map[string][]byte{CACertKey: certPEM, CAKeyKey: keyPEM, RootCertKey: certPEM, CertChainKey: {}, PrivateKey: {}},
 	}
 	_, err = secrets.Create(ctx, s, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) { // another replica was first
