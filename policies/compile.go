@@ -24,10 +24,10 @@ const DefaultRootNamespace = "istio-system"
 // to change policies, compile a new Engine and swap it in.
 type Engine struct {
 	root      string
-	byNS      map[string]*bucket // workload targets: policies without targetRefs, by namespace
-	byGateway map[string]*bucket // waypoint targets: "ns/name" of a Gateway
-	byClass   map[string]*bucket // GatewayClass name (root-namespace policies)
-	byService map[string]*bucket // "ns/name" of a Service or ServiceEntry
+	byNS      map[string]*bucket    // workload targets: policies without targetRefs, by namespace
+	byGateway map[objectRef]*bucket // waypoint targets: a Gateway (Kind empty)
+	byClass   map[string]*bucket    // GatewayClass name (root-namespace policies)
+	byService map[objectRef]*bucket // a Service or ServiceEntry
 	policies  []*cpolicy
 }
 
@@ -89,9 +89,9 @@ type crule struct {
 type csource struct {
 	principals, notPrincipals []strMatch
 	reqPrinc, notReqPrinc     []reqPrincipalMatch
-	namespaces, notNamespaces []glob
+	namespaces, notNamespaces []nsMatch
 	sas, notSAs               []saMatch
-	tds, notTDs               []glob
+	tds, notTDs               []tdMatch
 	ips, notIPs               []netip.Prefix
 	remoteIPs, notRemoteIPs   []netip.Prefix
 }
@@ -118,15 +118,13 @@ const (
 	condSNI
 	condHeader
 	condReqPrincipal
-	condAudiences
-	condPresenter
-	condClaim
+	condClaim // request.auth.claims[...], and request.auth.audiences / presenter (claims aud / azp)
 	condMetadata
 )
 
 type ccondition struct {
 	kind        condKind
-	name        string   // header name (lower case) or metadata key
+	name        string   // header name (ASCII lower case) or metadata key
 	claim       []string // claim path
 	values, not cvalues
 }
@@ -135,7 +133,8 @@ type ccondition struct {
 type cvalues struct {
 	n        int
 	strs     []strMatch
-	globs    []glob
+	ns       []nsMatch
+	tds      []tdMatch
 	sas      []saMatch
 	prefixes []netip.Prefix
 	ports    []uint16
@@ -148,9 +147,9 @@ func Compile(aps []*AuthorizationPolicy, opts Options) *Engine {
 	e := &Engine{
 		root:      cmp.Or(opts.RootNamespace, DefaultRootNamespace),
 		byNS:      map[string]*bucket{},
-		byGateway: map[string]*bucket{},
+		byGateway: map[objectRef]*bucket{},
 		byClass:   map[string]*bucket{},
-		byService: map[string]*bucket{},
+		byService: map[objectRef]*bucket{},
 	}
 	for _, ap := range aps {
 		p := compilePolicy(ap)
@@ -159,7 +158,12 @@ func Compile(aps []*AuthorizationPolicy, opts Options) *Engine {
 			b.add(p)
 		}
 	}
-	for _, m := range []map[string]*bucket{e.byNS, e.byGateway, e.byClass, e.byService} {
+	for _, m := range []map[string]*bucket{e.byNS, e.byClass} {
+		for _, b := range m {
+			b.sort()
+		}
+	}
+	for _, m := range []map[objectRef]*bucket{e.byGateway, e.byService} {
 		for _, b := range m {
 			b.sort()
 		}
@@ -172,14 +176,7 @@ func (e *Engine) RootNamespace() string { return e.root }
 
 // bucketsFor returns the attachment points of a policy, creating them as needed.
 func (e *Engine) bucketsFor(ap *AuthorizationPolicy) []*bucket {
-	get := func(m map[string]*bucket, k string) *bucket {
-		b := m[k]
-		if b == nil {
-			b = &bucket{}
-			m[k] = b
-		}
-		return b
-	}
+	get := func(m map[string]*bucket, k string) *bucket { return getBucket(m, k) }
 	refs := targetRefs(ap.Spec)
 	if len(refs) == 0 {
 		return []*bucket{get(e.byNS, ap.Namespace)}
@@ -188,13 +185,13 @@ func (e *Engine) bucketsFor(ap *AuthorizationPolicy) []*bucket {
 	for _, r := range refs {
 		switch r.GetKind() {
 		case "Gateway":
-			out = append(out, get(e.byGateway, ap.Namespace+"/"+r.GetName()))
+			out = append(out, getBucket(e.byGateway, objectRef{Namespace: ap.Namespace, Name: r.GetName()}))
 		case "GatewayClass":
 			if ap.Namespace == e.root {
 				out = append(out, get(e.byClass, r.GetName()))
 			}
 		case "Service", "ServiceEntry":
-			out = append(out, get(e.byService, ap.Namespace+"/"+r.GetName()))
+			out = append(out, getBucket(e.byService, objectRef{Kind: r.GetKind(), Namespace: ap.Namespace, Name: r.GetName()}))
 		}
 	}
 	return slices.Compact(out)
@@ -293,16 +290,16 @@ func compileRule(r *securityv1beta1.Rule, ns string) crule {
 	for _, f := range r.GetFrom() {
 		s := f.GetSource()
 		c.from = append(c.from, csource{
-			principals:    strMatches(s.Principals, false),
-			notPrincipals: strMatches(s.NotPrincipals, false),
+			principals:    principalMatches(s.Principals),
+			notPrincipals: principalMatches(s.NotPrincipals),
 			reqPrinc:      reqPrincipalMatches(s.RequestPrincipals),
 			notReqPrinc:   reqPrincipalMatches(s.NotRequestPrincipals),
-			namespaces:    globs(s.Namespaces),
-			notNamespaces: globs(s.NotNamespaces),
+			namespaces:    nsMatches(s.Namespaces),
+			notNamespaces: nsMatches(s.NotNamespaces),
 			sas:           saMatches(s.ServiceAccounts, ns),
 			notSAs:        saMatches(s.NotServiceAccounts, ns),
-			tds:           globs(s.TrustDomains),
-			notTDs:        globs(s.NotTrustDomains),
+			tds:           tdMatches(s.TrustDomains),
+			notTDs:        tdMatches(s.NotTrustDomains),
 			ips:           prefixes(s.IpBlocks),
 			notIPs:        prefixes(s.NotIpBlocks),
 			remoteIPs:     prefixes(s.RemoteIpBlocks),
@@ -312,12 +309,12 @@ func compileRule(r *securityv1beta1.Rule, ns string) crule {
 	for _, t := range r.GetTo() {
 		o := t.GetOperation()
 		c.to = append(c.to, coperation{
-			hosts:      strMatches(o.Hosts, true),
-			notHosts:   strMatches(o.NotHosts, true),
+			hosts:      headerMatches(o.Hosts, true),
+			notHosts:   headerMatches(o.NotHosts, true),
 			ports:      ports(o.Ports),
 			notPorts:   ports(o.NotPorts),
-			methods:    strMatches(o.Methods, false),
-			notMethods: strMatches(o.NotMethods, false),
+			methods:    headerMatches(o.Methods, false),
+			notMethods: headerMatches(o.NotMethods, false),
 			paths:      pathMatches(o.Paths),
 			notPaths:   pathMatches(o.NotPaths),
 		})
@@ -352,15 +349,15 @@ func compileCondition(w *securityv1beta1.Condition, ns string) ccondition {
 		c.kind = condSNI
 	case "request.auth.principal":
 		c.kind = condReqPrincipal
-	case "request.auth.audiences":
-		c.kind = condAudiences
-	case "request.auth.presenter":
-		c.kind = condPresenter
+	case "request.auth.audiences": // istiod matches the JWT claim aud, a string or a list
+		c.kind, c.claim = condClaim, []string{"aud"}
+	case "request.auth.presenter": // the claim azp, likewise
+		c.kind, c.claim = condClaim, []string{"azp"}
 	default:
 		names, _ := bracketNames(key)
 		switch {
 		case strings.HasPrefix(key, keyHeaders):
-			c.kind, c.name = condHeader, strings.ToLower(names[0])
+			c.kind, c.name = condHeader, toLowerASCII(names[0])
 		case strings.HasPrefix(key, keyClaims):
 			c.kind, c.claim = condClaim, names
 		default:
@@ -377,8 +374,14 @@ func compileValues(k condKind, values []string, ns string) cvalues {
 	switch k {
 	case condSourceIP, condRemoteIP, condDestIP:
 		v.prefixes = prefixes(values)
-	case condSourceNS, condSourceTD:
-		v.globs = globs(values)
+	case condSourceNS:
+		v.ns = nsMatches(values)
+	case condSourceTD:
+		v.tds = tdMatches(values)
+	case condSourcePrincipal:
+		v.strs = principalMatches(values)
+	case condHeader:
+		v.strs = headerMatches(values, false)
 	case condSourceSA:
 		v.sas = saMatches(values, ns)
 	case condDestPort:
@@ -389,6 +392,19 @@ func compileValues(k condKind, values []string, ns string) cvalues {
 		v.strs = strMatches(values, false)
 	}
 	return v
+}
+
+// objectRef keys the buckets of Gateways, Services and ServiceEntries: a struct, so that a
+// request's lookup builds no string.
+type objectRef struct{ Kind, Namespace, Name string }
+
+func getBucket[K comparable](m map[K]*bucket, k K) *bucket {
+	b := m[k]
+	if b == nil {
+		b = &bucket{}
+		m[k] = b
+	}
+	return b
 }
 
 // targetRefs is targetRefs plus the deprecated targetRef.

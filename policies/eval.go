@@ -12,11 +12,10 @@ const detailsNone = "rbac_access_denied_matched_policy[none]"
 
 // evalCtx is what one evaluation derives from a request once.
 type evalCtx struct {
-	r      *Request
-	peer   Peer
-	peerOK bool
-	path   string // without the query
-	remote netip.Addr
+	r       *Request
+	path    string // normalised, without the query
+	remote  netip.Addr
+	nsSites nsSites // of the peer principal, for namespaces matching
 }
 
 // Decide evaluates r and returns the decision. It allocates only for AUDIT matches; use
@@ -31,17 +30,9 @@ func (e *Engine) Decide(r *Request) Decision {
 func (e *Engine) Evaluate(r *Request, d *Decision) {
 	*d = Decision{Rule: -1, Audit: d.Audit[:0]}
 	c := evalCtx{r: r, remote: r.remoteIP()}
-	c.peer, c.peerOK = ParsePrincipal(r.Principal)
-	c.path, _, _ = strings.Cut(r.Path, "?")
-	if c.path != "" && !isNormal(c.path) {
-		// Callers normalise (the filter does); an engine that trusted them would let
-		// "/admin/../secret" past a DENY on "/secret" when one forgets.
-		p, err := NormalizePath(c.path)
-		if err != nil {
-			d.Reason, d.Details = ReasonBadRequest, err.Error()
-			return
-		}
-		c.path = p
+	if err := c.setPath(r.Path); err != nil {
+		d.Reason, d.Details = ReasonBadRequest, err.Error()
+		return
 	}
 
 	var store [8]*ruleSet
@@ -90,6 +81,20 @@ func (e *Engine) Evaluate(r *Request, d *Decision) {
 	}
 }
 
+// setPath sets c.path from a request's path. Callers normalise (the filter does, Envoy has);
+// an engine that trusted them would let "/admin/../secret" past a DENY on "/secret" when one
+// forgets, so a path that is not in normal form is normalised here, without allocating when it is.
+func (c *evalCtx) setPath(raw string) error {
+	p, query, _ := strings.Cut(raw, "?")
+	if raw == "" || isNormal(p) && strings.IndexByte(query, '#') < 0 {
+		c.path = p
+		return nil
+	}
+	p, err := NormalizePath(raw)
+	c.path = p
+	return err
+}
+
 // ruleSets appends to out the rule sets whose policies may apply to t: the buckets of its
 // attachment points, and within them the selector groups its labels can match.
 func (e *Engine) ruleSets(t *Target, out []*ruleSet) []*ruleSet {
@@ -127,13 +132,13 @@ func (e *Engine) applicable(t *Target, bs *[3]*bucket) int {
 		return n
 	}
 	if t.Gateway != "" {
-		put(e.byGateway[t.Namespace+"/"+t.Gateway])
+		put(e.byGateway[objectRef{Namespace: t.Namespace, Name: t.Gateway}])
 	}
 	if t.GatewayClass != "" {
 		put(e.byClass[t.GatewayClass])
 	}
 	if t.Service != "" {
-		put(e.byService[t.ServiceNS()+"/"+t.Service])
+		put(e.byService[objectRef{Kind: t.ServiceKindOrDefault(), Namespace: t.ServiceNS(), Name: t.Service}])
 	}
 	return n
 }
@@ -271,10 +276,10 @@ func (r *crule) match(c *evalCtx) bool {
 
 func (s *csource) match(c *evalCtx) bool {
 	p, r := c.r.Principal, c.r
-	if len(s.principals) > 0 && (p == "" || !anyStr(s.principals, p)) {
+	if len(s.principals) > 0 && !anyPrincipal(s.principals, p) {
 		return false
 	}
-	if len(s.notPrincipals) > 0 && p != "" && anyStr(s.notPrincipals, p) {
+	if len(s.notPrincipals) > 0 && anyPrincipal(s.notPrincipals, p) {
 		return false
 	}
 	if len(s.reqPrinc) > 0 && !anyReqPrincipal(s.reqPrinc, &r.Auth) {
@@ -283,22 +288,22 @@ func (s *csource) match(c *evalCtx) bool {
 	if len(s.notReqPrinc) > 0 && anyReqPrincipal(s.notReqPrinc, &r.Auth) {
 		return false
 	}
-	if len(s.namespaces) > 0 && !anyNS(s.namespaces, &c.peer, c.peerOK) {
+	if len(s.namespaces) > 0 && !anyNS(s.namespaces, p, &c.nsSites) {
 		return false
 	}
-	if len(s.notNamespaces) > 0 && anyNS(s.notNamespaces, &c.peer, c.peerOK) {
+	if len(s.notNamespaces) > 0 && anyNS(s.notNamespaces, p, &c.nsSites) {
 		return false
 	}
-	if len(s.sas) > 0 && !anySA(s.sas, &c.peer, c.peerOK) {
+	if len(s.sas) > 0 && !anySA(s.sas, p) {
 		return false
 	}
-	if len(s.notSAs) > 0 && anySA(s.notSAs, &c.peer, c.peerOK) {
+	if len(s.notSAs) > 0 && anySA(s.notSAs, p) {
 		return false
 	}
-	if len(s.tds) > 0 && !anyTD(s.tds, p, &c.peer, c.peerOK) {
+	if len(s.tds) > 0 && !anyTD(s.tds, p) {
 		return false
 	}
-	if len(s.notTDs) > 0 && anyTD(s.notTDs, p, &c.peer, c.peerOK) {
+	if len(s.notTDs) > 0 && anyTD(s.notTDs, p) {
 		return false
 	}
 	if len(s.ips) > 0 && !anyPrefix(s.ips, r.SourceIP) {
@@ -318,10 +323,10 @@ func (s *csource) match(c *evalCtx) bool {
 
 func (o *coperation) match(c *evalCtx) bool {
 	r := c.r
-	if len(o.hosts) > 0 && !anyStr(o.hosts, r.Host) {
+	if len(o.hosts) > 0 && !anyPresent(o.hosts, r.Host) {
 		return false
 	}
-	if len(o.notHosts) > 0 && anyStr(o.notHosts, r.Host) {
+	if len(o.notHosts) > 0 && anyPresent(o.notHosts, r.Host) {
 		return false
 	}
 	if len(o.ports) > 0 && !anyPort(o.ports, r.DestPort) {
@@ -330,10 +335,10 @@ func (o *coperation) match(c *evalCtx) bool {
 	if len(o.notPorts) > 0 && anyPort(o.notPorts, r.DestPort) {
 		return false
 	}
-	if len(o.methods) > 0 && !anyStr(o.methods, r.Method) {
+	if len(o.methods) > 0 && !anyPresent(o.methods, r.Method) {
 		return false
 	}
-	if len(o.notMethods) > 0 && anyStr(o.notMethods, r.Method) {
+	if len(o.notMethods) > 0 && anyPresent(o.notMethods, r.Method) {
 		return false
 	}
 	if len(o.paths) > 0 && !anyPath(o.paths, c.path) {
@@ -366,31 +371,22 @@ func (v *cvalues) match(w *ccondition, c *evalCtx) bool {
 	case condDestIP:
 		return anyPrefix(v.prefixes, r.DestIP)
 	case condSourceNS:
-		return anyNS(v.globs, &c.peer, c.peerOK)
+		return anyNS(v.ns, r.Principal, &c.nsSites)
 	case condSourcePrincipal:
-		return r.Principal != "" && anyStr(v.strs, r.Principal)
+		return anyPrincipal(v.strs, r.Principal)
 	case condSourceSA:
-		return anySA(v.sas, &c.peer, c.peerOK)
+		return anySA(v.sas, r.Principal)
 	case condSourceTD:
-		return anyTD(v.globs, r.Principal, &c.peer, c.peerOK)
+		return anyTD(v.tds, r.Principal)
 	case condDestPort:
 		return anyPort(v.ports, r.DestPort)
 	case condSNI:
-		return anyStr(v.strs, r.SNI)
+		return r.SNI != "" && anyStr(v.strs, r.SNI)
 	case condHeader:
 		h, ok := r.Headers[w.name]
 		return ok && anyStr(v.strs, h)
 	case condReqPrincipal:
 		return anyReqPrincipal(v.reqPrinc, &r.Auth)
-	case condAudiences:
-		for _, a := range r.Auth.Audiences {
-			if anyStr(v.strs, a) {
-				return true
-			}
-		}
-		return false
-	case condPresenter:
-		return r.Auth.Presenter != "" && anyStr(v.strs, r.Auth.Presenter)
 	case condClaim:
 		return claimMatches(r.Auth.Claims, w.claim, v.strs)
 	case condMetadata:
@@ -398,4 +394,14 @@ func (v *cvalues) match(w *ccondition, c *evalCtx) bool {
 		return ok && anyStr(v.strs, m)
 	}
 	return false
+}
+
+// anyPrincipal: some value matches the peer principal; without one (plaintext), none does.
+func anyPrincipal(ms []strMatch, principal string) bool {
+	return principal != "" && anyStr(ms, principal)
+}
+
+// anyPresent: the attribute (host, method) is present and some value matches it.
+func anyPresent(ms []strMatch, v string) bool {
+	return v != "" && anyStr(ms, v)
 }

@@ -19,8 +19,9 @@ type Explanation struct {
 // humans (meshctl authz check --explain), not for the request path.
 func (e *Engine) Explain(r *Request) []Explanation {
 	c := evalCtx{r: r, remote: r.remoteIP()}
-	c.peer, c.peerOK = ParsePrincipal(r.Principal)
-	c.path, _, _ = strings.Cut(r.Path, "?")
+	if err := c.setPath(r.Path); err != nil {
+		c.path = r.Path // Decide denies it (bad-request); the rules are explained on it as given
+	}
 	var out []Explanation
 	for _, p := range e.policies {
 		x := Explanation{Policy: p.key, Action: p.action, DryRun: p.dryRun}
@@ -48,6 +49,7 @@ func (e *Engine) applies(p *cpolicy, t *Target) (bool, string) {
 	case !t.Waypoint && len(refs) > 0:
 		return false, "it has targetRefs, so only waypoints enforce it"
 	case t.Waypoint:
+		kindMismatch := ""
 		for _, r := range refs {
 			switch r.GetKind() {
 			case "Gateway":
@@ -58,13 +60,16 @@ func (e *Engine) applies(p *cpolicy, t *Target) (bool, string) {
 				if ns == e.root && r.GetName() == t.GatewayClass {
 					return true, "it targets the GatewayClass " + t.GatewayClass
 				}
-			case "Service", "ServiceEntry":
+			case KindService, KindServiceEntry:
 				if t.Service != "" && ns == t.ServiceNS() && r.GetName() == t.Service {
-					return true, "it targets the Service " + ns + "/" + t.Service
+					if r.GetKind() == t.ServiceKindOrDefault() {
+						return true, "it targets the " + r.GetKind() + " " + ns + "/" + t.Service
+					}
+					kindMismatch = "; it names a " + r.GetKind() + " " + ns + "/" + t.Service + ", but the request is for a " + t.ServiceKindOrDefault() + " of that name"
 				}
 			}
 		}
-		return false, "none of its targetRefs names this waypoint, its GatewayClass or the addressed Service"
+		return false, "none of its targetRefs names this waypoint, its GatewayClass or the addressed Service" + kindMismatch
 	case ns != t.Namespace && ns != e.root:
 		return false, fmt.Sprintf("it is in namespace %s, neither %s nor the root namespace %s", ns, t.Namespace, e.root)
 	case !p.selects(t.Labels):

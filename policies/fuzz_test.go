@@ -42,6 +42,9 @@ func FuzzEvaluate(f *testing.F) {
 	e := Compile(objs.AuthorizationPolicies, Options{})
 	f.Add("cluster.local/ns/handson/sa/curl", "POST", "/a/../b?x", "handson", true, "handson", `{"groups":["a"]}`, "x-env=prod")
 	f.Add("", "GET", "/%2e%2E/%00", "default", false, "", "", "")
+	// Reproducers of non-idempotent normalisation (a stray '%' before escapes it later forms).
+	f.Add("cluster.local/ns/shop/sa/client", "GET", "%7%41", "handson", true, "handson", "", "x-env=")
+	f.Add("td/ns/a/extra/sa/b", "GET", "/a/%2%65%2%65/b", "default", false, "", `{"azp":["a","b"]}`, "")
 	f.Fuzz(func(t *testing.T, principal, method, path, ns string, waypoint bool, gw, claims, header string) {
 		p, err := NormalizePath(path)
 		if err == nil {

@@ -1,9 +1,6 @@
 package policies
 
-import (
-	"net/netip"
-	"strings"
-)
+import "net/netip"
 
 // Request is everything an authorization decision may look at. The waypoint filter fills the
 // HTTP fields; ztunnel fills only the connection fields. Its JSON form is the `request` of the
@@ -34,13 +31,21 @@ type Request struct {
 	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
-// RequestAuth is the validated JWT of a request (Istio's request.auth.* attributes).
+// RequestAuth is the validated JWT of a request (Istio's request.auth.* attributes). As istiod
+// does, request.auth.audiences and request.auth.presenter read the claims aud and azp, each a
+// string or a list of strings.
 type RequestAuth struct {
-	Issuer    string         `json:"issuer,omitempty"`
-	Subject   string         `json:"subject,omitempty"`
-	Audiences []string       `json:"audiences,omitempty"`
-	Presenter string         `json:"presenter,omitempty"` // azp
-	Claims    map[string]any `json:"claims,omitempty"`    // the decoded JWT payload: strings, lists of strings, nested objects
+	Issuer  string         `json:"issuer,omitempty"`  // the claim iss
+	Subject string         `json:"subject,omitempty"` // the claim sub
+	Claims  map[string]any `json:"claims,omitempty"`  // the decoded JWT payload: strings, lists of strings, nested objects
+}
+
+// AuthFromClaims is the RequestAuth of a validated JWT's decoded payload.
+func AuthFromClaims(payload map[string]any) RequestAuth {
+	a := RequestAuth{Claims: payload}
+	a.Issuer, _ = payload["iss"].(string)
+	a.Subject, _ = payload["sub"].(string)
+	return a
 }
 
 // Target says which proxy evaluates the request and for what: a workload (ztunnel or a
@@ -52,8 +57,25 @@ type Target struct {
 	Waypoint         bool   `json:"waypoint,omitempty"`
 	Gateway          string `json:"gateway,omitempty"`           // the waypoint's Gateway name, in Namespace
 	GatewayClass     string `json:"gateway_class,omitempty"`     // the Gateway's class
-	Service          string `json:"service,omitempty"`           // the Service the request was addressed to, if any
+	Service          string `json:"service,omitempty"`           // the Service (or ServiceEntry) the request was addressed to, if any
 	ServiceNamespace string `json:"service_namespace,omitempty"` // its namespace (Namespace when empty)
+	ServiceKind      string `json:"service_kind,omitempty"`      // KindService (when empty) or KindServiceEntry
+}
+
+// The kinds of service a waypoint serves: a policy's Service targetRef attaches only to a
+// Kubernetes Service, a ServiceEntry targetRef only to a ServiceEntry, even of the same name
+// (istiod's WorkloadPolicyMatcher checks the service's registry).
+const (
+	KindService      = "Service"
+	KindServiceEntry = "ServiceEntry"
+)
+
+// ServiceKindOrDefault is ServiceKind, KindService when empty.
+func (t *Target) ServiceKindOrDefault() string {
+	if t.ServiceKind == "" {
+		return KindService
+	}
+	return t.ServiceKind
 }
 
 // ServiceNS is the namespace of the addressed Service.
@@ -74,23 +96,3 @@ func (r *Request) remoteIP() netip.Addr {
 
 // present reports whether the request carries a validated JWT.
 func (a *RequestAuth) present() bool { return a.Issuer != "" || a.Subject != "" }
-
-// Peer is the parsed form of a SPIFFE principal "<td>/ns/<ns>/sa/<sa>".
-type Peer struct {
-	TrustDomain, Namespace, ServiceAccount string
-}
-
-// ParsePrincipal splits a principal (with or without "spiffe://") into its parts without
-// allocating; ok is false when it is not of the form <td>/ns/<ns>/sa/<sa>.
-func ParsePrincipal(p string) (peer Peer, ok bool) {
-	p = strings.TrimPrefix(p, "spiffe://")
-	td, rest, found := strings.Cut(p, "/ns/")
-	if !found || td == "" || strings.Contains(td, "/") { // a SPIFFE trust domain has no '/'
-		return Peer{}, false
-	}
-	ns, sa, found := strings.Cut(rest, "/sa/")
-	if !found || ns == "" || sa == "" || strings.Contains(sa, "/") {
-		return Peer{}, false
-	}
-	return Peer{TrustDomain: td, Namespace: ns, ServiceAccount: sa}, true
-}

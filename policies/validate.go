@@ -41,13 +41,13 @@ func ValidateAuthorizationPolicy(p *AuthorizationPolicy) []error {
 	}
 	v.selector("spec.selector", s.GetSelector())
 	if r := s.GetTargetRef(); r != nil {
-		v.targetRef("spec.targetRef", r, p.Namespace)
+		v.targetRef("spec.targetRef", r)
 	}
 	if len(refs) > 16 {
 		v.add("spec.targetRefs", "at most 16 target references are allowed, found %d", len(refs))
 	}
 	for i, r := range refs {
-		v.targetRef(fmt.Sprintf("spec.targetRefs[%d]", i), r, p.Namespace)
+		v.targetRef(fmt.Sprintf("spec.targetRefs[%d]", i), r)
 	}
 
 	switch s.GetAction() {
@@ -79,12 +79,12 @@ func (v *validator) selector(field string, sel *typev1beta1.WorkloadSelector) {
 	}
 }
 
-func (v *validator) targetRef(field string, r *typev1beta1.PolicyTargetReference, ns string) {
+func (v *validator) targetRef(field string, r *typev1beta1.PolicyTargetReference) {
 	if r.GetName() == "" {
 		v.add(field+".name", "must not be empty")
 	}
-	if r.GetNamespace() != "" && r.GetNamespace() != ns {
-		v.add(field+".namespace", "cross-namespace references are not supported (%q != %q)", r.GetNamespace(), ns)
+	if r.GetNamespace() != "" { // istiod's validatePolicyTargetReference: even the policy's own namespace
+		v.add(field+".namespace", "targetRef namespace must not be set; cross namespace referencing is not supported (found %q)", r.GetNamespace())
 	}
 	switch g, k := r.GetGroup(), r.GetKind(); {
 	case k == "Gateway" && g == "gateway.networking.k8s.io":

@@ -45,6 +45,7 @@ func authzCheck(args []string, stdout, stderr io.Writer) int {
 	waypoint := fs.String("waypoint", "", "evaluate at this waypoint Gateway (ns/name, or name in --namespace)")
 	class := fs.String("gateway-class", "istio-waypoint", "the waypoint Gateway's class")
 	service := fs.String("service", "", "the Service the request is addressed to, at a waypoint (ns/name or name)")
+	serviceEntry := fs.String("service-entry", "", "the ServiceEntry the request is addressed to, at a waypoint (ns/name or name); a policy's Service targetRef does not attach to it")
 	principal := fs.String("source-principal", "", "peer identity, e.g. cluster.local/ns/foo/sa/bar (spiffe:// optional); empty for plaintext")
 	srcIP := fs.String("source-ip", "", "peer address")
 	remoteIP := fs.String("remote-ip", "", "original client address (X-Forwarded-For)")
@@ -56,7 +57,7 @@ func authzCheck(args []string, stdout, stderr io.Writer) int {
 	sni := fs.String("sni", "", "TLS server name")
 	var headers, claims listFlag
 	fs.Var(&headers, "header", "request header k=v (repeatable)")
-	fs.Var(&claims, "claim", "JWT claim k=v (repeatable; repeat a key for a list); with --jwt-issuer")
+	fs.Var(&claims, "claim", "JWT claim k=v (repeatable; repeat a key for a list, e.g. aud or azp); with --jwt-issuer")
 	issuer := fs.String("jwt-issuer", "", "issuer of the request's validated JWT")
 	subject := fs.String("jwt-subject", "", "subject of the request's validated JWT")
 	explain := fs.Bool("explain", false, "print every policy considered and why it matched or not")
@@ -117,12 +118,6 @@ func authzCheck(args []string, stdout, stderr io.Writer) int {
 				req.Auth.Claims[k] = append(prev, v)
 			}
 		}
-		if aud, ok := req.Auth.Claims["aud"].(string); ok {
-			req.Auth.Audiences = []string{aud}
-		}
-		if azp, ok := req.Auth.Claims["azp"].(string); ok {
-			req.Auth.Presenter = azp
-		}
 	}
 	if *waypoint != "" {
 		gwNS, gw := splitRef(*waypoint, *ns)
@@ -130,8 +125,14 @@ func authzCheck(args []string, stdout, stderr io.Writer) int {
 			return usage("--waypoint needs ns/name, or --namespace")
 		}
 		req.Target = policies.Target{Namespace: gwNS, Waypoint: true, Gateway: gw, GatewayClass: *class}
-		if *service != "" {
+		switch {
+		case *service != "" && *serviceEntry != "":
+			return usage("--service and --service-entry: give one")
+		case *service != "":
 			req.Target.ServiceNamespace, req.Target.Service = splitRef(*service, gwNS)
+		case *serviceEntry != "":
+			req.Target.ServiceNamespace, req.Target.Service = splitRef(*serviceEntry, gwNS)
+			req.Target.ServiceKind = policies.KindServiceEntry
 		}
 	} else {
 		if *ns == "" {

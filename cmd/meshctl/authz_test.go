@@ -11,6 +11,7 @@ const examples = "../../manifests/examples/"
 func TestAuthz(t *testing.T) {
 	l7 := examples + "handson/L7-authorization-policy.yaml"
 	curl := "--source-principal=cluster.local/ns/handson/sa/curl"
+	jwtSE := "testdata/presenter-serviceentry.yaml"
 	for _, c := range []struct {
 		name string
 		args []string
@@ -26,6 +27,17 @@ func TestAuthz(t *testing.T) {
 		{"JSON output", []string{"authz", "check", "-f", examples + "bookinfo-lite", "--namespace", "default", "--workload-labels", "app=web-api", "--source-principal", "cluster.local/ns/default/sa/sleep", "--json"}, 0,
 			[]string{`"policy": "default/web-api-rbac"`, `"reason": "allow-matched"`}},
 		{"a %00 path is a bad request", []string{"authz", "check", "-f", l7, "--waypoint", "handson/handson", "--path", "/a%00"}, 1, []string{"400 bad request"}},
+		{"a path with a fragment is a bad request", []string{"authz", "check", "-f", l7, "--waypoint", "handson/handson", "--path", "/a#b"}, 1, []string{"400 bad request", "fragment"}},
+		{"azp and aud given as lists", []string{"authz", "check", "-f", jwtSE, "--waypoint", "shop/waypoint", "--jwt-issuer", "idp", "--jwt-subject", "bob",
+			"--claim", "azp=web", "--claim", "azp=cli", "--claim", "aud=other", "--claim", "aud=shop"}, 0, []string{"ALLOW  reason=allow-matched policy=shop/cli-only"}},
+		{"azp as one string", []string{"authz", "check", "-f", jwtSE, "--waypoint", "shop/waypoint", "--jwt-issuer", "idp", "--claim", "azp=cli", "--claim", "aud=shop"}, 0,
+			[]string{"ALLOW  reason=allow-matched"}},
+		{"the ServiceEntry's DENY applies to it", []string{"authz", "check", "-f", jwtSE, "--waypoint", "shop/waypoint", "--service-entry", "reviews", "--method", "DELETE",
+			"--jwt-issuer", "idp", "--claim", "azp=cli", "--claim", "aud=shop"}, 1, []string{"DENY  reason=deny-matched policy=shop/se-no-delete"}},
+		{"the ServiceEntry's DENY does not apply to a Service of that name", []string{"authz", "check", "-f", jwtSE, "--waypoint", "shop/waypoint", "--service", "reviews", "--method", "DELETE",
+			"--jwt-issuer", "idp", "--claim", "azp=cli", "--claim", "aud=shop", "--explain"}, 0,
+			[]string{"ALLOW  reason=allow-matched policy=shop/cli-only", "it names a ServiceEntry shop/reviews, but the request is for a Service of that name"}},
+		{"--service and --service-entry", []string{"authz", "check", "-f", jwtSE, "--waypoint", "shop/waypoint", "--service", "a", "--service-entry", "b"}, 2, []string{"give one"}},
 		{"missing -f", []string{"authz", "check", "--namespace", "x"}, 2, []string{"-f is required"}},
 		{"bad IP", []string{"authz", "check", "-f", l7, "--namespace", "x", "--source-ip", "nope"}, 2, []string{`--source-ip: "nope" is not an IP address`}},
 		{"no target", []string{"authz", "check", "-f", l7}, 2, []string{"--namespace (the destination workload's) or --waypoint is required"}},

@@ -220,18 +220,5 @@ func readJWT(si api.StreamInfo, a *policies.RequestAuth) {
 	if !ok {
 		return
 	}
-	a.Claims = payload
-	a.Issuer, _ = payload["iss"].(string)
-	a.Subject, _ = payload["sub"].(string)
-	a.Presenter, _ = payload["azp"].(string)
-	switch aud := payload["aud"].(type) {
-	case string:
-		a.Audiences = []string{aud}
-	case []any:
-		for _, v := range aud {
-			if s, ok := v.(string); ok {
-				a.Audiences = append(a.Audiences, s)
-			}
-		}
-	}
+	*a = policies.AuthFromClaims(payload) // aud and azp are read from the claims, string or list
 }

@@ -211,8 +211,28 @@ func TestL7Rules(t *testing.T) {
 		{"testdata/service-target.yaml", shopRoute, []step{
 			{name: "DELETE on another service", method: "DELETE", url: "http://productpage/1", stream: fromPeer(web), allowed: true},
 		}},
+		{"testdata/istio-parity.yaml", shopRoute, []step{
+			{name: "header * matches an empty header", method: "GET", url: "http://x/team", headers: map[string]string{"X-Team": ""}, stream: fromPeer(web), allowed: true},
+			{name: "header * needs the header", method: "GET", url: "http://x/team", stream: fromPeer(web), details: none},
+			{name: "namespaces s*a matches shop/sa", method: "GET", url: "http://x/glob", stream: fromPeer("spiffe://cluster.local/ns/shop/sa/client"), allowed: true},
+			{name: "namespaces s*a needs a / after the a", method: "GET", url: "http://x/glob", stream: fromPeer("spiffe://cluster.local/ns/shop/sa2/client"), details: none},
+			{name: "serviceAccounts with a segment before sa/", method: "GET", url: "http://x/sa", stream: fromPeer("spiffe://cluster.local/ns/prod-eu/extra/sa/x"), allowed: true},
+			{name: "serviceAccounts with a segment after the account", method: "GET", url: "http://x/sa", stream: fromPeer("spiffe://cluster.local/ns/prod-eu/sa/x/extra"), allowed: true},
+			{name: "host folds ASCII", method: "GET", url: "http://KELVIN.example/kelvin", stream: fromPeer(web), allowed: true},
+			{name: "host does not fold the Kelvin sign", method: "GET", url: "http://\u212Aelvin.example/kelvin", stream: fromPeer(web), details: none},
+			{name: "azp as a list", method: "GET", url: "http://x/cli", stream: jwt(map[string]any{"iss": "idp", "sub": "bob", "azp": []any{"web", "cli"}}), allowed: true},
+			{name: "azp as a string", method: "GET", url: "http://x/cli", stream: jwt(map[string]any{"iss": "idp", "sub": "bob", "azp": "cli"}), allowed: true},
+			{name: "azp absent", method: "GET", url: "http://x/cli", stream: jwt(map[string]any{"iss": "idp", "sub": "bob"}), details: none},
+		}},
+		{"testdata/istio-parity.yaml", &authzconfig.Route{Service: "reviews", ServiceNamespace: "shop", Kind: "ServiceEntry"}, []step{
+			{name: "ServiceEntry targetRef on the ServiceEntry", method: "DELETE", url: "http://reviews/1", stream: fromPeer(web),
+				details: "rbac_access_denied_matched_policy[ns[shop]-policy[se-no-delete]-rule[0]]"},
+		}},
+		{"testdata/istio-parity.yaml", &authzconfig.Route{Service: "reviews", ServiceNamespace: "shop"}, []step{
+			{name: "ServiceEntry targetRef not on the Service of that name", method: "DELETE", url: "http://reviews/1", stream: fromPeer(web), details: none},
+		}},
 	} {
-		t.Run(filepath.Base(tc.file)+"/"+tc.route.Service, func(t *testing.T) {
+		t.Run(filepath.Base(tc.file)+"/"+tc.route.Service+tc.route.Kind, func(t *testing.T) {
 			h := envoytest.NewHost(nil)
 			run(t, h, waypoint(t, h, "shop", "waypoint", tc.route, tc.file), tc.steps)
 		})

@@ -92,6 +92,7 @@ func (Parser) Merge(parent, child any) any {
 	m := *p
 	m.target.Service = c.route.Service
 	m.target.ServiceNamespace = c.route.ServiceNamespace
+	m.target.ServiceKind = c.route.Kind
 	return &m
 }
 

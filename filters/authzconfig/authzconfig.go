@@ -51,6 +51,9 @@ type Config struct {
 type Route struct {
 	Service          string `json:"service"`          // the Service's name
 	ServiceNamespace string `json:"serviceNamespace"` // its namespace
+	// Kind is "Service" (when empty) or "ServiceEntry": a policy's Service targetRef attaches
+	// only to a Kubernetes Service, a ServiceEntry targetRef only to a ServiceEntry.
+	Kind string `json:"kind,omitempty"`
 }
 
 // Validate reports the first missing or malformed field of c.
@@ -76,6 +79,9 @@ func (r *Route) Validate() error {
 	}
 	if r.ServiceNamespace == "" {
 		errs = append(errs, errors.New("serviceNamespace: required"))
+	}
+	if r.Kind != "" && r.Kind != "Service" && r.Kind != "ServiceEntry" {
+		errs = append(errs, fmt.Errorf("kind: %q is neither Service nor ServiceEntry", r.Kind))
 	}
 	return errors.Join(errs...)
 }

@@ -108,12 +108,8 @@ func compile(a *security.Authorization) *auth {
 // Check decides a connection to w as ztunnel's assert_rbac does: a matching DENY denies; if
 // ALLOW policies apply, one must match. Dry-run policies are not enforced.
 func (e *Engine) Check(w *Workload, c *Conn) Result {
-	peer, ok := policies.ParsePrincipal(c.SrcIdentity)
-	id := ""
-	if strings.HasPrefix(c.SrcIdentity, "spiffe://") {
-		id = c.SrcIdentity[len("spiffe://"):]
-	}
-	v := view{c: c, id: id, peer: peer, peerOK: ok}
+	v := view{c: c}
+	v.id, v.ok = parseIdentity(c.SrcIdentity)
 	hasAllow := false
 	var allowed *auth
 	each := func(f func(a *auth) bool) {
@@ -168,10 +164,37 @@ func (e *Engine) Check(w *Workload, c *Conn) Result {
 }
 
 type view struct {
-	c      *Conn
-	id     string // identity without spiffe://
-	peer   policies.Peer
-	peerOK bool
+	c  *Conn
+	id identity
+	ok bool // the peer has an identity ztunnel can parse
+}
+
+// identity is a peer identity as ztunnel parses it (Identity::from_str in src/identity): the
+// URI spiffe://<td>/ns/<ns>/sa/<sa> split at '/' into exactly five parts, which may be empty.
+// Any other form (extra segments, no spiffe://) is no identity: ztunnel does not accept such a
+// peer at all, and here principals, namespaces and serviceAccounts then match nothing (their
+// not-forms everything), failing closed.
+type identity struct {
+	principal           string // the URI without spiffe://, what principals match
+	trustDomain, ns, sa string
+}
+
+func parseIdentity(uri string) (identity, bool) {
+	rest, ok := strings.CutPrefix(uri, "spiffe://")
+	if !ok {
+		return identity{}, false
+	}
+	var parts [5]string
+	r := rest
+	for i := range 4 {
+		if parts[i], r, ok = strings.Cut(r, "/"); !ok {
+			return identity{}, false
+		}
+	}
+	if strings.IndexByte(r, '/') >= 0 || parts[1] != "ns" || parts[3] != "sa" {
+		return identity{}, false
+	}
+	return identity{principal: rest, ns: parts[2], sa: r}, true
 }
 
 // matches: any group whose clauses all match, a clause matching when any non-empty match
@@ -212,9 +235,9 @@ func (m *match) match(v *view) bool {
 	return both(m.dstIPs, m.notDstIPs, func(p netip.Prefix) bool { return p.Contains(c.DstIP.Unmap()) }) &&
 		both(m.srcIPs, m.notSrcIPs, func(p netip.Prefix) bool { return p.Contains(c.SrcIP.Unmap()) }) &&
 		both(m.ports, m.notPorts, func(p uint16) bool { return p == c.DstPort }) &&
-		both(m.sas, m.notSAs, func(s saMatch) bool { return v.peerOK && s.ns == v.peer.Namespace && s.sa == v.peer.ServiceAccount }) &&
-		both(m.principals, m.notPrincipals, func(s strMatch) bool { return v.id != "" && s.match(v.id) }) &&
-		both(m.namespaces, m.notNamespaces, func(s strMatch) bool { return s.match(v.peer.Namespace) })
+		both(m.sas, m.notSAs, func(s saMatch) bool { return v.ok && s.ns == v.id.ns && s.sa == v.id.sa }) &&
+		both(m.principals, m.notPrincipals, func(s strMatch) bool { return v.ok && s.match(v.id.principal) }) &&
+		both(m.namespaces, m.notNamespaces, func(s strMatch) bool { return v.ok && s.match(v.id.ns) })
 }
 
 // both: some positive value matches (or there are none) and no negative value matches.

@@ -51,6 +51,60 @@ func TestStrictDeniesPlaintext(t *testing.T) {
 	}
 }
 
+// TestIdentityForms: how ztunnel matches principals, namespaces and serviceAccounts (Rust
+// ztunnel's src/rbac.rs and Identity::from_str), and where that differs from the waypoint
+// (policies.Engine, istiod's regexes over the URI) on the same policy and peer.
+func TestIdentityForms(t *testing.T) {
+	objs, errs := policies.LoadPath("testdata/identity-forms.yaml")
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	z := policies.ToZtunnel(objs, policies.Options{})
+	if len(z.Warnings) > 0 {
+		t.Fatal(z.Warnings)
+	}
+	l4 := Compile(z.Authorizations())
+	engine := policies.Compile(objs.AuthorizationPolicies, policies.Options{})
+	for _, c := range []struct {
+		app, id           string
+		ztunnel, waypoint bool // allowed by ztunnel, and by the same policies in Envoy's RBAC
+	}{
+		// "s*a" is exact at ztunnel, a glob over the URI at a waypoint; "*a" a suffix of the namespace.
+		{"glob", "spiffe://cluster.local/ns/shop/sa/client", false, true},
+		{"glob", "spiffe://cluster.local/ns/s*a/sa/client", true, true},
+		{"glob", "spiffe://cluster.local/ns/alpha/sa/client", true, true},
+		{"glob", "spiffe://cluster.local/ns/foo/sa/client", false, true},
+		// Extra segments: no identity at ztunnel; istiod's regexes allow them.
+		{"sa", "spiffe://cluster.local/ns/prod-eu/sa/x", true, true},
+		{"sa", "spiffe://cluster.local/ns/prod-eu/extra/sa/x", false, true},
+		{"sa", "spiffe://cluster.local/ns/prod-eu/sa/x/extra", false, true},
+		{"any", "spiffe://cluster.local/ns/a/sa/b", true, true},
+		{"any", "spiffe://cluster.local/ns/a/x/sa/b", false, true},
+		{"any", "spiffe://cluster.local/workload", false, true},
+		{"any", "cluster.local/ns/a/sa/b", false, false},
+		// Empty parts still parse at ztunnel (five parts).
+		{"any", "spiffe://td/ns//sa/", true, true},
+		// A STRICT-style DENY of "no principal" catches an identity ztunnel cannot parse.
+		{"strict", "spiffe://cluster.local/ns/a/x/sa/b", false, true},
+		{"strict", "spiffe://cluster.local/ns/a/sa/b", true, true},
+		{"strict", "", false, false},
+	} {
+		labels := map[string]string{"app": c.app}
+		got := l4.Check(&Workload{Namespace: "shop", Policies: z.WorkloadPolicies("shop", labels)}, &Conn{SrcIdentity: c.id, DstPort: 8080})
+		if got.Allowed != c.ztunnel {
+			t.Errorf("ztunnel, app=%s, peer %q: %+v, want allowed=%v", c.app, c.id, got, c.ztunnel)
+		}
+		principal, _ := strings.CutPrefix(c.id, "spiffe://")
+		if !strings.HasPrefix(c.id, "spiffe://") {
+			principal = "" // the filter takes only a SPIFFE URI as the peer principal
+		}
+		d := engine.Decide(&policies.Request{Principal: principal, DestPort: 8080, Target: policies.Target{Namespace: "shop", Labels: labels}})
+		if d.Allowed != c.waypoint {
+			t.Errorf("Envoy RBAC, app=%s, peer %q: %+v, want allowed=%v", c.app, c.id, d, c.waypoint)
+		}
+	}
+}
+
 // TestL4AgreesWithTheEngine checks, on random policies using only L4 attributes, that the
 // projection evaluated as ztunnel does decides as the full engine does for the same connection.
 func TestL4AgreesWithTheEngine(t *testing.T) {

@@ -56,22 +56,36 @@ str(obj, key) := v if {
 # quote_meta escapes the regular-expression metacharacters of s (Go's regexp.QuoteMeta).
 quote_meta(s) := regex.replace(s, `([\\.+*?()|\[\]{}^$])`, `\${1}`)
 
-# glob_match: "*" in pattern matches any run of characters that match star (a regexp class).
-glob_match(pattern, star, s) if {
-	parts := [quote_meta(p) | some p in split(pattern, "*")]
-	regex.match(concat("", ["^", concat(star, parts), "$"]), s)
-}
+# full_match: the regexp re matches all of s, as Envoy's safe_regex (RE2::FullMatch) does. Go's
+# regexp has RE2's syntax and semantics: '.' does not match a newline, [^/] does.
+full_match(re, s) if regex.match(concat("", ["^(?:", re, ")$"]), s)
+
+# glob_regex: pattern with each "*" as .* and the rest quoted (istiod's srcNamespaceGenerator).
+glob_regex(pattern) := concat(".*", [quote_meta(p) | some p in split(pattern, "*")])
+
+# ascii_lower lowers ASCII letters only, as Envoy's ignore_case and LowerCaseString do (Rego's
+# lower() would also fold the Kelvin sign U+212A to k).
+ascii_lower(s) := strings.replace_n(
+	{
+		"A": "a", "B": "b", "C": "c", "D": "d", "E": "e", "F": "f", "G": "g", "H": "h", "I": "i",
+		"J": "j", "K": "k", "L": "l", "M": "m", "N": "n", "O": "o", "P": "p", "Q": "q", "R": "r",
+		"S": "s", "T": "t", "U": "u", "V": "v", "W": "w", "X": "x", "Y": "y", "Z": "z",
+	},
+	s,
+)
 
 # ---------------------------------------------------------------------------------------------
-# Istio's string forms: "*" = present (non-empty), "abc*" = prefix, "*abc" = suffix, else exact.
-# (istiod matcher.StringMatcherWithPrefix: the "*" test comes first, then the leading "*", then
-# the trailing "*"; so "*abc*" is the suffix "abc*".) Callers only call with a defined s: an
-# absent attribute matches no value.
+# Istio's string forms: "*" = the regex .+ (non-empty, no newline), "abc*" = prefix, "*abc" =
+# suffix, else exact (istiod matcher.StringMatcher: the "*" test comes first, then the leading
+# "*", then the trailing "*"; so "*abc*" is the suffix "abc*"). Callers only call with a defined
+# s: an absent attribute matches no value. Where istiod writes a HeaderMatcher (request headers,
+# methods, hosts), "*" is present_match instead: see present_match.
 # ---------------------------------------------------------------------------------------------
 
 str_match(pat, s) if {
 	pat == "*"
 	s != ""
+	not contains(s, "\n")
 }
 
 str_match(pat, s) if {
@@ -92,9 +106,19 @@ str_match(pat, s) if {
 	s == pat
 }
 
+# present_match: a HeaderMatcher value on an attribute that is present (s defined): "*" matches
+# any value, "" included; the other forms are str_match.
+present_match("*", _)
+
+present_match(pat, s) if {
+	pat != "*"
+	str_match(pat, s)
+}
+
 # ---------------------------------------------------------------------------------------------
-# The peer: principal "<td>/ns/<ns>/sa/<sa>" (policies.ParsePrincipal: first "/ns/", then first
-# "/sa/"; the service account has no "/").
+# The peer. At an Istio waypoint the source fields are matched against the filter state
+# io.istio.peer_principal, the peer's SPIFFE URI "spiffe://" + principal, with the matchers
+# istiod writes (pilot/pkg/security/authz/model/generator.go); no principal, no match.
 # ---------------------------------------------------------------------------------------------
 
 principal := p if {
@@ -103,54 +127,70 @@ principal := p if {
 	p != ""
 }
 
-peer := {"td": td, "ns": ns, "sa": sa} if {
-	p := trim_prefix(principal, "spiffe://")
-	i := indexof(p, "/ns/")
-	i > 0
-	td := substring(p, 0, i)
-	rest := substring(p, i + 4, -1)
-	j := indexof(rest, "/sa/")
-	j > 0
-	ns := substring(rest, 0, j)
-	sa := substring(rest, j + 4, -1)
-	sa != ""
-	not contains(sa, "/")
-}
+peer_uri := concat("", ["spiffe://", principal])
 
 # ---------------------------------------------------------------------------------------------
 # Field matchers. Each takes one policy value (and the policy's namespace where it matters).
 # ---------------------------------------------------------------------------------------------
 
-# principals / source.principal: string forms on the peer principal; no principal, no match.
-principal_matches(v) if str_match(v, principal)
+# principals / source.principal: StringMatcherWithPrefix(v, "spiffe://"): "*" is the regex .+,
+# "*x" the regex spiffe://.*x, "x*" the prefix spiffe://x, else exactly spiffe://v.
+principal_matches("*") if full_match(".+", peer_uri)
 
-# namespaces / source.namespace: the namespace in the peer principal; "*" anywhere is a glob
-# (istiod turns the value into the regexp .*/ns/<value>/.* with * as .*).
-namespace_matches(v) if glob_match(v, ".*", peer.ns)
+principal_matches(v) if {
+	v != "*"
+	startswith(v, "*")
+	full_match(concat("", ["spiffe://.*", quote_meta(substring(v, 1, -1))]), peer_uri)
+}
 
-# serviceAccounts / source.serviceAccount: "ns/sa", or "sa" in the policy's namespace; exact.
-service_account_matches(v, _) if {
+principal_matches(v) if {
+	not startswith(v, "*")
+	endswith(v, "*")
+	startswith(peer_uri, concat("", ["spiffe://", substring(v, 0, count(v) - 1)]))
+}
+
+principal_matches(v) if {
+	not startswith(v, "*")
+	not endswith(v, "*")
+	peer_uri == concat("", ["spiffe://", v])
+}
+
+# namespaces / source.namespace: the regex .*/ns/<v>/.* with each * of v as .* (so a glob runs
+# across the whole URI: "s*a" matches spiffe://cluster.local/ns/shop/sa/client).
+namespace_matches(v) if full_match(concat("", [".*/ns/", glob_regex(v), "/.*"]), peer_uri)
+
+# serviceAccounts / source.serviceAccount: "ns/sa", or "sa" in the policy's namespace, as the
+# regex spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)? (istiod's serviceAccountRegex).
+service_account_matches(v, policy_ns) if {
+	parts := service_account_parts(v, policy_ns)
+	full_match(
+		concat("", ["spiffe://.+/ns/", quote_meta(parts[0]), "/(.+/|)sa/", quote_meta(parts[1]), "(/.+)?"]),
+		peer_uri,
+	)
+}
+
+service_account_parts(v, _) := [substring(v, 0, i), substring(v, i + 1, -1)] if {
 	i := indexof(v, "/")
 	i >= 0
-	peer.ns == substring(v, 0, i)
-	peer.sa == substring(v, i + 1, -1)
 }
 
-service_account_matches(v, policy_ns) if {
-	not contains(v, "/")
-	peer.ns == policy_ns
-	peer.sa == v
-}
+service_account_parts(v, policy_ns) := [policy_ns, v] if not contains(v, "/")
 
-# trustDomains / source.trustDomain: "*" = any principal; "*" elsewhere matches [^/]*.
+# trustDomains / source.trustDomain: "*" is the prefix spiffe:// (any principal), a value
+# without "*" the prefix spiffe://<v>/, "pre*suf" the regex spiffe://pre[^/]*suf/.*.
+trust_domain_matches("*") if startswith(peer_uri, "spiffe://")
+
 trust_domain_matches(v) if {
-	v == "*"
-	principal
+	not contains(v, "*")
+	startswith(peer_uri, concat("", ["spiffe://", v, "/"]))
 }
 
 trust_domain_matches(v) if {
 	v != "*"
-	glob_match(v, "[^/]*", peer.td)
+	i := indexof(v, "*")
+	i >= 0
+	re := concat("", ["spiffe://", quote_meta(substring(v, 0, i)), "[^/]*", quote_meta(substring(v, i + 1, -1)), "/.*"])
+	full_match(re, peer_uri)
 }
 
 # ipBlocks, remoteIpBlocks, source.ip, remote.ip, destination.ip: an IP means /32 or /128.
@@ -282,11 +322,11 @@ rp_subject_prefix(part, sub) if {
 	startswith(sub, substring(part, 0, count(part) - 1))
 }
 
-# hosts: case-insensitive string forms on the Host / :authority.
+# hosts: HostMatcher on :authority, ignore_case (ASCII letters only); "*" is present_match.
 host_matches(v) if {
 	host := str(req, "host")
 	host != ""
-	str_match(lower(v), lower(host))
+	present_match(ascii_lower(v), ascii_lower(host))
 }
 
 # ports / destination.port: decimal, exact.
@@ -296,14 +336,16 @@ port_matches(v) if {
 	to_number(v) == port
 }
 
-# methods: string forms, case-sensitive.
+# methods: HeaderMatcher on :method, case-sensitive; "*" is present_match.
 method_matches(v) if {
 	method := str(req, "method")
 	method != ""
-	str_match(v, method)
+	present_match(v, method)
 }
 
-# paths: the path without its query; a value containing {*} or {**} is an Envoy uri_template.
+# paths: the path without its query; a value containing {*} or {**} is an Envoy uri_template:
+# istiod writes {*} as * and {**} as **, which Envoy matches with [tmpl]+ and [tmpl/]*, tmpl being
+# a-zA-Z0-9-._~%!$&'()+,;:@= and "*" (uri_template_match_on_asterisk, on since Envoy 1.35).
 path_only := p if {
 	full := str(req, "path")
 	full != ""
@@ -348,9 +390,12 @@ template_matches(pat, segs) if {
 	every i, p in array.slice(pat, k + 1, n) {
 		segment_matches(p, segs[((m - n) + (k + 1)) + i])
 	}
+	every s in array.slice(segs, k, (m - n) + (k + 1)) {
+		regex.match(`^[a-zA-Z0-9._~%!$&'()+,;:@=*-]*$`, s)
+	}
 }
 
-segment_matches("{*}", s) if s != ""
+segment_matches("{*}", s) if regex.match(`^[a-zA-Z0-9._~%!$&'()+,;:@=*-]+$`, s)
 
 segment_matches(p, s) if {
 	p != "{*}"
@@ -486,27 +531,21 @@ key_matches("connection.sni", v, _) if {
 
 key_matches("request.auth.principal", v, _) if request_principal_matches(v)
 
-key_matches("request.auth.audiences", v, _) if {
-	some aud in list(auth, "audiences")
-	is_string(aud)
-	aud != ""
-	str_match(v, aud)
-}
+# request.auth.audiences and request.auth.presenter: the claims aud and azp, as istiod writes
+# them (a string, or any element of a list).
+key_matches("request.auth.audiences", v, _) if claim_matches(v, object.get(object.get(auth, "claims", {}), "aud", null))
 
-key_matches("request.auth.presenter", v, _) if {
-	azp := str(auth, "presenter")
-	azp != ""
-	str_match(v, azp)
-}
+key_matches("request.auth.presenter", v, _) if claim_matches(v, object.get(object.get(auth, "claims", {}), "azp", null))
 
-# request.headers[NAME]: the header named lower(NAME); an absent header matches nothing.
+# request.headers[NAME]: HeaderMatcher on the header named NAME with its ASCII letters lowered;
+# an absent header matches nothing, "*" (present_match) matches one sent empty.
 key_matches(key, v, _) if {
 	startswith(key, "request.headers[")
 	endswith(key, "]")
-	name := lower(substring(key, count("request.headers["), (count(key) - count("request.headers[")) - 1))
+	name := ascii_lower(substring(key, count("request.headers["), (count(key) - count("request.headers[")) - 1))
 	value := req.headers[name]
 	is_string(value)
-	str_match(v, value)
+	present_match(v, value)
 }
 
 # request.auth.claims[A][B]...: the claim at that path, a string or a list of strings.
@@ -646,17 +685,26 @@ ref_matches(ref, ns) if {
 	ref.name == target.gateway_class
 }
 
+# A Service targetRef attaches only to a Kubernetes Service, a ServiceEntry targetRef only to a
+# ServiceEntry (istiod's WorkloadPolicyMatcher checks the service's registry).
 ref_matches(ref, ns) if {
 	ref.kind == "Service"
 	ref_group(ref) in {"", "core"}
+	service_kind == "Service"
 	service_ref_matches(ref, ns)
 }
 
 ref_matches(ref, ns) if {
 	ref.kind == "ServiceEntry"
 	ref_group(ref) == "networking.istio.io"
+	service_kind == "ServiceEntry"
 	service_ref_matches(ref, ns)
 }
+
+service_kind := k if {
+	k := str(target, "service_kind")
+	k != ""
+} else := "Service"
 
 service_namespace := ns if {
 	ns := str(target, "service_namespace")
@@ -791,8 +839,13 @@ dry_run_part := {"dry_run": object.union({"applied": true}, object.filter(verdic
 	dry_run_applied
 } else := {}
 
-# A path containing %00 is rejected before any policy is looked at.
-bad_request if contains(str(req, "path"), "%00")
+# Envoy answers 400 before any policy is looked at for a :path holding '#', or whose path part
+# (before '?') holds a NUL, raw or as %00 (googleurl's canonicalizer fails on it).
+bad_request if contains(str(req, "path"), "#")
+
+bad_request if contains(split(str(req, "path"), "?")[0], "%00")
+
+bad_request if contains(split(str(req, "path"), "?")[0], "\u0000")
 
 decision := {"allowed": false, "reason": "bad-request", "rule": -1} if {
 	bad_request

@@ -19,9 +19,9 @@ base_request := {
 	"auth": {
 		"issuer": "https://idp.example.com/tenant",
 		"subject": "user-1",
-		"audiences": ["api", "web"],
-		"presenter": "web-app",
 		"claims": {
+			"aud": ["api", "web"],
+			"azp": "web-app",
 			"groups": ["admin", "dev"],
 			"role": "reader",
 			"nested": {"team": {"name": "core"}},
@@ -80,6 +80,9 @@ principal_cases := [
 	{"name": "not presence plaintext", "rule": src({"notPrincipals": ["*"]}), "drop": ["principal"], "want": true},
 	{"name": "not presence mTLS", "rule": src({"notPrincipals": ["*"]}), "want": false},
 	{"name": "both", "rule": src({"principals": ["*"], "notPrincipals": ["*/sa/other"]}), "want": true},
+	{"name": "presence is .+, which takes no newline", "rule": src({"principals": ["*"]}), "req": {"principal": "cluster.local/ns/foo/sa/a\nb"}, "want": false},
+	{"name": "suffix is spiffe://.*x, .* takes no newline", "rule": src({"principals": ["*/sa/client"]}), "req": {"principal": "a\nb/ns/foo/sa/client"}, "want": false},
+	{"name": "prefix is a prefix, a newline after it is fine", "rule": src({"principals": ["cluster.local/*"]}), "req": {"principal": "cluster.local/ns/foo/sa/a\nb"}, "want": true},
 ]
 
 test_principals if {
@@ -148,6 +151,12 @@ namespace_cases := [
 	{"name": "not matching", "rule": src({"notNamespaces": ["foo"]}), "want": false},
 	{"name": "not other", "rule": src({"notNamespaces": ["bar"]}), "want": true},
 	{"name": "not, plaintext", "rule": src({"notNamespaces": ["foo"]}), "drop": ["principal"], "want": true},
+	{"name": "the glob runs across the URI: s*a matches shop/sa", "rule": src({"namespaces": ["s*a"]}), "req": {"principal": "cluster.local/ns/shop/sa/client"}, "want": true},
+	{"name": "the glob needs a / after it", "rule": src({"namespaces": ["s*a"]}), "req": {"principal": "cluster.local/ns/shop/sa2/client"}, "want": false},
+	{"name": "suffix glob runs across /sa", "rule": src({"namespaces": ["*a"]}), "want": true},
+	{"name": "a segment after the namespace", "rule": src({"namespaces": ["foo"]}), "req": {"principal": "cluster.local/ns/foo/extra/sa/client"}, "want": true},
+	{"name": "a newline anywhere in the URI", "rule": src({"namespaces": ["foo"]}), "req": {"principal": "cluster.local/ns/foo/sa/a\nb"}, "want": false},
+	{"name": "not, the glob runs across the URI", "rule": src({"notNamespaces": ["*a"]}), "want": false},
 ]
 
 test_namespaces if {
@@ -168,6 +177,13 @@ service_account_cases := [
 	{"name": "not matching", "rule": src({"notServiceAccounts": ["foo/client"]}), "want": false},
 	{"name": "not, bare sa", "rule": src({"notServiceAccounts": ["client"]}), "want": false},
 	{"name": "not other", "rule": src({"notServiceAccounts": ["foo/other"]}), "want": true},
+	{"name": "a segment between the namespace and sa/", "rule": src({"serviceAccounts": ["foo/client"]}), "req": {"principal": "cluster.local/ns/foo/extra/sa/client"}, "want": true},
+	{"name": "segments before /ns/ and after the account", "rule": src({"serviceAccounts": ["client"]}), "req": {"principal": "td/x/ns/foo/sa/client/y/z"}, "want": true},
+	{"name": "a longer account name", "rule": src({"serviceAccounts": ["foo/client"]}), "req": {"principal": "cluster.local/ns/foo/sa/client2"}, "want": false},
+	{"name": "an empty segment after the account", "rule": src({"serviceAccounts": ["foo/client"]}), "req": {"principal": "cluster.local/ns/foo/sa/client/"}, "want": false},
+	{"name": "no trust domain before /ns/", "rule": src({"serviceAccounts": ["foo/client"]}), "req": {"principal": "/ns/foo/sa/client"}, "want": false},
+	{"name": "a newline after the account", "rule": src({"serviceAccounts": ["foo/client"]}), "req": {"principal": "cluster.local/ns/foo/sa/client/a\nb"}, "want": false},
+	{"name": "not, extra segments", "rule": src({"notServiceAccounts": ["foo/client"]}), "req": {"principal": "cluster.local/ns/foo/x/sa/client"}, "want": false},
 ]
 
 test_service_accounts if {
@@ -182,12 +198,16 @@ trust_domain_cases := [
 	{"name": "any", "rule": src({"trustDomains": ["*"]}), "want": true},
 	{"name": "any, plaintext", "rule": src({"trustDomains": ["*"]}), "drop": ["principal"], "want": false},
 	{"name": "any, even not a SPIFFE ID", "rule": src({"trustDomains": ["*"]}), "req": {"principal": "cluster.local/sa/web"}, "want": true},
-	{"name": "glob, not a SPIFFE ID", "rule": src({"trustDomains": ["cluster.*"]}), "req": {"principal": "cluster.local/sa/web"}, "want": false},
+	{"name": "glob, any URI under the trust domain", "rule": src({"trustDomains": ["cluster.*"]}), "req": {"principal": "cluster.local/sa/web"}, "want": true},
+	{"name": "exact, any URI under the trust domain", "rule": src({"trustDomains": ["cluster.local"]}), "req": {"principal": "cluster.local/workload"}, "want": true},
+	{"name": "exact needs the / after it", "rule": src({"trustDomains": ["cluster.local"]}), "req": {"principal": "cluster.localx/ns/foo/sa/client"}, "want": false},
+	{"name": "exact is a prefix match: a newline after is fine", "rule": src({"trustDomains": ["cluster.local"]}), "req": {"principal": "cluster.local/ns/foo/sa/a\nb"}, "want": true},
+	{"name": "glob is a regex: .* after it takes no newline", "rule": src({"trustDomains": ["cluster.*"]}), "req": {"principal": "cluster.local/ns/foo/sa/a\nb"}, "want": false},
 	{"name": "prefix glob", "rule": src({"trustDomains": ["cluster.*"]}), "want": true},
 	{"name": "suffix glob", "rule": src({"trustDomains": ["*.local"]}), "want": true},
 	{"name": "middle glob", "rule": src({"trustDomains": ["c*l"]}), "want": true},
 	{"name": "glob other", "rule": src({"trustDomains": ["prod.*"]}), "want": false},
-	{"name": "glob does not cross /", "rule": src({"trustDomains": ["a*"]}), "req": {"principal": "a/b/ns/foo/sa/client"}, "want": false},
+	{"name": "glob does not cross /", "rule": src({"trustDomains": ["*b"]}), "req": {"principal": "a/b/ns/foo/sa/client"}, "want": false},
 	{"name": "not matching", "rule": src({"notTrustDomains": ["cluster.local"]}), "want": false},
 	{"name": "not other", "rule": src({"notTrustDomains": ["other.local"]}), "want": true},
 ]
@@ -261,6 +281,9 @@ host_cases := [
 	{"name": "not matching", "rule": op({"notHosts": ["Server.*"]}), "want": false},
 	{"name": "not other", "rule": op({"notHosts": ["other"]}), "want": true},
 	{"name": "not, no host", "rule": op({"notHosts": ["*"]}), "drop": ["host"], "want": true},
+	{"name": "ASCII only: the Kelvin sign is not k", "rule": op({"hosts": ["kelvin.example"]}), "req": {"host": "\u212Aelvin.example"}, "want": false},
+	{"name": "ASCII only: U+017F is not s", "rule": op({"hosts": ["*.svc.local"]}), "req": {"host": "web.\u017Fvc.local"}, "want": false},
+	{"name": "ASCII only: non-ASCII bytes compare exactly", "rule": op({"hosts": ["\u00e9.example"]}), "req": {"host": "\u00e9.EXAMPLE"}, "want": true},
 ]
 
 test_hosts if {
@@ -335,6 +358,10 @@ path_cases := [
 	{"name": "not other", "rule": op({"notPaths": ["/admin/*"]}), "want": true},
 	{"name": "not template", "rule": op({"notPaths": ["/api/{**}"]}), "want": false},
 	{"name": "not, TCP", "rule": op({"notPaths": ["/api/*"]}), "drop": ["path"], "want": true},
+	{"name": "template {*} takes '*' (Envoy's uri_template_match_on_asterisk)", "rule": op({"paths": ["/api/{*}"]}), "req": {"path": "/api/*"}, "want": true},
+	{"name": "template {*} does not take '['", "rule": op({"paths": ["/api/{*}"]}), "req": {"path": "/api/[x]"}, "want": false},
+	{"name": "template {**} does not take ']'", "rule": op({"paths": ["/api/{**}"]}), "req": {"path": "/api/a/b]"}, "want": false},
+	{"name": "template {**} then literals, the middle is checked", "rule": op({"paths": ["/api/{**}/42"]}), "req": {"path": "/api/[a]/42"}, "want": false},
 ]
 
 test_paths if {
@@ -393,6 +420,10 @@ condition_cases := [
 	{"name": "header absent", "rule": cond("request.headers[x-missing]", ["*"], []), "want": false},
 	{"name": "header absent, notValues", "rule": cond("request.headers[x-missing]", [], ["bob"]), "want": true},
 	{"name": "header notValues", "rule": cond("request.headers[user-agent]", [], ["curl/*"]), "want": false},
+	{"name": "header sent empty, * is present_match", "rule": cond("request.headers[x-team]", ["*"], []), "req": {"headers": {"x-team": ""}}, "want": true},
+	{"name": "header sent empty, notValues *", "rule": cond("request.headers[x-team]", [], ["*"]), "req": {"headers": {"x-team": ""}}, "want": false},
+	{"name": "header sent empty, a prefix", "rule": cond("request.headers[x-team]", ["a*"], []), "req": {"headers": {"x-team": ""}}, "want": false},
+	{"name": "header absent, notValues *", "rule": cond("request.headers[x-team]", [], ["*"]), "want": true},
 	{"name": "request.auth.principal", "rule": cond("request.auth.principal", ["https://idp.example.com/tenant/user-1"], []), "want": true},
 	{"name": "request.auth.principal forms", "rule": cond("request.auth.principal", ["*/user-1"], []), "want": true},
 	{"name": "request.auth.principal, no JWT", "rule": cond("request.auth.principal", ["*"], []), "drop": ["auth"], "want": false},
@@ -402,6 +433,11 @@ condition_cases := [
 	{"name": "request.auth.audiences notValues", "rule": cond("request.auth.audiences", [], ["api"]), "want": false},
 	{"name": "request.auth.presenter", "rule": cond("request.auth.presenter", ["web-app"], []), "want": true},
 	{"name": "request.auth.presenter other", "rule": cond("request.auth.presenter", ["cli"], []), "want": false},
+	{"name": "request.auth.presenter, azp a list", "rule": cond("request.auth.presenter", ["cli"], []), "req": {"auth": {"issuer": "i", "subject": "s", "claims": {"azp": ["web", "cli"]}}}, "want": true},
+	{"name": "request.auth.audiences, aud a string", "rule": cond("request.auth.audiences", ["api"], []), "req": {"auth": {"issuer": "i", "subject": "s", "claims": {"aud": "api"}}}, "want": true},
+	{"name": "request.auth.audiences, no aud", "rule": cond("request.auth.audiences", ["*"], []), "req": {"auth": {"issuer": "i", "subject": "s"}}, "want": false},
+	{"name": "source.namespace, the glob runs across the URI", "rule": cond("source.namespace", ["*a"], []), "want": true},
+	{"name": "source.serviceAccount, extra segments", "rule": cond("source.serviceAccount", ["client"], []), "req": {"principal": "cluster.local/ns/foo/x/sa/client"}, "want": true},
 	{"name": "claim, list element", "rule": cond("request.auth.claims[groups]", ["admin"], []), "want": true},
 	{"name": "claim, list other", "rule": cond("request.auth.claims[groups]", ["ops"], []), "want": false},
 	{"name": "claim, string", "rule": cond("request.auth.claims[role]", ["reader"], []), "want": true},

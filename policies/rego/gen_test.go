@@ -49,18 +49,23 @@ var (
 	accounts     = []string{"client", "web", "admin"}
 	sourceIPs    = []string{"10.0.0.1", "10.0.1.5", "10.1.0.7", "192.168.1.10", "172.16.0.1", "fd00::1", "fd00::2:5"}
 	ports        = []uint16{80, 8080, 9090}
-	reqHosts     = []string{"web.foo.svc.cluster.local", "Web.Foo.svc.cluster.local", "api.example.com", "web:8080"}
-	reqPaths     = []string{"/", "/api/v1/items", "/api/v1/items/42", "/api/v1/items/", "/api/v2/users", "/api/v1/", "/admin/config", "/static/app.js", "/static/css/site.css"}
-	reqQueries   = []string{"?q=1", "?next=/admin/x", "?"}
-	reqMethods   = []string{"GET", "GET", "POST", "DELETE", "PUT"}
-	issuers      = []string{"https://issuer.example", "https://accounts.example/tenant", "idp"}
-	subjects     = []string{"alice", "bob", "svc-1"}
-	audiences    = []string{"api", "web", "mobile"}
-	presenters   = []string{"web-app", "cli"}
-	snis         = []string{"web.foo.svc.cluster.local", "api.example.com"}
-	gateways     = []string{"waypoint", "wp2"}
-	classes      = []string{"istio-waypoint", "other-class"}
-	services     = []string{"web", "api"}
+	reqHosts     = []string{"web.foo.svc.cluster.local", "Web.Foo.svc.cluster.local", "api.example.com", "web:8080", "\u212Aube.svc.cluster.local"}
+	reqPaths     = []string{"/", "/api/v1/items", "/api/v1/items/42", "/api/v1/items/", "/api/v2/users", "/api/v1/", "/admin/config", "/static/app.js", "/static/css/site.css",
+		"/api/*/items", "/api/[v1]/items", "/static/a]b/c.css"} // '*' is in Envoy's uri_template set, '[' and ']' are not
+	// oddPrincipals are peer URIs not of the form <td>/ns/<ns>/sa/<sa>, which istiod's regexes
+	// still match (extra segments), and one with a newline, which RE2's '.' does not match.
+	oddPrincipals = []string{"cluster.local/ns/foo/extra/sa/client", "cluster.local/ns/bar/sa/web/extra", "td2.example/x/ns/foo/sa/admin",
+		"cluster.local/workload", "cluster.local/ns/foo/sa/client\nx", "cluster.local/ns/bar/sa/client2"}
+	reqQueries = []string{"?q=1", "?next=/admin/x", "?"}
+	reqMethods = []string{"GET", "GET", "POST", "DELETE", "PUT"}
+	issuers    = []string{"https://issuer.example", "https://accounts.example/tenant", "idp"}
+	subjects   = []string{"alice", "bob", "svc-1"}
+	audiences  = []string{"api", "web", "mobile"}
+	presenters = []string{"web-app", "cli"}
+	snis       = []string{"web.foo.svc.cluster.local", "api.example.com"}
+	gateways   = []string{"waypoint", "wp2"}
+	classes    = []string{"istio-waypoint", "other-class"}
+	services   = []string{"web", "api"}
 
 	valPrincipals = []string{
 		"cluster.local/ns/foo/sa/client", "cluster.local/ns/bar/sa/web", "cluster.local/ns/istio-system/sa/admin",
@@ -71,11 +76,11 @@ var (
 		"*issuer.example/alice", "*example/tenant/svc-1", "idp*", "https:*", "*ice", "https://issuer.example/al*",
 		"https://accounts.example/tenant/*",
 	}
-	valNamespaces    = []string{"foo", "bar", rootNS, "f*", "*o", "*", "b*r", "istio-*"}
+	valNamespaces    = []string{"foo", "bar", rootNS, "f*", "*o", "*", "b*r", "istio-*", "*a", "b*b", "f*t"} // the glob runs across the URI: "*a" matches foo/sa
 	valAccounts      = []string{"client", "web", "admin", "foo/client", "bar/web", "istio-system/admin"}
 	valTrustDomains  = []string{"cluster.local", "td2.example", "*", "*.local", "td2.*", "cluster.*", "*.example"}
 	valIPs           = []string{"10.0.0.0/16", "10.0.0.1", "10.1.0.0/16", "192.168.0.0/16", "fd00::/64", "fd00::1", "0.0.0.0/0", "10.0.0.0/8", "172.16.0.1/32"}
-	valHosts         = []string{"web.foo.svc.cluster.local", "WEB.foo.svc.cluster.local", "*.svc.cluster.local", "web.*", "*", "api.example.com", "*.EXAMPLE.com", "web:8080"}
+	valHosts         = []string{"web.foo.svc.cluster.local", "WEB.foo.svc.cluster.local", "*.svc.cluster.local", "web.*", "*", "api.example.com", "*.EXAMPLE.com", "web:8080", "KUBE.svc.cluster.local", "kube.*"}
 	valPorts         = []string{"80", "8080", "9090"}
 	valMethods       = []string{"GET", "POST", "DELETE", "PUT", "G*", "*", "*T"}
 	valPaths         = []string{"/", "/api/v1/items", "/api/*", "*.js", "*", "/admin/*", "*/items", "/api/v1/items/42"}
@@ -394,6 +399,8 @@ func (g *gen) request() policies.Request {
 		// plaintext
 	case x < 0.15:
 		r.Principal = "cluster.local/sa/" + g.pick(accounts) // not a SPIFFE workload identity
+	case x < 0.25:
+		r.Principal = g.pick(oddPrincipals)
 	default:
 		r.Principal = fmt.Sprintf("%s/ns/%s/sa/%s", g.pick(trustDomains), g.pick(namespaces), g.pick(accounts))
 	}
@@ -421,10 +428,10 @@ func (g *gen) request() policies.Request {
 		}
 		r.Headers = map[string]string{}
 		if g.chance(0.6) {
-			r.Headers["x-user"] = g.pick([]string{"alice", "bob", "carol"})
+			r.Headers["x-user"] = g.pick([]string{"alice", "bob", "carol", ""}) // sent empty: "*" (present_match) matches it
 		}
 		if g.chance(0.4) {
-			r.Headers["x-env"] = g.pick([]string{"prod", "staging"})
+			r.Headers["x-env"] = g.pick([]string{"prod", "staging", ""})
 		}
 		if len(r.Headers) == 0 {
 			r.Headers = nil
@@ -457,6 +464,12 @@ func (g *gen) request() policies.Request {
 			if g.chance(0.3) {
 				r.Target.ServiceNamespace = g.pick([]string{"foo", "bar"})
 			}
+			switch x := g.r.Float64(); {
+			case x < 0.3:
+				r.Target.ServiceKind = policies.KindServiceEntry
+			case x < 0.45:
+				r.Target.ServiceKind = policies.KindService
+			}
 		}
 	}
 	return r
@@ -470,14 +483,23 @@ func (g *gen) auth() policies.RequestAuth {
 	case x < 0.08:
 		a.Subject = ""
 	}
-	a.Audiences = g.some(audiences, 0, 2)
-	if len(a.Audiences) == 0 {
-		a.Audiences = nil
-	}
-	if g.chance(0.5) {
-		a.Presenter = g.pick(presenters)
-	}
 	claims := map[string]any{}
+	// aud and azp, each a string or a list (request.auth.audiences / presenter read them).
+	for _, c := range []struct {
+		claim string
+		vocab []string
+	}{{"aud", audiences}, {"azp", presenters}} {
+		switch x := g.r.Float64(); {
+		case x < 0.3:
+			claims[c.claim] = g.pick(c.vocab)
+		case x < 0.6:
+			list := []any{}
+			for _, v := range g.some(c.vocab, 0, 2) {
+				list = append(list, v)
+			}
+			claims[c.claim] = list
+		}
+	}
 	if g.chance(0.6) {
 		if g.chance(0.8) {
 			groups := []any{}

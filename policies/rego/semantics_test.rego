@@ -155,10 +155,17 @@ test_waypoint_service_ref_needs_a_service if {
 	applies(with_spec(deny_all("foo", "d"), {"targetRefs": [gateway_ref]}), r)
 }
 
+# A ServiceEntry targetRef attaches to the ServiceEntry the request is for, a Service targetRef
+# to a Service: never the one to the other, even of the same name.
 test_waypoint_service_entry_ref if {
 	ref := {"kind": "ServiceEntry", "group": "networking.istio.io", "name": "web"}
-	applies(with_spec(deny_all("foo", "d"), {"targetRefs": [ref]}), req_waypoint)
-	not applies(with_spec(deny_all("foo", "d"), {"targetRefs": [object.union(ref, {"name": "db"})]}), req_waypoint)
+	se := with_target(req_waypoint, object.union(req_waypoint.target, {"service_kind": "ServiceEntry"}))
+	applies(with_spec(deny_all("foo", "d"), {"targetRefs": [ref]}), se)
+	not applies(with_spec(deny_all("foo", "d"), {"targetRefs": [object.union(ref, {"name": "db"})]}), se)
+	not applies(with_spec(deny_all("foo", "d"), {"targetRefs": [ref]}), req_waypoint)
+	not applies(with_spec(deny_all("foo", "d"), {"targetRefs": [{"kind": "Service", "name": "web"}]}), se)
+	svc := with_target(req_waypoint, object.union(req_waypoint.target, {"service_kind": "Service"}))
+	applies(with_spec(deny_all("foo", "d"), {"targetRefs": [{"kind": "Service", "name": "web"}]}), svc)
 }
 
 test_waypoint_deprecated_target_ref if {
@@ -459,8 +466,10 @@ test_full_decision_shape if {
 }
 
 test_nul_in_path_is_a_bad_request if {
-	r := object.union(req_workload, {"path": "/a%00b"})
-	decide([allow_all("foo", "a")], r) == {"allowed": false, "reason": "bad-request", "rule": -1}
+	every path in ["/a%00b", "/a\u0000b", "/a#b", "/a?x#y"] {
+		decide([allow_all("foo", "a")], object.union(req_workload, {"path": path})) == {"allowed": false, "reason": "bad-request", "rule": -1}
+	}
+	decide([allow_all("foo", "a")], object.union(req_workload, {"path": "/a?x=%00"})).reason == "allow-matched"
 }
 
 test_prepared_policies_in_data if {
