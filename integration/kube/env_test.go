@@ -333,11 +333,14 @@ func (x *xdsserver) noForbidden(t *testing.T) {
 
 // objectsYAML dumps the cluster's objects the mesh is read from as one multi-document YAML
 // file, for the files source (status of policies left out: the files source reads specs).
-func (e *env) objectsYAML(t *testing.T, path string) {
+func (e *env) objectsYAML(t *testing.T, path string) { objectsYAML(t, e.s, path) }
+
+// objectsYAML dumps s's objects the mesh is read from into one YAML file (see env.objectsYAML).
+func objectsYAML(t *testing.T, s *kubeapi.Server, path string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	out, err := e.s.Kubectl(ctx, "get", "-A", "-o", "json",
+	out, err := s.Kubectl(ctx, "get", "-A", "-o", "json",
 		"namespaces,serviceaccounts,services,pods,endpointslices,gateways.gateway.networking.k8s.io,gatewayclasses.gateway.networking.k8s.io,"+
 			"authorizationpolicies.security.istio.io,peerauthentications.security.istio.io")
 	if err != nil {
