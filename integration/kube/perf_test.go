@@ -222,6 +222,22 @@ func TestPerfClusterMesh(t *testing.T) {
 	filesLatency := time.Since(fileWrite)
 	filesHeap := heapBytes(t, fhost+":15014")
 
+	// Cold starts: a new xdsserver of each kind over the whole mesh, from its process start to
+	// the client's full state (the cluster's: listing every object through the API server).
+	cold := func(name string, host string, args ...string) time.Duration {
+		t.Helper()
+		t0 := time.Now()
+		start(t, name, bins["xdsserver"], append(args, "--xds-listen", host+":15010", "--http-listen", host+":15014", "--no-gateway-deploy")...)
+		eventually(t, 5*time.Minute, name+" ready", func() bool { return httpOK("http://" + host + ":15014/healthz/ready") })
+		cw := watch(t, host+":15010")
+		eventually(t, 5*time.Minute, "the whole mesh from "+name, func() bool { return full(cw) })
+		return time.Since(t0)
+	}
+	kubeCold := cold("xdsserver-cold-cluster", net+".242", "--kubeconfig", s.Kubeconfig, "--no-status", "--ca-dir", filepath.Join(t.TempDir(), "ca"))
+	filesCold := cold("xdsserver-cold-files", net+".243", "--config-dir", dir)
+	t.Logf("PERF cold start → full state at the client: cluster %v, folder %v (ratio %.2f)", kubeCold.Round(time.Millisecond), filesCold.Round(time.Millisecond),
+		float64(kubeCold)/float64(filesCold))
+
 	a1, z1 := w.counts()
 	a2, z2 := fw.counts()
 	t.Logf("PERF mesh: %d pods, %d services, %d policies; workload API: %d addresses, %d authorizations (files: %d, %d)",

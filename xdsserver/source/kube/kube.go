@@ -154,6 +154,14 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return nil // ctx is done
 	}
+	if s.status != nil {
+		// Status is written beside the rebuilds, never in their way: one UpdateStatus per
+		// changed policy can take many seconds on a big mesh (1,000 policies), during which
+		// new objects must still reach the data plane.
+		done := make(chan struct{})
+		go func() { defer close(done); s.status.run(ctx) }()
+		defer func() { cancel(); <-done }()
+	}
 	select { // the initial listing is in the first build
 	case <-s.changed:
 	default:
@@ -213,7 +221,7 @@ func (s *Source) rebuild(ctx context.Context, l *listers, push func(*model.Mesh)
 		"policies", len(m.Policies.AuthorizationPolicies)+len(m.Policies.PeerAuthentications), "errors", len(m.Errors))
 	push(m)
 	if s.status != nil {
-		s.status.write(ctx, m, aps)
+		s.status.offer(m, aps)
 	}
 	return nil
 }
