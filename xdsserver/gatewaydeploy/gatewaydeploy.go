@@ -137,6 +137,14 @@ func (c *Controller) Run(ctx context.Context) error {
 		"Pod": pf.Core().V1().Pods().Informer(),
 	}
 	for kind, inf := range infs { // the generated informers index by namespace
+		if err := inf.SetTransform(func(o any) (any, error) { // not read here
+			if m, ok := o.(metav1.Object); ok {
+				m.SetManagedFields(nil)
+			}
+			return o, nil
+		}); err != nil {
+			return fmt.Errorf("gatewaydeploy: %s: %w", kind, err)
+		}
 		if _, err := inf.AddEventHandler(c.handler(kind)); err != nil {
 			return fmt.Errorf("gatewaydeploy: %s: %w", kind, err)
 		}

@@ -125,6 +125,9 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		"GatewayClass":        gf.Gateway().V1().GatewayClasses().Informer(),
 	}
 	for kind, inf := range informers {
+		if err := inf.SetTransform(dropManagedFields); err != nil {
+			return fmt.Errorf("kubernetes source: %s informer: %w", kind, err)
+		}
 		if _, err := inf.AddEventHandler(s.handler(kind)); err != nil {
 			return fmt.Errorf("kubernetes source: %s informer: %w", kind, err)
 		}
@@ -224,6 +227,16 @@ func (s *Source) rebuild(ctx context.Context, l *listers, push func(*model.Mesh)
 		s.status.offer(m, aps)
 	}
 	return nil
+}
+
+// dropManagedFields removes the server-side apply bookkeeping from a cached object, as istiod's
+// informers do: the mesh never reads it, and it is often the largest part of an object (a pod
+// written by a kubelet carries several managers).
+func dropManagedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
 }
 
 // notify records a pending change.
