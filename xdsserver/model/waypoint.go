@@ -143,7 +143,8 @@ func (b *builder) deploymentName(gw *kubeobj.Gateway, pw *pendingWaypoint) (stri
 		}) {
 			in = append(in, fmt.Sprintf("Pod %q", name))
 		}
-		if sa != "" && slices.ContainsFunc(b.m.ServiceAccounts, func(s *ServiceAccount) bool { return s.Namespace == ns && s.Name == sa }) {
+		ownSA := slices.ContainsFunc(pw.pods, func(w *Workload) bool { return w.ServiceAccount == sa }) // the waypoint's own pods run as it
+		if sa != "" && !ownSA && slices.ContainsFunc(b.m.ServiceAccounts, func(s *ServiceAccount) bool { return s.Namespace == ns && s.Name == sa }) {
 			in = append(in, fmt.Sprintf("ServiceAccount %q", sa))
 		}
 		return strings.Join(in, " and ")
