@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"io"
 	"net/http"
 	"os"
@@ -180,7 +181,7 @@ func (e *caEnv) call(t *testing.T, greeting string) {
 func TestCAIssuesToZtunnels(t *testing.T) {
 	e := newCAEnv(t)
 	bins, dir, secure, root, tokA, tokB, xlog := e.bins, e.dir, e.secure, e.root, e.tokA, e.tokB, e.xlog
-	if st, err := os.Stat(filepath.Join(e.caDir, identity.RootKeyFile)); err != nil || st.Mode().Perm() != 0o600 {
+	if st, err := os.Stat(filepath.Join(e.caDir, pki.RootKeyFile)); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("root key: %v %v, want mode 0600", st, err)
 	}
 	za := startCAZtunnel(t, bins["ztunnel"], "node-a", e.hostA, e.plain, secure, root, tokA)

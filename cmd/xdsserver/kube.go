@@ -21,20 +21,10 @@ import (
 // role includes deploying waypoints, so the model does not synthesize them, and the kubelet
 // and the API server give every address, so the model allocates none.
 func kubeSource(path string, cfg model.Config, noStatus bool, log *slog.Logger) (*kube.Source, kubernetes.Interface, error) {
-	var rc *rest.Config
-	var err error
-	if path != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", path)
-	} else {
-		rc, err = rest.InClusterConfig()
-		if errors.Is(err, rest.ErrNotInCluster) {
-			err = fmt.Errorf("%w (give --kubeconfig outside a cluster)", err)
-		}
-	}
+	rc, err := restConfig(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("kubernetes client configuration: %w", err)
+		return nil, nil, err
 	}
-	rc.UserAgent = "goambient-xdsserver"
 	k, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kubernetes clientset: %w", err)
@@ -50,6 +40,26 @@ func kubeSource(path string, cfg model.Config, noStatus bool, log *slog.Logger) 
 	cfg.DeployWaypoints = false
 	cfg.FromCluster = true // every address comes from the cluster; a pod without one waits
 	return kube.New(kube.Clients{Kube: k, Istio: i, Gateway: g}, kube.Options{Model: cfg, NoStatus: noStatus, Logger: log}), k, nil
+}
+
+// restConfig is the client configuration of the kubeconfig file at path, or the pod's service
+// account when path is empty (in-cluster).
+func restConfig(path string) (*rest.Config, error) {
+	var rc *rest.Config
+	var err error
+	if path != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", path)
+	} else {
+		rc, err = rest.InClusterConfig()
+		if errors.Is(err, rest.ErrNotInCluster) {
+			err = fmt.Errorf("%w (give --kubeconfig outside a cluster)", err)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
+	}
+	rc.UserAgent = "goambient-xdsserver"
+	return rc, nil
 }
 
 // pickSource is the files source, or the Kubernetes source when a kubeconfig is given or

@@ -38,13 +38,18 @@ func run(args []string) int {
 	waypointHostname := fs.Bool("waypoint-hostname", false, "refer to waypoints by hostname instead of VIP")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	secureListen := fs.String("secure-listen", "127.0.0.1:15012", "TLS gRPC listener: the CA, and ADS with the waypoints' SDS secrets for authenticated waypoints (on when --ca-dir is set)")
-	caDir := fs.String("ca-dir", "", "folder of the CA root (root-cert.pem, root-key.pem), created on first start; turns on --secure-listen")
+	caDir := fs.String("ca-dir", "", "folder of the CA root (root-cert.pem, root-key.pem), created on first start; turns on --secure-listen (with --kubeconfig/--kube it is on without it: the CA is the Secret istio-system/cacerts, else istio-system/istio-ca-secret, generated at first start, as istiod's)")
 	bootstrapTokens := fs.String("bootstrap-tokens", "", "file of bootstrap tokens accepted by the CA (format in xdsserver/ca/README.md)")
 	kubeconfig := fs.String("kubeconfig", "", "read the mesh from the Kubernetes cluster of this kubeconfig file instead of --config-dir")
 	inCluster := fs.Bool("kube", false, "read the mesh from the Kubernetes cluster this runs in (service account), instead of --config-dir")
-	noStatus := fs.Bool("no-status", false, "with --kubeconfig/--kube: do not write status conditions on AuthorizationPolicies")
+	noStatus := fs.Bool("no-status", false, "with --kubeconfig/--kube: do not write status conditions on AuthorizationPolicies nor on Gateways")
 	maxFileSize := fs.Int64("max-config-file-size", files.DefaultMaxFileSize, "largest configuration file read, in bytes; a larger one is reported and skipped")
 	limits := limitFlags(fs)
+	var deploy deployFlags
+	fs.BoolVar(&deploy.off, "no-gateway-deploy", false, "with --kubeconfig/--kube: do not deploy Gateways nor create the GatewayClasses istio and istio-waypoint")
+	fs.StringVar(&deploy.proxy, "waypoint-proxy", "envoy", "what deployed waypoints run unless their parameters say otherwise: envoy, or go (the embedded Go waypoint)")
+	fs.StringVar(&deploy.goImage, "waypoint-image", "goambient/waypoint:dev", "image of the embedded Go waypoint (--waypoint-proxy=go)")
+	fs.StringVar(&deploy.envoyImage, "waypoint-envoy-image", "goambient/waypoint-envoy:dev", "image of the Envoy waypoint (Envoy contrib with filters.so)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -110,7 +115,7 @@ func run(args []string) int {
 		fmt.Fprintln(w, "ready")
 	})
 	var sec *secure
-	if *caDir != "" {
+	if *caDir != "" || kc != nil {
 		if sec, err = startSecure(log.With("scope", "ca"), reg, srv, *secureListen, *caDir, *bootstrapTokens, kc, cfg.TrustDomain); err != nil {
 			log.Error("secure listener", "error", err.Error())
 			return 1
@@ -121,7 +126,7 @@ func run(args []string) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	errc := make(chan error, 5)
+	errc := make(chan error, 6)
 	xdsAddr := ""
 	if xl != nil {
 		xdsAddr = xl.Addr().String()
@@ -130,8 +135,13 @@ func run(args []string) int {
 	if sec != nil {
 		go func() { errc <- sec.serve() }()
 		if kc != nil { // istiod's namespace controller: the root in every namespace
-			go func() { errc <- publishRoot(ctx, log.With("scope", "rootcm"), kc, *caDir) }()
+			go func() { errc <- publishRoot(ctx, log.With("scope", "rootcm"), kc, sec.rootPEM) }()
 		}
+	}
+	if kc != nil && !deploy.off { // istiod's Gateway deployment and GatewayClass controllers
+		go func() {
+			errc <- deployGateways(ctx, log.With("scope", "gatewaydeploy"), *kubeconfig, kc, deploy, *noStatus, cfg.TrustDomain)
+		}()
 	}
 	go func() {
 		if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {

@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"log/slog"
 	"net"
 	"sync"
@@ -35,6 +36,8 @@ type secure struct {
 	mesh *ca.MeshIndex
 	srv  *server.Server
 	done chan struct{} // closed by stop: ends the secret refresh
+	// rootPEM is the mesh's root, published in every namespace in Kubernetes mode.
+	rootPEM []byte
 }
 
 // denyAll is the authenticator when no token source is configured: every request is refused.
@@ -44,7 +47,8 @@ func (denyAll) Authenticate(context.Context, string) (*ca.Caller, error) {
 	return nil, errors.New("no token source configured (--bootstrap-tokens)")
 }
 
-// startSecure loads or creates the root in caDir and listens on listen. Callers authenticate
+// startSecure loads or creates the root (loadRoot: in caDir, else in the cluster's Secrets) and
+// listens on listen. Callers authenticate
 // with the bootstrap tokens of the tokens file; without one, with Kubernetes service account
 // tokens (TokenReview) when kc is set, else not at all.
 func startSecure(log *slog.Logger, reg prometheus.Registerer, srv *server.Server, listen, caDir, tokens string, kc kubernetes.Interface, trustDomain string) (*secure, error) {
@@ -52,11 +56,10 @@ func startSecure(log *slog.Logger, reg prometheus.Registerer, srv *server.Server
 	if err != nil {
 		return nil, fmt.Errorf("trust domain: %w", err)
 	}
-	root, created, err := identity.LoadOrCreateCA(caDir, td)
+	root, err := loadRoot(log, caDir, kc, td)
 	if err != nil {
-		return nil, fmt.Errorf("--ca-dir: %w", err)
+		return nil, err
 	}
-	log.Info("CA root", "dir", caDir, "created", created, "trust_domain", td.Name(), "expires", root.Root().NotAfter)
 	var auth ca.Authenticator = denyAll{}
 	if tokens != "" {
 		tf, err := ca.LoadTokenFile(tokens)
@@ -99,7 +102,7 @@ func startSecure(log *slog.Logger, reg prometheus.Registerer, srv *server.Server
 		return nil, err
 	}
 	cs.Register(g)
-	return &secure{g: g, ln: srv.Listener(ln), mesh: mesh, srv: srv, done: make(chan struct{})}, nil
+	return &secure{g: g, ln: srv.Listener(ln), mesh: mesh, srv: srv, done: make(chan struct{}), rootPEM: root.RootPEM()}, nil
 }
 
 // secretRefresh is how often the waypoints' secrets are looked at (an SVID is renewed at half
@@ -135,7 +138,7 @@ func (s *secure) stop() {
 // waypoint) and keeps it until half its lifetime has passed, so the SDS secret "default" keeps
 // its version between pushes.
 type waypointSVIDs struct {
-	ca   *identity.CA
+	ca   *pki.CA
 	mesh ca.Mesh
 	ttl  time.Duration
 	now  func() time.Time
@@ -144,7 +147,7 @@ type waypointSVIDs struct {
 	issued map[spiffeid.ID]*x509svid.SVID
 }
 
-func newWaypointSVIDs(root *identity.CA, mesh ca.Mesh, ttl time.Duration) *waypointSVIDs {
+func newWaypointSVIDs(root *pki.CA, mesh ca.Mesh, ttl time.Duration) *waypointSVIDs {
 	return &waypointSVIDs{ca: root, mesh: mesh, ttl: cmp.Or(ttl, ca.DefaultTTL), now: time.Now, issued: map[spiffeid.ID]*x509svid.SVID{}}
 }
 

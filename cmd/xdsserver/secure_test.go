@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"io"
 	"log/slog"
 	"net"
@@ -35,7 +36,6 @@ import (
 	"github.com/goambient/goambient/xdsserver/source/files"
 	"github.com/goambient/goambient/xdsserver/waypointxds"
 	"github.com/goambient/goambient/xdsserver/wds"
-	"github.com/goambient/goambient/ztunnel/identity"
 )
 
 // Bootstrap tokens of the secure-listener test.
@@ -314,7 +314,7 @@ func (fakeMesh) WaypointServiceAccount(ns, name string) (string, bool) {
 // TestWaypointSVIDsRenewAtHalfLife: the same SVID (so the same secret version) until half its
 // lifetime, a new one after; an unknown waypoint gets an error.
 func TestWaypointSVIDsRenewAtHalfLife(t *testing.T) {
-	root, err := identity.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
+	root, err := pki.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
 	if err != nil {
 		t.Fatal(err)
 	}

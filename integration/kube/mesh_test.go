@@ -131,7 +131,13 @@ func TestXdsserverInCluster(t *testing.T) {
 	defer cancel()
 	w := watch(t, x.host+":15010")
 
-	// The same mesh as the files source reads from the same objects.
+	// The same mesh as the files source reads from the same objects, once xdsserver's
+	// deployment controller made handson's waypoint Service (no pods: no controller manager
+	// here).
+	eventually(t, time.Minute, "handson's waypoint Service", func() bool {
+		_, err := e.s.Kube.CoreV1().Services("handson").Get(ctx, "handson-istio-waypoint", metav1.GetOptions{})
+		return err == nil
+	})
 	objs := filepath.Join(t.TempDir(), "cluster.yaml")
 	e.objectsYAML(t, objs)
 	m, err := files.New(files.Options{Paths: []string{objs}, Model: clusterConfig()}).Load()

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"log/slog"
 	"time"
 
@@ -31,7 +32,7 @@ const ImpersonatedIdentity = identity.ImpersonatedIdentityKey
 
 // Options configure a Server. CA, Authenticator and Mesh are required.
 type Options struct {
-	CA            *identity.CA
+	CA            *pki.CA
 	Authenticator Authenticator
 	Mesh          Mesh
 	Logger        *slog.Logger          // nil: no logs

@@ -3,6 +3,7 @@ package ca
 import (
 	"crypto/tls"
 	"encoding/pem"
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"sync"
 	"time"
 
@@ -22,7 +23,7 @@ const (
 // istiod.istio-system.svc (DNS SAN) and spiffe://<td>/ns/istio-system/sa/istiod (URI SAN), and
 // reissued at half its lifetime. Use GetCertificate in a tls.Config.
 type ServingCert struct {
-	ca  *identity.CA
+	ca  *pki.CA
 	id  spiffeid.ID
 	dns []string
 	ttl time.Duration
@@ -34,7 +35,7 @@ type ServingCert struct {
 
 // NewServingCert issues the first serving certificate, valid for ttl (DefaultTTL when 0), with
 // the DNS names dns (ServerDNSName when none).
-func NewServingCert(ca *identity.CA, ttl time.Duration, dns ...string) (*ServingCert, error) {
+func NewServingCert(ca *pki.CA, ttl time.Duration, dns ...string) (*ServingCert, error) {
 	if len(dns) == 0 {
 		dns = []string{ServerDNSName}
 	}

@@ -113,8 +113,8 @@ func (b *builder) convertWaypoint(gw *kubeobj.Gateway) *pendingWaypoint {
 	if !b.cfg.DeployWaypoints || len(pw.pods) > 0 && pw.service != nil {
 		return pw
 	}
-	name := b.deploymentName(gw, pw)
-	pw.saName = cmp.Or(meta.Annotations[AnnotationServiceAccount], name)
+	name, sa := b.deploymentName(gw, pw)
+	pw.saName = sa
 	if len(pw.pods) == 0 {
 		b.synthesizePod(gw, name, pw)
 	}
@@ -124,27 +124,41 @@ func (b *builder) convertWaypoint(gw *kubeobj.Gateway) *pendingWaypoint {
 	return pw
 }
 
-// deploymentName is the name istiod gives a waypoint's Deployment, Service and service
-// account: the gateway.istio.io/name-override annotation, else the Gateway's name (Istio since
-// waypoints dropped the class suffix). When the namespace already has a Service or pod by that
-// name, which the deployment controller would take over in a cluster, it is
-// <gateway>-<class>, the name older Istio versions used.
-func (b *builder) deploymentName(gw *kubeobj.Gateway, pw *pendingWaypoint) string {
-	if n := gw.Metadata.Annotations[AnnotationNameOverride]; n != "" {
-		return n
+// deploymentName is the name istiod's deployment controller would give a waypoint's
+// Deployment, Service and service account, by GatewayDeployedNames (the rule the Kubernetes
+// deployment controller applies): the name-override annotation, else the Gateway's name, else,
+// when the namespace already has a Service, pod or service account by that name that is not
+// the waypoint's (handson: Service and ServiceAccount handson), <gateway>-<class>, with a
+// warning. When every name is taken the override (or the last name) is used all the same, and
+// an error says so: the synthesized objects are the model's own, not a cluster's.
+func (b *builder) deploymentName(gw *kubeobj.Gateway, pw *pendingWaypoint) (string, string) {
+	ns := gw.Metadata.Namespace
+	taken := func(name, sa string) string {
+		var in []string
+		if slices.ContainsFunc(b.services, func(s *Service) bool { return s.Namespace == ns && s.Name == name && s != pw.service }) {
+			in = append(in, fmt.Sprintf("Service %q", name))
+		}
+		if slices.ContainsFunc(b.workloads, func(w *Workload) bool {
+			return w.Namespace == ns && w.Name == name && !slices.Contains(pw.pods, w)
+		}) {
+			in = append(in, fmt.Sprintf("Pod %q", name))
+		}
+		ownSA := slices.ContainsFunc(pw.pods, func(w *Workload) bool { return w.ServiceAccount == sa }) // the waypoint's own pods run as it
+		if sa != "" && !ownSA && slices.ContainsFunc(b.m.ServiceAccounts, func(s *ServiceAccount) bool { return s.Namespace == ns && s.Name == sa }) {
+			in = append(in, fmt.Sprintf("ServiceAccount %q", sa))
+		}
+		return strings.Join(in, " and ")
 	}
-	name := gw.Metadata.Name
-	taken := slices.ContainsFunc(b.services, func(s *Service) bool {
-		return s.Namespace == gw.Metadata.Namespace && s.Name == name && s != pw.service
-	}) || slices.ContainsFunc(b.workloads, func(w *Workload) bool {
-		return w.Namespace == gw.Metadata.Namespace && w.Name == name && !slices.Contains(pw.pods, w)
-	})
-	if !taken {
-		return name
+	names, err := GatewayDeployedNames(gw.Metadata.Name, gw.Spec.GatewayClassName, gw.Metadata.Annotations, true, "", taken)
+	if err != nil {
+		b.warn(gw.Origin, "Gateway", gw.Metadata.Key(), "metadata.name", "%v (here the waypoint is synthesized under its first name all the same)", err)
+		name := cmp.Or(gw.Metadata.Annotations[AnnotationNameOverride], gw.Metadata.Name)
+		return name, cmp.Or(gw.Metadata.Annotations[AnnotationServiceAccount], name)
 	}
-	alt := name + "-" + gw.Spec.GatewayClassName
-	b.warn(gw.Origin, "Gateway", gw.Metadata.Key(), "metadata.name", "the namespace already has a Service or pod named %q; the waypoint's Deployment, Service and service account are named %q", name, alt)
-	return alt
+	if names.Fallback != "" {
+		b.warn(gw.Origin, "Gateway", gw.Metadata.Key(), "metadata.name", "%s", names.Fallback)
+	}
+	return names.Name, names.ServiceAccount
 }
 
 func (b *builder) waypointNode() string {

@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/goambient/goambient/xdsserver/internal/meshgen"
+	"github.com/goambient/goambient/xdsserver/meshgen"
 	"github.com/goambient/goambient/xdsserver/model"
 	"github.com/goambient/goambient/xdsserver/server"
 	"github.com/goambient/goambient/xdsserver/wds"

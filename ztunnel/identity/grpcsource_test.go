@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"net"
 	"os"
 	"path/filepath"
@@ -24,7 +25,7 @@ import (
 // records what it received. mangle, when set, changes the answer.
 type fakeCAServer struct {
 	pb.UnimplementedIstioCertificateServiceServer
-	ca     *CA
+	ca     *pki.CA
 	mangle func(id spiffeid.ID, chain []string) ([]string, error)
 
 	mu       sync.Mutex
@@ -112,7 +113,7 @@ func newGRPCSource(t *testing.T, o GRPCSourceOptions) *GRPCSource {
 }
 
 func TestGRPCSourceFetches(t *testing.T) {
-	ca, err := NewCA(td)
+	ca, err := pki.NewCA(td)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,11 +158,11 @@ func TestGRPCSourceFetches(t *testing.T) {
 }
 
 func TestGRPCSourceRejects(t *testing.T) {
-	ca, err := NewCA(td)
+	ca, err := pki.NewCA(td)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := NewCA(td)
+	other, err := pki.NewCA(td)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +228,7 @@ func TestGRPCSourceRejects(t *testing.T) {
 // with a new certificate for a new key.
 func TestGRPCSourceRotates(t *testing.T) {
 	clk := newFakeClock(time.Now()) // the serving certificate must be valid for the real TLS handshake
-	ca, err := NewCA(td, WithClock(clk.Now))
+	ca, err := pki.NewCA(td, pki.WithClock(clk.Now))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -20,7 +21,7 @@ import (
 
 // testProxy is one loopback proxy on node n1, with the CA its identities come from and its log.
 type testProxy struct {
-	ca    *identity.CA
+	ca    *pki.CA
 	store *state.Store
 	logs  *logBuf
 	p     *Proxy
@@ -65,13 +66,13 @@ func parseState(t *testing.T, doc string) *state.State {
 // (whose Store is already set) before the proxy is built. Everything stops when the test ends.
 func startProxy(t *testing.T, st *state.State, edit func(*Config)) *testProxy {
 	t.Helper()
-	ca, err := identity.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
+	ca, err := pki.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	idm, err := identity.NewManager(ctx, identity.ManagerOptions{Source: identity.NewCASource(ca, time.Hour)})
+	idm, err := identity.NewManager(ctx, identity.ManagerOptions{Source: pki.NewSource(ca, time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -125,6 +125,9 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		"GatewayClass":        gf.Gateway().V1().GatewayClasses().Informer(),
 	}
 	for kind, inf := range informers {
+		if err := inf.SetTransform(dropManagedFields); err != nil {
+			return fmt.Errorf("kubernetes source: %s informer: %w", kind, err)
+		}
 		if _, err := inf.AddEventHandler(s.handler(kind)); err != nil {
 			return fmt.Errorf("kubernetes source: %s informer: %w", kind, err)
 		}
@@ -153,6 +156,14 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 	}
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return nil // ctx is done
+	}
+	if s.status != nil {
+		// Status is written beside the rebuilds, never in their way: one UpdateStatus per
+		// changed policy can take many seconds on a big mesh (1,000 policies), during which
+		// new objects must still reach the data plane.
+		done := make(chan struct{})
+		go func() { defer close(done); s.status.run(ctx) }()
+		defer func() { cancel(); <-done }()
 	}
 	select { // the initial listing is in the first build
 	case <-s.changed:
@@ -213,9 +224,19 @@ func (s *Source) rebuild(ctx context.Context, l *listers, push func(*model.Mesh)
 		"policies", len(m.Policies.AuthorizationPolicies)+len(m.Policies.PeerAuthentications), "errors", len(m.Errors))
 	push(m)
 	if s.status != nil {
-		s.status.write(ctx, m, aps)
+		s.status.offer(m, aps)
 	}
 	return nil
+}
+
+// dropManagedFields removes the server-side apply bookkeeping from a cached object, as istiod's
+// informers do: the mesh never reads it, and it is often the largest part of an object (a pod
+// written by a kubelet carries several managers).
+func dropManagedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
 }
 
 // notify records a pending change.

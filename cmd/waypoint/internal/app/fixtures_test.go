@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	capki "github.com/goambient/goambient/xdsserver/ca/pki"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -62,13 +63,13 @@ func (m mesh) nodeID() string {
 // pki is a root CA and SVID folder with the scenario's identities.
 type pki struct {
 	dir string
-	ca  *identity.CA
+	ca  *capki.CA
 }
 
 func newPKI(t testing.TB, sas ...string) *pki {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	ca, err := identity.NewCA(td)
+	ca, err := capki.NewCA(td)
 	if err != nil {
 		t.Fatal(err)
 	}
