@@ -18,8 +18,9 @@ import (
 
 // kubeSource is the Kubernetes source, reaching the cluster through the kubeconfig file at
 // path, or the pod's service account when path is empty (in-cluster). In a cluster istiod's
-// role includes deploying waypoints, so the model does not synthesize them, and the kubelet
-// and the API server give every address, so the model allocates none.
+// role includes deploying waypoints, so the model does not synthesize them; the kubelet
+// and the API server give every address, so the model allocates none; and istio-cni's node
+// agent says which pods it captured, so the model does not decide it from labels.
 func kubeSource(path string, cfg model.Config, noStatus bool, log *slog.Logger) (*kube.Source, kubernetes.Interface, error) {
 	var rc *rest.Config
 	var err error
@@ -48,7 +49,8 @@ func kubeSource(path string, cfg model.Config, noStatus bool, log *slog.Logger) 
 		return nil, nil, fmt.Errorf("gateway API clientset: %w", err)
 	}
 	cfg.DeployWaypoints = false
-	cfg.FromCluster = true // every address comes from the cluster; a pod without one waits
+	cfg.FromCluster = true        // every address comes from the cluster; a pod without one waits
+	cfg.CaptureByNodeAgent = true // HBONE only for pods istio-cni has redirected, as istiod
 	return kube.New(kube.Clients{Kube: k, Istio: i, Gateway: g}, kube.Options{Model: cfg, NoStatus: noStatus, Logger: log}), k, nil
 }
 

@@ -296,6 +296,7 @@ func (b *builder) convertPod(o *kubeobj.Pod) *Workload {
 	w.WorkloadName = workloadName(o)
 	w.CanonicalName, w.CanonicalRevision = canonicalService(meta.Labels, w.WorkloadName)
 	w.Ambient = b.ambient(o)
+	w.NativeTunnel = o.Metadata.Labels[LabelTunnel] == TunnelHTTP
 	if len(p.errs) > 0 {
 		b.m.Errors = append(b.m.Errors, p.errs...)
 		return nil
@@ -303,10 +304,18 @@ func (b *builder) convertPod(o *kubeobj.Pod) *Workload {
 	return w
 }
 
-// ambient decides whether a pod is in the ambient mesh, as istio-cni does: its own
-// istio.io/dataplane-mode label (none opts out), else its namespace's; host-network pods are
-// never captured.
+// ambient decides whether a pod's traffic is captured into the ambient mesh. With
+// CaptureByNodeAgent, as istiod: the node agent's annotation, or the label of a pod that speaks
+// HBONE itself (networking.istio.io/tunnel: http). Otherwise as istio-cni's node agent
+// (PodRedirectionEnabled): the annotation, else the pod's own istio.io/dataplane-mode label
+// (none opts out), else its namespace's; host-network pods are never captured.
 func (b *builder) ambient(o *kubeobj.Pod) bool {
+	if o.Metadata.Labels[LabelTunnel] == TunnelHTTP {
+		return true
+	}
+	if b.cfg.CaptureByNodeAgent {
+		return o.Metadata.Annotations[AnnotationRedirection] == RedirectionEnabled
+	}
 	if o.Spec.HostNetwork {
 		return false
 	}
@@ -316,7 +325,7 @@ func (b *builder) ambient(o *kubeobj.Pod) bool {
 	case DataplaneModeAmbient:
 		return true
 	}
-	if o.Metadata.Annotations[AnnotationRedirection] == "enabled" {
+	if o.Metadata.Annotations[AnnotationRedirection] == RedirectionEnabled {
 		return true
 	}
 	return b.namespace(o.Metadata.Namespace).Ambient

@@ -17,11 +17,14 @@ const (
 	LabelGatewayName          = "gateway.networking.k8s.io/gateway-name"
 	LabelGatewayClassName     = "gateway.networking.k8s.io/gateway-class-name"
 	LabelGatewayManaged       = "gateway.istio.io/managed"
-	LabelServiceName          = "kubernetes.io/service-name" // on an EndpointSlice
-	AnnotationRedirection     = "ambient.istio.io/redirection"
+	LabelServiceName          = "kubernetes.io/service-name"   // on an EndpointSlice
+	AnnotationRedirection     = "ambient.istio.io/redirection" // enabled: istio-cni redirected the pod
+	LabelTunnel               = "networking.istio.io/tunnel"   // http: the pod speaks HBONE itself
 	AnnotationNameOverride    = "gateway.istio.io/name-override"
 	AnnotationServiceAccount  = "gateway.istio.io/service-account"
 
+	RedirectionEnabled   = "enabled"
+	TunnelHTTP           = "http"
 	DataplaneModeAmbient = "ambient"
 	DataplaneModeNone    = "none"
 	WaypointClassName    = "istio-waypoint"           // Istio's waypoint GatewayClass
@@ -114,6 +117,7 @@ type Workload struct {
 	Annotations       map[string]string
 	TrustDomain       string
 	Ambient           bool // in the ambient mesh: its traffic goes through ztunnel over HBONE
+	NativeTunnel      bool // it terminates HBONE itself (networking.istio.io/tunnel: http)
 	Healthy           bool
 	HostNetwork       bool
 	WorkloadName      string // the Deployment (or other controller) name, or the pod name

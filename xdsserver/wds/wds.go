@@ -78,6 +78,7 @@ func Workload(m *model.Mesh, w *model.Workload, z *policies.Ztunnel, opts Option
 	if w.Ambient {
 		out.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
 	}
+	out.NativeTunnel = w.NativeTunnel
 	if !w.Healthy {
 		out.Status = workloadapi.WorkloadStatus_UNHEALTHY
 	}
