@@ -179,6 +179,7 @@ type ObjectReference struct {
 	Kind      string `json:"kind,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
 	Name      string `json:"name,omitempty"`
+	UID       string `json:"uid,omitempty"`
 }
 
 // Gateway is a gateway.networking.k8s.io Gateway.

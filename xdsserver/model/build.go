@@ -260,7 +260,7 @@ func (b *builder) convertPod(o *kubeobj.Pod) *Workload {
 		return nil
 	}
 	w := &Workload{
-		UID: b.cfg.ClusterID + "//Pod/" + meta.Namespace + "/" + meta.Name, Namespace: meta.Namespace, Name: meta.Name,
+		UID: b.cfg.ClusterID + "//Pod/" + meta.Namespace + "/" + meta.Name, PodUID: meta.UID, Namespace: meta.Namespace, Name: meta.Name,
 		ServiceAccount: cmp.Or(o.Spec.ServiceAccountName, o.Spec.ServiceAccount, "default"),
 		Node:           o.Spec.NodeName, Labels: meta.Labels, Annotations: meta.Annotations,
 		TrustDomain: b.cfg.TrustDomain, HostNetwork: o.Spec.HostNetwork, Healthy: podReady(o.Status),

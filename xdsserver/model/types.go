@@ -108,6 +108,7 @@ type ServicePort struct {
 // Workload is a pod, including the pods that run waypoints.
 type Workload struct {
 	UID               string // <cluster>//Pod/<namespace>/<name>
+	PodUID            string // metadata.uid ("" when the input has none)
 	Namespace         string
 	Name              string
 	ServiceAccount    string
