@@ -37,6 +37,8 @@ func Build(in *kubeobj.Set, cfg Config) (*Mesh, error) {
 		addrs:      map[netip.Addr]string{},
 	}
 	b.buildNamespaces(in.Namespaces)
+	b.namespaceTraffic()
+	b.buildNodes(in.Nodes)
 	b.buildServiceAccounts(in.ServiceAccounts)
 	for _, gc := range dedupe(b, "GatewayClass", in.GatewayClasses, func(o *kubeobj.GatewayClass) (string, policies.Origin) {
 		return o.Metadata.Name, o.Origin
@@ -49,6 +51,7 @@ func Build(in *kubeobj.Set, cfg Config) (*Mesh, error) {
 	b.place()
 	b.validate()
 	b.finishWaypoints(gateways)
+	b.placeLocalities()
 	b.bindWaypoints()
 	b.selectServices(in.EndpointSlices)
 	b.buildPolicies(in.Policies)
@@ -190,6 +193,7 @@ func (b *builder) convertService(o *kubeobj.Service) *Service {
 	s := &Service{
 		Namespace: meta.Namespace, Name: meta.Name, Hostname: meta.Name + "." + meta.Namespace + ".svc." + b.cfg.ClusterDomain,
 		Labels: meta.Labels, Annotations: meta.Annotations, Selector: o.Spec.Selector, IPFamilies: o.Spec.IPFamilies, Origin: o.Origin,
+		LoadBalancing: b.loadBalancing(o),
 	}
 	ips := o.Spec.ClusterIPs
 	if len(ips) == 0 && o.Spec.ClusterIP != "" {

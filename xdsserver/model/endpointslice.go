@@ -39,6 +39,12 @@ func (b *builder) endpointSliceServices(in []*kubeobj.EndpointSlice, byKey map[s
 				continue
 			}
 			ref := podRef{ep.TargetRef.Namespace, ep.TargetRef.Name, ep.TargetRef.UID}
+			if ref.namespace != ns && ref.namespace != "" {
+				// istiod would take it; the model keeps a workload's Services in its namespace.
+				b.warn(es.Origin, "EndpointSlice", ns+"/"+es.Metadata.Name, fmt.Sprintf("endpoints[%d].targetRef.namespace", i),
+					"%q: a pod of another namespace is not put behind Service %s", ref.namespace, svc.Key())
+				continue
+			}
 			if !pods[ref] {
 				b.warn(es.Origin, "EndpointSlice", ns+"/"+es.Metadata.Name, fmt.Sprintf("endpoints[%d].targetRef", i),
 					"names no pod (namespace %q, name %q, uid %q): a pod is matched by all three, as istiod does", ref.namespace, ref.name, ref.uid)
