@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 
@@ -62,4 +63,17 @@ func pickSource(filesSrc source.Source, kubeconfig string, inCluster, noStatus b
 		return filesSrc, nil, nil
 	}
 	return kubeSource(kubeconfig, cfg, noStatus, log)
+}
+
+// waypointByHostname is --waypoint-hostname when given; otherwise on in Kubernetes mode, where
+// istiod refers to a waypoint by the hostname its Gateway's status reports (IPs can be
+// re-allocated, a Service may have several), and off for folders, where the VIP form needs no
+// lookup and every ztunnel version reads it.
+func waypointByHostname(fs *flag.FlagSet, flagValue, kubernetes bool) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "waypoint-hostname" })
+	if set {
+		return flagValue
+	}
+	return kubernetes
 }

@@ -143,7 +143,7 @@ func TestXdsserverInCluster(t *testing.T) {
 	for _, err := range m.Errors {
 		t.Errorf("files source: %v", err)
 	}
-	want := wds.Translate(m, wds.Options{}).ByType()
+	want := wds.Translate(m, wds.Options{WaypointHostname: true}).ByType() // xdsserver's default with a cluster, as istiod
 	if len(want[xds.AddressType]) < 20 || len(want[xds.AuthorizationType]) < 5 {
 		t.Fatalf("the files source's mesh is too small: %d addresses, %d authorizations", len(want[xds.AddressType]), len(want[xds.AuthorizationType]))
 	}
