@@ -45,6 +45,11 @@ FUZZTIME ?= 20s
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./policies
 	$(GO) test -run '^$$' -fuzz FuzzEvaluate -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./policies
+	$(GO) test -run '^$$' -fuzz FuzzServerFrames -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./ztunnel/hbone
+	$(GO) test -run '^$$' -fuzz FuzzClientFrames -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./ztunnel/hbone
+	$(GO) test -run '^$$' -fuzz FuzzWorkloadRequest -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./ztunnel/zds
+	$(GO) test -run '^$$' -fuzz FuzzParseFDs -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./ztunnel/zds
+	$(GO) test -run '^$$' -fuzz FuzzWorkloadAPI -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./ztunnel/xds
 
 clean:
 	rm -rf bin

@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/goambient/goambient/ztunnel/accesslog"
+	"github.com/goambient/goambient/ztunnel/hbone"
 	"github.com/goambient/goambient/ztunnel/identity"
 	"github.com/goambient/goambient/ztunnel/proxy"
 	"github.com/goambient/goambient/ztunnel/state"
@@ -55,6 +56,12 @@ func run(args []string) int {
 	metricsAddr := fs.String("metrics", "[::]:15020", "Prometheus listener (/metrics, /stats/prometheus)")
 	readyAddr := fs.String("readiness", "[::]:15021", "readiness listener (/healthz/ready)")
 	adminAddr := fs.String("admin", "127.0.0.1:15000", "admin listener (/config_dump, /debug/pprof/)")
+	var hboneLimits hbone.ServerConfig
+	fs.IntVar(&hboneLimits.MaxConnections, "hbone-max-connections", 0, "inbound HBONE: most connections served at once, more are closed when accepted (0: half the open-file limit, at most 65536)")
+	fs.IntVar(&hboneLimits.MaxConnectionsPerSource, "hbone-max-connections-per-source", 0, "inbound HBONE: the same per client IP (0: a quarter of the total, at most 1024)")
+	fs.IntVar(&hboneLimits.MaxHandshakes, "hbone-max-handshakes", 0, "inbound HBONE: most TLS handshakes in progress (0: 256)")
+	fs.IntVar(&hboneLimits.MaxHandshakesPerSource, "hbone-max-handshakes-per-source", 0, "inbound HBONE: the same per client IP (0: 32)")
+	fs.DurationVar(&hboneLimits.IdleTimeout, "hbone-idle-timeout", 0, "inbound HBONE: a connection without streams this long is closed (0: 10m)")
 	grace := fs.Duration("drain-grace", 5*time.Second, "on SIGTERM, how long open connections get before they are closed")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -173,8 +180,9 @@ func run(args []string) int {
 			}
 			return offsetRule(pod)
 		},
-		Ready:      loaded.Load,
-		DrainGrace: *grace,
+		Ready:       loaded.Load,
+		DrainGrace:  *grace,
+		HBONEServer: hboneLimits,
 		Listen: proxy.Listen{
 			InboundHBONE: *hboneAddr, InboundPlaintext: *plainAddr, Outbound: *outAddr, SOCKS5: *socksAddr,
 			Metrics: *metricsAddr, Readiness: *readyAddr, Admin: *adminAddr,

@@ -49,14 +49,32 @@ type ClientConfig struct {
 	// received, and the connection is closed when it is not answered within PingTimeout
 	// (DefaultPingInterval and DefaultPingTimeout when 0; a negative PingInterval: no PINGs).
 	PingInterval, PingTimeout time.Duration
+
+	// Limits against a hostile server (README "Limits"); 0 means the default.
+
+	// ConnectTimeout bounds a Dial when its context has no earlier deadline: the TCP and TLS
+	// handshakes and the wait for the CONNECT's answer (DefaultConnectTimeout; negative: only
+	// the context).
+	ConnectTimeout time.Duration
+	// WriteTimeout: a socket write that makes no progress for this long fails, which closes
+	// the connection (DefaultWriteTimeout; negative: none).
+	WriteTimeout time.Duration
+	// MaxQueuedControlFrames: control frames waiting to be written beyond this close the
+	// connection (DefaultMaxQueuedControlFrames).
+	MaxQueuedControlFrames int
+	// MaxHeaderListSize is the SETTINGS_MAX_HEADER_LIST_SIZE: a response whose header list is
+	// larger resets its stream (DefaultMaxHeaderList).
+	MaxHeaderListSize int
 }
 
 // Client opens HBONE streams over pooled mutual-TLS HTTP/2 connections. It is safe for
 // concurrent use.
 type Client struct {
-	bundle x509bundle.Source
-	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
-	pool   *pool
+	bundle    x509bundle.Source
+	dial      func(ctx context.Context, network, addr string) (net.Conn, error)
+	pool      *pool
+	connectTO time.Duration // 0: none
+	writeTO   time.Duration // 0: none
 }
 
 // NewClient returns a Client; Close it to close its connections.
@@ -77,8 +95,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		maxStreams = DefaultMaxStreamsPerConn
 	}
 	return &Client{
-		bundle: cfg.Bundle,
-		dial:   dial,
+		bundle:    cfg.Bundle,
+		dial:      dial,
+		connectTO: max(orDefault(cfg.ConnectTimeout, DefaultConnectTimeout), 0),
+		writeTO:   max(orDefault(cfg.WriteTimeout, DefaultWriteTimeout), 0),
 		pool: &pool{
 			log:        log,
 			maxStreams: maxStreams,
@@ -86,10 +106,11 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 				streamWindow:  StreamWindow,
 				connWindow:    ConnWindow,
 				maxFrame:      MaxFrameSize,
-				maxHeaderList: DefaultMaxHeaderList,
+				maxHeaderList: uint32(positiveOr(cfg.MaxHeaderListSize, DefaultMaxHeaderList)),
 				pingEvery:     orDefault(cfg.PingInterval, DefaultPingInterval),
 				pingTimeout:   orDefault(cfg.PingTimeout, DefaultPingTimeout),
 				idle:          orDefault(cfg.IdleTimeout, DefaultIdleTimeout),
+				maxCtrl:       positiveOr(cfg.MaxQueuedControlFrames, DefaultMaxQueuedControlFrames),
 			},
 			conns:   make(map[poolKey][]*poolConn),
 			dialing: make(map[poolKey]chan struct{}),
@@ -97,8 +118,16 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}, nil
 }
 
-func orDefault[T int | time.Duration](v, def T) T {
+func orDefault[T int | float64 | time.Duration](v, def T) T {
 	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// positiveOr is v, or def when v ≤ 0: for counts, which cannot be turned off.
+func positiveOr(v, def int) int {
+	if v <= 0 {
 		return def
 	}
 	return v
@@ -141,10 +170,18 @@ func (e StatusError) Error() string {
 // Dial opens an HBONE stream to t: it takes a pooled connection for t's key (or opens one:
 // TCP, TLS 1.3 with t.Source's certificate, the server verified against t.Identities), sends
 // the CONNECT and waits for the answer. A status other than 200 is returned as a StatusError
-// (errors.As). ctx bounds the dial and the CONNECT only, not the stream's life.
+// (errors.As). ctx bounds the dial and the CONNECT only, not the stream's life; so does
+// ClientConfig.ConnectTimeout.
 func (c *Client) Dial(ctx context.Context, t Target) (*Conn, error) {
 	if t.Source == nil || !t.Address.IsValid() || t.Authority == "" {
 		return nil, errors.New("hbone: Target needs Source, Address and Authority")
+	}
+	if c.connectTO > 0 {
+		if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > c.connectTO {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, c.connectTO)
+			defer cancel()
+		}
 	}
 	tlsConf, err := ClientTLSConfig(t.Source, c.bundle, t.Identities)
 	if err != nil {
@@ -156,7 +193,9 @@ func (c *Client) Dial(ctx context.Context, t Target) (*Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		tc := tls.Client(&gatherConn{Conn: rawConn(raw)}, tlsConf)
+		g := &gatherConn{Conn: rawConn(raw)}
+		g.setWriteTimeout(c.writeTO)
+		tc := tls.Client(g, tlsConf)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			raw.Close()
 			return nil, fmt.Errorf("TLS handshake: %w", err)

@@ -30,6 +30,11 @@ var (
 // directions ended with EOF).
 func Relay(a, b net.Conn) (aToB, bToA int64, err error) {
 	a, b = rawConn(a), rawConn(b)
+	for _, c := range []net.Conn{a, b} {
+		if st := streamOf(c); st != nil {
+			st.setStop(func() { a.Close(); b.Close() })
+		}
+	}
 	var first firstError
 	done := make(chan struct{})
 	go func() {
@@ -53,6 +58,14 @@ func halfRelay(dst, src net.Conn, first *firstError) int64 {
 	}
 	if err != nil {
 		first.set(err)
+		src.Close()
+		dst.Close()
+		return n
+	}
+	if st := streamOf(src); st != nil && st.isReset() {
+		// The stream ended this way and cannot be written the other way: the relay is over
+		// (without this, the other direction waits for its source, an application that may
+		// never close, after the HBONE connection is gone).
 		src.Close()
 		dst.Close()
 		return n

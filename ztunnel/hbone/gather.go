@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"net"
 	"sync"
+	"time"
 )
 
 // crypto/tls writes each TLS record of a Write with its own write(2): a 64 KiB HTTP/2 DATA
@@ -19,6 +20,29 @@ type gatherConn struct {
 	mu     sync.Mutex // orders gathered and direct writes; held across the write(2)
 	gather bool
 	buf    *[]byte
+	wto    time.Duration // write timeout set on each write (when Conn cannot do it itself)
+}
+
+// setWriteTimeout makes every write to the socket fail once it has made no progress for d
+// (d ≤ 0: never). A raw socket arms the deadline only when it is full; another connection gets
+// a deadline before each write. It is called before the connection is used.
+func (g *gatherConn) setWriteTimeout(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	if wt, ok := g.Conn.(interface{ setWriteTimeout(time.Duration) }); ok {
+		wt.setWriteTimeout(d)
+		return
+	}
+	g.wto = d
+}
+
+// write writes p to the socket; g.mu held.
+func (g *gatherConn) write(p []byte) (int, error) {
+	if g.wto > 0 {
+		g.Conn.SetWriteDeadline(time.Now().Add(g.wto))
+	}
+	return g.Conn.Write(p)
 }
 
 // gatherMin is the smallest tls.Conn.Write worth gathering: anything that fits one record
@@ -35,7 +59,7 @@ func (g *gatherConn) Write(p []byte) (int, error) {
 		*g.buf = append(*g.buf, p...)
 		return len(p), nil
 	}
-	return g.Conn.Write(p)
+	return g.write(p)
 }
 
 // start gathers until flush; n is the size of the plaintext about to be written.
@@ -60,7 +84,7 @@ func (g *gatherConn) flush() error {
 	g.buf = nil
 	var err error
 	if len(*b) > 0 {
-		_, err = g.Conn.Write(*b)
+		_, err = g.write(*b)
 	}
 	if cap(*b) <= 1<<20 {
 		*b = (*b)[:0]

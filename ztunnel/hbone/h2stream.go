@@ -23,6 +23,7 @@ type h2Stream struct {
 	sentEnd    bool // END_STREAM sent
 	recvEnd    bool // END_STREAM received
 	reset      bool // RST_STREAM sent or received, or the connection closed
+	answered   bool // server: the response HEADERS were written
 
 	wmu sync.Mutex // one writer of DATA at a time (Write, CloseWrite)
 
@@ -49,19 +50,36 @@ type h2Stream struct {
 	header  []hpack.HeaderField
 	gotResp bool
 
-	cancel context.CancelFunc // server: ends the handler's context; under mu
+	cancel context.CancelCauseFunc // server: ends the handler's context; under mu
+	// stop, while a Relay runs the stream, ends the relay (closes both its connections); abort
+	// calls it, as nothing more can go either way once the stream is reset. Under mu.
+	stop func()
+}
+
+// setStop gives the stream the function that ends its relay (see stop).
+func (s *h2Stream) setStop(stop func()) {
+	s.mu.Lock()
+	s.stop = stop
+	s.mu.Unlock()
 }
 
 // setCancel gives the stream the function that ends its handler's context; a stream already
 // reset calls it at once.
-func (s *h2Stream) setCancel(cancel context.CancelFunc) {
+func (s *h2Stream) setCancel(cancel context.CancelCauseFunc) {
 	s.mu.Lock()
 	s.cancel = cancel
 	aborted := s.rerr != nil
 	s.mu.Unlock()
 	if aborted {
-		cancel()
+		cancel(ErrEarlyReset)
 	}
+}
+
+// isReset reports whether the stream was reset or its connection closed.
+func (s *h2Stream) isReset() bool {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return s.reset
 }
 
 // newStream makes stream id's state; c.mu held.
@@ -74,26 +92,65 @@ func (c *h2Conn) newStream(id uint32) *h2Stream {
 	return s
 }
 
-// deliver adds a DATA frame's payload (size counts its padding too); it returns a code to
-// reset the stream with on a protocol error. It runs on the read loop.
-func (s *h2Stream) deliver(data []byte, size int64, end bool) http2.ErrCode {
+// admit takes a DATA frame of size bytes (padding included) against the stream's window: ok
+// when its payload is to be delivered; otherwise the payload is dropped, and code, when not 0,
+// is what to reset the stream with. It runs on the read loop.
+func (s *h2Stream) admit(size int64) (ok bool, code http2.ErrCode) {
 	s.mu.Lock()
-	if s.rerr != nil { // reset here, and the peer has not seen it yet
-		s.mu.Unlock()
-		s.c.giveBack(size, true)
-		return 0
-	}
-	if s.eof {
-		s.mu.Unlock()
-		return http2.ErrCodeStreamClosed
-	}
-	if size > s.recvAvail {
-		s.mu.Unlock()
-		return http2.ErrCodeFlowControl
+	defer s.mu.Unlock()
+	switch {
+	case s.rerr != nil: // reset here, and the peer has not seen it yet
+		return false, 0
+	case s.eof:
+		return false, http2.ErrCodeStreamClosed
+	case size > s.recvAvail:
+		return false, http2.ErrCodeFlowControl
 	}
 	s.recvAvail -= size
+	return true, 0
+}
+
+// receive reads the n data bytes of an admitted DATA frame from r and delivers them, through
+// a pooled buffer of at most dataPiece bytes. It runs on the read loop.
+func (s *h2Stream) receive(r io.Reader, n int64) error {
+	if n == 0 {
+		return nil
+	}
+	pool := &smallBufs
+	if n > smallBufSize {
+		pool = &pieceBufs
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
+	buf := *bp
+	for n > 0 {
+		k := min(n, int64(len(buf)))
+		if _, err := io.ReadFull(r, buf[:k]); err != nil {
+			return err
+		}
+		s.deliver(buf[:k])
+		n -= k
+	}
+	return nil
+}
+
+// dataPiece is the most of a DATA frame read before it is delivered: the buffer a connection
+// holds while it reads a frame, given back after it.
+const dataPiece = 64 << 10
+
+var pieceBufs = sync.Pool{New: func() any { b := make([]byte, dataPiece); return &b }}
+
+// deliver adds received bytes: written to the sink at once when a relay runs and nothing is
+// buffered, else buffered for the reader. It runs on the read loop.
+func (s *h2Stream) deliver(data []byte) {
+	s.mu.Lock()
+	if s.rerr != nil { // reset while the frame was read: dropped
+		s.mu.Unlock()
+		s.c.giveBack(int64(len(data)), true)
+		return
+	}
 	direct, inc := 0, int64(0)
-	if s.sink != nil && !s.draining && s.sinkErr == nil && s.buf.len() == 0 && len(data) > 0 {
+	if s.sink != nil && !s.draining && s.sinkErr == nil && s.buf.len() == 0 {
 		direct, s.sinkErr = writeNonblocking(s.sink, data)
 		inc = s.consumedLocked(direct)
 		data = data[direct:]
@@ -101,20 +158,22 @@ func (s *h2Stream) deliver(data []byte, size int64, end bool) http2.ErrCode {
 	if len(data) > 0 {
 		s.buf.write(data)
 	}
-	if end {
-		s.eof = true
-	}
-	if len(data) > 0 || end || s.sinkErr != nil {
+	if len(data) > 0 || s.sinkErr != nil {
 		s.readable.Signal()
 	}
 	s.mu.Unlock()
 	if direct > 0 {
 		s.windowBack(inc, direct, true)
 	}
-	if end {
-		s.recvEnded()
-	}
-	return 0
+}
+
+// endRecv records the peer's END_STREAM on DATA. It runs on the read loop.
+func (s *h2Stream) endRecv() {
+	s.mu.Lock()
+	s.eof = true
+	s.readable.Signal()
+	s.mu.Unlock()
+	s.recvEnded()
 }
 
 // consumedLocked records n bytes taken from the stream and returns the stream window to
@@ -195,6 +254,7 @@ func (s *h2Stream) abort(err error) {
 	s.c.mu.Lock()
 	already := s.reset
 	s.reset = true
+	answered := s.answered
 	s.c.sendable.Broadcast()
 	s.c.mu.Unlock()
 	if already {
@@ -215,9 +275,23 @@ func (s *h2Stream) abort(err error) {
 	}
 	s.readable.Broadcast()
 	cancel := s.cancel
+	// A relay whose reading side already ended (END_STREAM) would otherwise wait for its other
+	// side's source for good; when received bytes are still to be written, the relay stops
+	// once it has written them (halfRelay).
+	stop := s.stop
+	if s.buf.len() > 0 {
+		stop = nil
+	}
 	s.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 	if cancel != nil {
-		cancel()
+		cause := err
+		if !answered {
+			cause = ErrEarlyReset
+		}
+		cancel(cause)
 	}
 	if unread > 0 {
 		s.c.giveBack(unread, true)
@@ -306,19 +380,25 @@ func (s *h2Stream) CloseWrite() error {
 }
 
 // writeResponse sends the answer to a request stream (server); a final status other than 200
-// ends the stream.
+// ends the stream. A stream already reset gets no answer (ErrEarlyReset).
 func (s *h2Stream) writeResponse(fields []hpack.HeaderField, end bool) error {
 	c := s.c
-	if end {
-		c.mu.Lock()
-		s.sentEnd = true
-		done := s.recvEnd
+	c.mu.Lock()
+	if s.reset {
 		c.mu.Unlock()
-		if done {
-			// Closed both ways once this frame leaves: it leaves the connection first, so a frame
-			// the peer sends after reading it finds a closed stream, never this one.
-			c.removeStream(s)
-		}
+		return ErrEarlyReset
+	}
+	s.answered = true
+	done := false
+	if end {
+		s.sentEnd = true
+		done = s.recvEnd
+	}
+	c.mu.Unlock()
+	if done {
+		// Closed both ways once this frame leaves: it leaves the connection first, so a frame
+		// the peer sends after reading it finds a closed stream, never this one.
+		c.removeStream(s)
 	}
 	c.wmu.Lock()
 	err := c.writeHeaders(s.id, fields, end)

@@ -85,13 +85,17 @@ func (l *logRecorder) await(t testing.TB, parts ...string) string {
 // countingListener counts and keeps the connections it accepts.
 type countingListener struct {
 	net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
+	onAccept func(net.Conn) // when set, called with each accepted connection (socket options)
+	mu       sync.Mutex
+	conns    []net.Conn
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err == nil {
+		if l.onAccept != nil {
+			l.onAccept(c)
+		}
 		l.mu.Lock()
 		l.conns = append(l.conns, c)
 		l.mu.Unlock()
@@ -187,10 +191,11 @@ type env struct {
 }
 
 type envOpts struct {
-	ca      *testCA             // issues the server's and the client's SVIDs (a new CA when nil)
-	server  func(*ServerConfig) // adjusts the server's configuration
-	handler Handler             // replaces the default (dial the authority, 503 on failure)
-	status  func(*Request) int
+	ca       *testCA             // issues the server's and the client's SVIDs (a new CA when nil)
+	server   func(*ServerConfig) // adjusts the server's configuration
+	handler  Handler             // replaces the default (dial the authority, 503 on failure)
+	status   func(*Request) int
+	onAccept func(net.Conn) // called with each connection the server's listener accepts
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -239,6 +244,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 	}
 	e.srv = srv
 	e.ln = listen(t)
+	e.ln.onAccept = o.onAccept
 	e.addr = addrOf(e.ln)
 	go srv.Serve(e.ln)
 	t.Cleanup(func() { srv.Close() })
@@ -246,7 +252,12 @@ func newEnv(t testing.TB, o envOpts) *env {
 }
 
 func (e *env) dialHandler(ctx context.Context, req *Request) Response {
-	done := func(r Result) { e.results <- r }
+	done := func(r Result) { // never blocks a handler: results nobody waits for are dropped
+		select {
+		case e.results <- r:
+		default:
+		}
+	}
 	if e.status != nil {
 		if s := e.status(req); s != 0 {
 			return Response{Status: s, Done: done}

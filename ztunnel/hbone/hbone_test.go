@@ -156,7 +156,7 @@ func TestClientCloseClosesUpstream(t *testing.T) {
 	}
 }
 
-// TLS 1.3 with an AES-GCM suite, ALPN h2, and no SNI from the client, seen from both sides.
+// TLS 1.3 with one of CipherSuites, ALPN h2, and no SNI from the client, seen from both sides.
 func TestTLSParameters(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOpts{})
@@ -187,14 +187,18 @@ func TestTLSParameters(t *testing.T) {
 // VerifyConnection refuses what Go could negotiate but HBONE does not allow.
 func TestCheckConnectionState(t *testing.T) {
 	ok := tls.ConnectionState{Version: tls.VersionTLS13, CipherSuite: tls.TLS_AES_128_GCM_SHA256, NegotiatedProtocol: "h2"}
-	if err := checkConnectionState(ok); err != nil {
-		t.Fatal(err)
+	for _, suite := range []uint16{tls.TLS_AES_128_GCM_SHA256, tls.TLS_AES_256_GCM_SHA384, tls.TLS_CHACHA20_POLY1305_SHA256} {
+		cs := ok
+		cs.CipherSuite = suite
+		if err := checkConnectionState(cs); err != nil {
+			t.Errorf("%s: %v", tls.CipherSuiteName(suite), err)
+		}
 	}
 	bad := map[string]func(*tls.ConnectionState){
-		"chacha20": func(cs *tls.ConnectionState) { cs.CipherSuite = tls.TLS_CHACHA20_POLY1305_SHA256 },
-		"tls1.2":   func(cs *tls.ConnectionState) { cs.Version = tls.VersionTLS12 },
-		"no alpn":  func(cs *tls.ConnectionState) { cs.NegotiatedProtocol = "" },
-		"http/1.1": func(cs *tls.ConnectionState) { cs.NegotiatedProtocol = "http/1.1" },
+		"TLS_AES_128_CCM_SHA256": func(cs *tls.ConnectionState) { cs.CipherSuite = 0x1304 },
+		"tls1.2":                 func(cs *tls.ConnectionState) { cs.Version = tls.VersionTLS12 },
+		"no alpn":                func(cs *tls.ConnectionState) { cs.NegotiatedProtocol = "" },
+		"http/1.1":               func(cs *tls.ConnectionState) { cs.NegotiatedProtocol = "http/1.1" },
 	}
 	for name, mod := range bad {
 		cs := ok
@@ -542,5 +546,39 @@ func TestDialContext(t *testing.T) {
 	case <-handlerDone:
 	case <-time.After(wait):
 		t.Fatal("the handler's context did not end with the reset stream")
+	}
+}
+
+// A client that ends its side of a tunnel and then goes away (its connection closes): the
+// server's relay ends and closes the upstream, even though the application keeps its own side
+// open after the FIN (found by FuzzServerFrames: the relay waited on the application for good,
+// holding a goroutine and a socket per such stream).
+func TestRelayEndsWhenTheClientGoesAway(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+	sawEOF, end := make(chan struct{}), make(chan struct{})
+	defer close(end)
+	up := newUpstream(t, func(c *net.TCPConn) {
+		io.Copy(io.Discard, c) // to the client's END_STREAM
+		close(sawEOF)
+		<-end // its own side stays open, and silent
+	})
+	c, _ := e.client(ClientConfig{})
+	conn := e.dial(c, e.target(up.addr))
+	if _, err := conn.Write([]byte("bye")); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sawEOF:
+	case <-time.After(wait):
+		t.Fatal("the upstream did not see the client's END_STREAM")
+	}
+	c.Close() // the HBONE connection goes, the stream with it
+	// Done comes once the relay is over and the upstream closed.
+	if r := e.result(); r.Err == nil {
+		t.Errorf("Result %+v, want the stream's error", r)
 	}
 }

@@ -2,10 +2,13 @@ package hbone
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -21,7 +24,14 @@ import (
 type rawTCP struct {
 	*net.TCPConn
 	rc syscall.RawConn
+	// writeTimeout, when set, fails a Write whose socket takes no byte for this long. The
+	// deadline is only set once the socket is full (a write that does not wait costs nothing),
+	// moved on each time bytes went out since, and cleared after.
+	writeTimeout time.Duration
 }
+
+// setWriteTimeout sets writeTimeout; it is called before the connection is used.
+func (c *rawTCP) setWriteTimeout(d time.Duration) { c.writeTimeout = d }
 
 // rawConn returns c with raw reads and writes when it is a TCP connection, else c.
 func rawConn(c net.Conn) net.Conn {
@@ -40,8 +50,7 @@ func (c *rawTCP) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
+	var res rawResult
 	err := c.rc.Read(func(fd uintptr) bool {
 		for {
 			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
@@ -51,82 +60,111 @@ func (c *rawTCP) Read(p []byte) (int, error) {
 			case syscall.EAGAIN:
 				return false // wait for the poller to say it is readable
 			}
-			n, errno = int(r), e
+			res = rawResult{int(r), e}
 			return true
 		}
 	})
 	switch {
 	case err != nil:
 		return 0, c.opError("read", err)
-	case errno != 0:
-		return 0, c.opError("read", os.NewSyscallError("read", errno))
-	case n == 0:
+	case res.errno != 0:
+		return 0, c.opError("read", os.NewSyscallError("read", res.errno))
+	case res.n == 0:
 		return 0, io.EOF
 	}
-	raceRead(p[:n])
-	return n, nil
+	raceRead(p[:res.n])
+	return res.n, nil
+}
+
+// rawResult is what a RawConn callback learnt: one variable, as each variable a closure
+// captures and sets is an allocation of its own.
+type rawResult struct {
+	n     int
+	errno syscall.Errno
 }
 
 func (c *rawTCP) Write(p []byte) (int, error) {
 	raceWrote(p)
-	written := 0
-	var errno syscall.Errno
+	// The callback's state in one variable (see rawResult).
+	var w struct {
+		n     int // written
+		armed int // n when the deadline was last set; -1: not set
+		errno syscall.Errno
+	}
+	w.armed = -1
 	err := c.rc.Write(func(fd uintptr) bool {
-		for written < len(p) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[written])), uintptr(len(p)-written))
+		for w.n < len(p) {
+			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[w.n])), uintptr(len(p)-w.n))
 			switch e {
 			case 0:
-				written += int(r)
+				w.n += int(r)
 			case syscall.EINTR:
 			case syscall.EAGAIN:
+				if c.writeTimeout > 0 && w.n != w.armed {
+					// The poller's wait below honours a deadline set now.
+					c.TCPConn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+					w.armed = w.n
+				}
 				return false // wait for the poller to say it is writable
 			default:
-				errno = e
+				w.errno = e
 				return true
 			}
 		}
 		return true
 	})
-	switch {
-	case err != nil:
-		return written, c.opError("write", err)
-	case errno != 0:
-		return written, c.opError("write", os.NewSyscallError("write", errno))
+	if w.armed >= 0 && err == nil {
+		c.TCPConn.SetWriteDeadline(time.Time{})
 	}
-	return written, nil
+	switch {
+	case err != nil && w.armed >= 0 && errors.Is(err, os.ErrDeadlineExceeded):
+		return w.n, c.opError("write", fmt.Errorf("%w: the peer took no byte for %v", unwrapOp(err), c.writeTimeout))
+	case err != nil:
+		return w.n, c.opError("write", err)
+	case w.errno != 0:
+		return w.n, c.opError("write", os.NewSyscallError("write", w.errno))
+	}
+	return w.n, nil
 }
 
 func (c *rawTCP) opError(op string, err error) error {
 	var oe *net.OpError
-	if errors.As(err, &oe) {
+	if errors.As(err, &oe) && !strings.HasPrefix(oe.Op, "raw-") {
 		return err
 	}
-	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: unwrapOp(err)}
+}
+
+// unwrapOp is what a RawConn's *net.OpError ("raw-read", "raw-write") says, without it.
+func unwrapOp(err error) error {
+	if oe, ok := err.(*net.OpError); ok {
+		return oe.Err
+	}
+	return err
 }
 
 // writeNonblocking writes what the socket takes now, without waiting: a full send buffer is
 // not an error, only a shorter count.
 func writeNonblocking(rc syscall.RawConn, p []byte) (int, error) {
 	raceWrote(p)
-	var n int
-	var errno syscall.Errno
+	var res rawResult
 	if err := rc.Write(func(fd uintptr) bool {
 		for {
 			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
 			if e == syscall.EINTR {
 				continue
 			}
-			n, errno = int(r), e
+			res = rawResult{int(r), e}
 			return true // never wait for the socket to become writable
 		}
 	}); err != nil {
 		return 0, err
 	}
-	switch errno {
+	switch res.errno {
 	case 0:
-		return n, nil
+		return res.n, nil
 	case syscall.EAGAIN:
 		return 0, nil
 	}
-	return 0, os.NewSyscallError("write", errno)
+	return 0, os.NewSyscallError("write", res.errno)
 }

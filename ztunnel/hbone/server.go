@@ -20,6 +20,8 @@ import (
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/goambient/goambient/ztunnel/lograte"
 )
 
 // Istio ztunnel's server limits (reference/istio-ambient.md §1.1).
@@ -93,23 +95,59 @@ type ServerConfig struct {
 	MaxConcurrentStreams uint32
 	// MaxHeaderListSize is the SETTINGS_MAX_HEADER_LIST_SIZE (DefaultMaxHeaderList when 0).
 	MaxHeaderListSize int
-	// HandshakeTimeout bounds the TLS handshake (DefaultHandshakeTimeout when 0).
+	// HandshakeTimeout bounds the TLS handshake, and then the HTTP/2 preface
+	// (DefaultHandshakeTimeout when 0).
 	HandshakeTimeout time.Duration
 	// PingInterval and PingTimeout as in ClientConfig.
 	PingInterval, PingTimeout time.Duration
+
+	// Limits (README "Limits"): 0 means the default; a negative timeout or log rate turns
+	// that limit off, a negative count means the default.
+
+	// MaxConnections bounds the connections served at once, handshaking or not; more are
+	// closed as soon as accepted. Default: half the process's open-file limit, at most
+	// DefaultMaxConnectionsCap. MaxConnectionsPerSource bounds them per client IP address
+	// (default: a quarter of MaxConnections, at most DefaultMaxConnectionsPerSourceCap).
+	MaxConnections, MaxConnectionsPerSource int
+	// MaxHandshakes bounds the connections in their TLS handshake or HTTP/2 preface at once
+	// (DefaultMaxHandshakes); MaxHandshakesPerSource per client IP address
+	// (DefaultMaxHandshakesPerSource). More are closed as soon as accepted.
+	MaxHandshakes, MaxHandshakesPerSource int
+	// IdleTimeout: a connection without streams for this long gets GOAWAY and is closed
+	// (DefaultServerIdleTimeout; negative: never).
+	IdleTimeout time.Duration
+	// WriteTimeout: a socket write that makes no progress for this long fails, which closes
+	// the connection (DefaultWriteTimeout; negative: none).
+	WriteTimeout time.Duration
+	// MaxQueuedControlFrames: control frames waiting to be written beyond this close the
+	// connection (DefaultMaxQueuedControlFrames).
+	MaxQueuedControlFrames int
+	// FailureLogsPerSecond bounds the WARN lines about connections that failed or were refused
+	// before HTTP/2 was up; the rest are counted in a "suppressed" attribute or line
+	// (DefaultFailureLogsPerSecond; negative: unbounded).
+	FailureLogsPerSecond float64
 }
 
 // ErrServerClosed is returned by Serve after Shutdown or Close.
 var ErrServerClosed = errors.New("hbone: server closed")
 
+// ErrEarlyReset ends a stream whose client reset it (or closed the connection) before the
+// answer: its Handler's context is cancelled with it as the cause (context.Cause), no answer
+// is written, and Response.Done gets it as Result.Err. A peer can cause it at will, so it is
+// worth logging only sparingly.
+var ErrEarlyReset = errors.New("hbone: stream reset by the client before the answer")
+
 // Server terminates HBONE: TLS 1.3 with a verified SPIFFE client certificate, HTTP/2, and a
 // Handler per CONNECT stream.
 type Server struct {
 	log     *slog.Logger
+	failLog *slog.Logger // rate-limited: what a peer can cause before HTTP/2 is up
 	handler Handler
 	tls     *tls.Config
 	h2      h2Settings
 	hsTO    time.Duration
+	wTO     time.Duration // write timeout; 0: none
+	limits  connLimiter
 
 	mu        sync.Mutex
 	closed    bool
@@ -132,8 +170,17 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	maxConns := cfg.MaxConnections
+	if maxConns <= 0 {
+		maxConns = defaultMaxConnections()
+	}
+	maxPerSrc := cfg.MaxConnectionsPerSource
+	if maxPerSrc <= 0 {
+		maxPerSrc = min(max(maxConns/4, 1), DefaultMaxConnectionsPerSourceCap)
+	}
 	return &Server{
 		log:     log,
+		failLog: slog.New(lograte.NewHandler(log.Handler(), orDefault(cfg.FailureLogsPerSecond, DefaultFailureLogsPerSecond))),
 		handler: cfg.Handler,
 		tls:     tlsConf,
 		h2: h2Settings{
@@ -141,11 +188,20 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 			streamWindow:  StreamWindow,
 			connWindow:    ConnWindow,
 			maxFrame:      MaxFrameSize,
-			maxHeaderList: uint32(orDefault(cfg.MaxHeaderListSize, DefaultMaxHeaderList)),
+			maxHeaderList: uint32(positiveOr(cfg.MaxHeaderListSize, DefaultMaxHeaderList)),
 			pingEvery:     orDefault(cfg.PingInterval, DefaultPingInterval),
 			pingTimeout:   orDefault(cfg.PingTimeout, DefaultPingTimeout),
+			idle:          orDefault(cfg.IdleTimeout, DefaultServerIdleTimeout),
+			maxCtrl:       positiveOr(cfg.MaxQueuedControlFrames, DefaultMaxQueuedControlFrames),
 		},
-		hsTO:      orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),
+		hsTO: orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout),
+		wTO:  max(orDefault(cfg.WriteTimeout, DefaultWriteTimeout), 0),
+		limits: connLimiter{
+			maxConns: maxConns, maxConnsPerSrc: maxPerSrc,
+			maxHS:       positiveOr(cfg.MaxHandshakes, DefaultMaxHandshakes),
+			maxHSPerSrc: positiveOr(cfg.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource),
+			src:         make(map[netip.Addr]*srcUse),
+		},
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[net.Conn]struct{}),
 		h2conns:   make(map[*h2Conn]struct{}),
@@ -179,15 +235,29 @@ func (s *Server) Serve(l net.Listener) error {
 			// EMFILE, ECONNABORTED and friends: wait and retry, as net/http does.
 			if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("hbone accept error; retrying", "error", err, "delay", backoff)
+				s.failLog.Warn("hbone accept error; retrying", "error", err, "delay", backoff)
 				time.Sleep(backoff)
 				continue
 			}
 			return err
 		}
 		backoff = 0
-		go s.ServeConn(context.Background(), c)
+		// Admitted here, so that a refused connection costs no goroutine.
+		if remote, ok := s.admit(c); ok {
+			go s.serveAdmitted(context.Background(), c, remote)
+		}
 	}
+}
+
+// admit counts c against the connection and handshake limits, or closes it.
+func (s *Server) admit(c net.Conn) (netip.AddrPort, bool) {
+	remote := addrPortOf(c.RemoteAddr())
+	if why := s.limits.admit(remote.Addr()); why != "" {
+		s.failLog.Warn("connection failed", "src.addr", remote.String(), "dst.addr", addrPortOf(c.LocalAddr()).String(), "error", "refused: "+why)
+		c.Close()
+		return remote, false
+	}
+	return remote, true
 }
 
 func (s *Server) isClosed() bool {
@@ -197,8 +267,18 @@ func (s *Server) isClosed() bool {
 }
 
 // ServeConn serves one accepted TCP connection: the TLS handshake, then HTTP/2 until the
-// connection ends. It closes c.
+// connection ends. It closes c. The connection counts against the Server's connection and
+// handshake limits: over one, it is closed at once.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
+	if remote, ok := s.admit(c); ok {
+		s.serveAdmitted(ctx, c, remote)
+	}
+}
+
+// serveAdmitted is ServeConn for a connection admitted by the limits.
+func (s *Server) serveAdmitted(ctx context.Context, c net.Conn, remote netip.AddrPort) {
+	handshaking := true
+	defer func() { s.limits.release(remote.Addr(), handshaking) }()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -215,22 +295,23 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		s.wg.Done()
 	}()
 
-	remote, local := addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())
+	local := addrPortOf(c.LocalAddr())
 	raw := &gatherConn{Conn: rawConn(c)}
+	raw.setWriteTimeout(s.wTO)
 	tc := tls.Server(raw, s.tls)
 	hctx, cancel := context.WithTimeout(ctx, s.hsTO)
 	err := tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
 		// Istio logs its early denials as "connection failed" too.
-		s.log.Warn("connection failed", "src.addr", remote.String(), "dst.addr", local.String(), "error", err)
+		s.failLog.Warn("connection failed", "src.addr", remote.String(), "dst.addr", local.String(), "error", err)
 		c.Close()
 		return
 	}
 	cs := tc.ConnectionState()
 	peer, err := PeerID(&cs)
 	if err != nil { // cannot happen after VerifyPeerCertificate; be safe
-		s.log.Warn("connection failed", "src.addr", remote.String(), "error", err)
+		s.failLog.Warn("connection failed", "src.addr", remote.String(), "error", err)
 		c.Close()
 		return
 	}
@@ -240,23 +321,30 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	}
 	s.log.Debug("hbone connection accepted", "src.addr", remote.String(), "dst.addr", local.String(), "src.identity", peer.String())
 	info := &Request{Peer: peer, RemoteAddr: remote, LocalAddr: local, TLS: &cs}
-	s.serveHTTP2(ctx, newGatheringTLS(tc, raw), c, info)
+	s.serveHTTP2(ctx, newGatheringTLS(tc, raw), c, info, func() {
+		s.limits.handshakeDone(remote.Addr())
+		handshaking = false
+	})
 }
 
 // serveHTTP2 serves HTTP/2 on nc (raw is the connection under it) until it ends; info is
-// what every stream's Request starts from.
-func (s *Server) serveHTTP2(ctx context.Context, nc, raw net.Conn, info *Request) {
+// what every stream's Request starts from. ready, when set, is called once the preface is in.
+func (s *Server) serveHTTP2(ctx context.Context, nc, raw net.Conn, info *Request, ready func()) {
 	h2 := newH2Conn(s.log, nc, raw, false, s.h2)
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	h2.onStream = func(st *h2Stream, f *http2.MetaHeadersFrame) { s.startStream(sctx, st, f, info) }
+	slots := &handlerSlots{max: int(s.h2.maxStreams)}
+	h2.onStream = func(st *h2Stream, f *http2.MetaHeadersFrame) error { return s.startStream(sctx, slots, st, f, info) }
 	nc.SetReadDeadline(time.Now().Add(s.hsTO))
 	if err := h2.readPreface(); err != nil {
-		s.log.Warn("connection failed", "src.addr", info.RemoteAddr.String(), "src.identity", info.Peer.String(), "error", err)
+		s.failLog.Warn("connection failed", "src.addr", info.RemoteAddr.String(), "src.identity", info.Peer.String(), "error", err)
 		h2.lingerClose(err)
 		return
 	}
 	nc.SetReadDeadline(time.Time{})
+	if ready != nil {
+		ready()
+	}
 	if err := h2.start(); err != nil {
 		h2.closeWithError(err)
 		return
@@ -276,13 +364,14 @@ func (s *Server) serveHTTP2(ctx context.Context, nc, raw net.Conn, info *Request
 }
 
 // startStream takes a new request stream from the read loop: its headers are read here (the
-// Framer reuses them), and the stream is answered in its own goroutine.
-func (s *Server) startStream(ctx context.Context, st *h2Stream, f *http2.MetaHeadersFrame, conn *Request) {
+// Framer reuses them), and the stream is answered by a handler goroutine of slots (now, or
+// when a slot frees). An error closes the connection.
+func (s *Server) startStream(ctx context.Context, slots *handlerSlots, st *h2Stream, f *http2.MetaHeadersFrame, conn *Request) error {
 	if why := malformedRequest(f); why != "" {
 		s.log.Debug("hbone request refused", "src.identity", conn.Peer.String(), "error", "malformed request: "+why)
 		st.c.queueAsync(h2Ctrl{typ: http2.FrameRSTStream, id: st.id, val: uint32(http2.ErrCodeProtocol)})
 		st.abort(errStreamReset)
-		return
+		return nil
 	}
 	method := f.PseudoValue("method")
 	authority := f.PseudoValue("authority")
@@ -297,10 +386,10 @@ func (s *Server) startStream(ctx context.Context, st *h2Stream, f *http2.MetaHea
 	req.Baggage = req.Header.Get(HeaderBaggage)
 	req.Traceparent = req.Header.Get(HeaderTraceparent)
 	truncated := f.Truncated
-	sctx, cancel := context.WithCancel(ctx)
+	sctx, cancel := context.WithCancelCause(ctx)
 	st.setCancel(cancel)
-	go func() {
-		defer cancel()
+	return slots.start(st, func() {
+		defer cancel(nil)
 		switch {
 		case truncated:
 			s.refuse(st, http.StatusRequestHeaderFieldsTooLarge, "request headers larger than the limit", &req)
@@ -317,7 +406,7 @@ func (s *Server) startStream(ctx context.Context, st *h2Stream, f *http2.MetaHea
 			req.Authority = auth
 			s.serveStream(sctx, st, &req)
 		}
-	}()
+	})
 }
 
 // malformedRequest says why a request's header block is malformed (RFC 9113 §8.2–8.3), which
@@ -377,8 +466,11 @@ func (s *Server) serveStream(ctx context.Context, st *h2Stream, req *Request) {
 		if resp.Upstream != nil {
 			resp.Upstream.Close()
 		}
-		st.respond(resp.Status, resp.Header)
-		done(Result{Status: resp.Status})
+		var err error
+		if errors.Is(st.respond(resp.Status, resp.Header), ErrEarlyReset) {
+			err = ErrEarlyReset
+		}
+		done(Result{Status: resp.Status, Err: err})
 		return
 	}
 	if err := st.respond(http.StatusOK, resp.Header); err != nil {
@@ -395,7 +487,8 @@ func (s *Server) serveStream(ctx context.Context, st *h2Stream, req *Request) {
 }
 
 // respond sends the response HEADERS. Any status but 200 ends the stream; if the client has
-// not ended its side, the stream is then reset with NO_ERROR (RFC 9113 §8.1).
+// not ended its side, the stream is then reset with NO_ERROR (RFC 9113 §8.1). A stream the
+// client already reset gets nothing (ErrEarlyReset).
 func (st *h2Stream) respond(status int, h http.Header) error {
 	fields := make([]hpack.HeaderField, 0, 1+len(h))
 	fields = append(fields, hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
@@ -412,6 +505,9 @@ func (st *h2Stream) respond(status int, h http.Header) error {
 		return st.writeResponse(fields, false)
 	}
 	err := st.writeResponse(fields, true)
+	if errors.Is(err, ErrEarlyReset) {
+		return err
+	}
 	st.c.mu.Lock()
 	finished := st.recvEnd
 	st.c.mu.Unlock()

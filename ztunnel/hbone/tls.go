@@ -17,15 +17,19 @@ import (
 // ALPN is the only application protocol HBONE speaks over TLS.
 const ALPN = "h2"
 
-// CipherSuites are the TLS 1.3 suites HBONE accepts, as Istio's ztunnel: AES-GCM only.
+// CipherSuites are the TLS 1.3 suites HBONE accepts: the two AES-GCM suites Istio's ztunnel
+// offers, and TLS_CHACHA20_POLY1305_SHA256, which Istio's Go HBONE (x/net's HTTP/2 on
+// crypto/tls) accepts too.
 //
 // Go's crypto/tls does not let a program choose TLS 1.3 suites (tls.Config.CipherSuites only
-// applies to TLS 1.2), and it offers TLS_CHACHA20_POLY1305_SHA256 too, preferring it on hosts
-// without AES hardware. So both peers check the negotiated suite in tls.Config.VerifyConnection
-// and abort the handshake on anything else: between two Go peers on machines with AES-NI / ARMv8
-// AES, AES-GCM is always chosen; on a host without AES hardware the handshake fails (run with
-// GODEBUG=fips140=on there: FIPS mode only offers AES-GCM in TLS 1.3).
-var CipherSuites = []uint16{tls.TLS_AES_128_GCM_SHA256, tls.TLS_AES_256_GCM_SHA384}
+// applies to TLS 1.2; Go 1.26 crypto/tls/handshake_server_tls13.go picks from a fixed
+// preference list): a Go client on a host without AES hardware offers ChaCha20 first, and a Go
+// server then picks it, as does a Go server without AES hardware whatever the client
+// prefers. Refusing ChaCha20 would make such hosts unable to use HBONE at all, and negotiating
+// AES-GCM instead cannot be configured. With Istio's Rust ztunnel, which only implements the
+// AES-GCM suites, the suite is AES-GCM either way. GODEBUG=fips140=on makes Go offer and pick
+// AES-GCM only.
+var CipherSuites = []uint16{tls.TLS_AES_128_GCM_SHA256, tls.TLS_AES_256_GCM_SHA384, tls.TLS_CHACHA20_POLY1305_SHA256}
 
 // ClientTLSConfig is the TLS configuration of an HBONE client: TLS 1.3, ALPN h2, no SNI, no
 // session resumption, src as the client certificate, and a server certificate that must chain
@@ -108,13 +112,13 @@ func authorizeTrustDomains(tds []spiffeid.TrustDomain) tlsconfig.Authorizer {
 	})
 }
 
-// checkConnectionState is both peers' VerifyConnection: TLS 1.3, an AES-GCM suite, ALPN h2.
+// checkConnectionState is both peers' VerifyConnection: TLS 1.3, one of CipherSuites, ALPN h2.
 func checkConnectionState(cs tls.ConnectionState) error {
 	if cs.Version != tls.VersionTLS13 {
 		return fmt.Errorf("hbone: %s negotiated, TLS 1.3 required", tls.VersionName(cs.Version))
 	}
 	if !slices.Contains(CipherSuites, cs.CipherSuite) {
-		return fmt.Errorf("hbone: cipher suite %s refused (AES-GCM only)", tls.CipherSuiteName(cs.CipherSuite))
+		return fmt.Errorf("hbone: cipher suite %s refused", tls.CipherSuiteName(cs.CipherSuite))
 	}
 	if cs.NegotiatedProtocol != ALPN {
 		return fmt.Errorf("hbone: ALPN %q negotiated, %q required", cs.NegotiatedProtocol, ALPN)

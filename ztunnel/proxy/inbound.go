@@ -60,7 +60,11 @@ func (p *Proxy) serveHBONE(ctx context.Context, req *hbone.Request) hbone.Respon
 		mc := p.metrics.Open(labels)
 		e.BytesSent, e.BytesRecv = mc.Close(flag)
 		e.Duration, e.Err = time.Since(start), err
-		e.Log(ctx, p.log)
+		log := p.log
+		if cause := context.Cause(ctx); errors.Is(cause, hbone.ErrEarlyReset) {
+			e.Err, log = fmt.Errorf("%w: %w", cause, err), p.earlyLog
+		}
+		e.Log(ctx, log)
 		return hbone.Response{Status: status}
 	}
 	if dst == nil || dst.GetNode() != p.cfg.Node {
@@ -100,7 +104,11 @@ func (p *Proxy) serveHBONE(ctx context.Context, req *hbone.Request) hbone.Respon
 		}
 		e.BytesSent, e.BytesRecv = mc.Close(flag)
 		e.Duration = time.Since(start)
-		e.Log(context.Background(), p.log)
+		log := p.log
+		if errors.Is(res.Err, hbone.ErrEarlyReset) || (res.Err != nil && res.Received == 0 && res.Sent == 0) {
+			log = p.earlyLog // reset before or right after the answer, nothing carried
+		}
+		e.Log(context.Background(), log)
 	}}
 }
 

@@ -18,6 +18,7 @@ import (
 	"istio.io/istio/pkg/workloadapi"
 
 	"github.com/goambient/goambient/ztunnel/hbone"
+	"github.com/goambient/goambient/ztunnel/lograte"
 	"github.com/goambient/goambient/ztunnel/metrics"
 	"github.com/goambient/goambient/ztunnel/socks5"
 	"github.com/goambient/goambient/ztunnel/state"
@@ -25,11 +26,15 @@ import (
 
 // Proxy is one node's ztunnel.
 type Proxy struct {
-	cfg     Config
-	log     *slog.Logger
-	metrics *metrics.Metrics
-	appAddr func(netip.AddrPort) netip.AddrPort
-	td      spiffeid.TrustDomain
+	cfg Config
+	log *slog.Logger
+	// earlyLog is log at a bounded rate (HBONEServer.FailureLogsPerSecond), for the access-log
+	// lines of inbound streams that their client reset before the answer, or that failed
+	// without carrying a byte: a peer can cause those at will (Rapid Reset).
+	earlyLog *slog.Logger
+	metrics  *metrics.Metrics
+	appAddr  func(netip.AddrPort) netip.AddrPort
+	td       spiffeid.TrustDomain
 
 	client *hbone.Client
 	server *hbone.Server
@@ -71,6 +76,7 @@ func New(cfg Config) (*Proxy, error) {
 	if p.metrics == nil {
 		p.metrics = metrics.New()
 	}
+	p.earlyLog = slog.New(lograte.NewHandler(p.log.Handler(), cmp.Or(cfg.HBONEServer.FailureLogsPerSecond, hbone.DefaultFailureLogsPerSecond)))
 	if p.appAddr == nil {
 		p.appAddr = AppOffsetRule(DefaultAppOffset)
 	}

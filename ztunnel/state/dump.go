@@ -1,7 +1,9 @@
 package state
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -41,5 +43,33 @@ func (s *State) ConfigDump() ([]byte, error) {
 			return nil, err
 		}
 	}
-	return json.MarshalIndent(doc, "", "  ")
+	js, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return yamlSafe(js), nil
+}
+
+// yamlSafe escapes the characters that JSON allows raw in a string but YAML, which LoadFile
+// reads, refuses (DEL, the C1 controls, U+FFFE, U+FFFF) or reads as a line break (NEL, U+2028,
+// U+2029), so that any accepted State's dump loads back with the same strings. They can only
+// be inside strings: protojson's own syntax is ASCII.
+func yamlSafe(js []byte) []byte {
+	if !bytes.ContainsFunc(js, yamlEscapes) {
+		return js
+	}
+	var b bytes.Buffer
+	b.Grow(len(js) + 32)
+	for _, r := range string(js) {
+		if yamlEscapes(r) {
+			fmt.Fprintf(&b, `\u%04x`, r)
+		} else {
+			b.WriteRune(r)
+		}
+	}
+	return b.Bytes()
+}
+
+func yamlEscapes(r rune) bool {
+	return r == 0x7f || (r >= 0x80 && r <= 0x9f) || r == 0x2028 || r == 0x2029 || r == 0xfffe || r == 0xffff
 }

@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -441,9 +442,10 @@ func (s *storeApplier) apply(t string, set map[string]*anypb.Any) error {
 	}
 	all := maps.Clone(s.decoded)
 	all[t] = next
-	st, err := state.New(resources(all), s.opts...)
+	res, names := resources(all)
+	st, err := state.New(res, s.opts...)
 	if err != nil {
-		return err
+		return nameResources(err, names)
 	}
 	s.decoded = all
 	s.store.Store(st)
@@ -470,21 +472,49 @@ func decode(typeURL string, a *anypb.Any) (proto.Message, error) {
 	return m, nil
 }
 
-// resources converts the accepted set into state.Resources, ordered by name.
-func resources(all map[string]map[string]decodedEntry) state.Resources {
-	var r state.Resources
+// resources converts the accepted set into state.Resources, ordered by name; names holds the
+// resource name of each entry, by list ("workloads", "services", "authorizations").
+func resources(all map[string]map[string]decodedEntry) (r state.Resources, names map[string][]string) {
+	names = map[string][]string{}
 	for _, name := range slices.Sorted(maps.Keys(all[AddressType])) {
 		switch t := all[AddressType][name].msg.(*workloadapi.Address).GetType().(type) {
 		case *workloadapi.Address_Workload:
 			r.Workloads = append(r.Workloads, t.Workload)
+			names["workloads"] = append(names["workloads"], name)
 		case *workloadapi.Address_Service:
 			r.Services = append(r.Services, t.Service)
+			names["services"] = append(names["services"], name)
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(all[AuthorizationType])) {
 		r.Authorizations = append(r.Authorizations, all[AuthorizationType][name].msg.(*security.Authorization))
+		names["authorizations"] = append(names["authorizations"], name)
 	}
-	return r
+	return r, names
+}
+
+// nameResources puts the resource name in front of each of state.New's errors: their paths
+// ("workloads[3].addresses[0]") index lists the control plane never sees.
+func nameResources(err error, names map[string][]string) error {
+	var errs []error
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	} else {
+		errs = []error{err}
+	}
+	out := make([]error, 0, len(errs))
+	for _, e := range errs {
+		var fe *state.FieldError
+		if errors.As(e, &fe) {
+			list, rest, _ := strings.Cut(fe.Path, "[")
+			idx, _, _ := strings.Cut(rest, "]")
+			if i, err := strconv.Atoi(idx); err == nil && i >= 0 && i < len(names[list]) {
+				e = fmt.Errorf("%s: %w", names[list][i], e)
+			}
+		}
+		out = append(out, e)
+	}
+	return errors.Join(out...)
 }
 
 func errString(err error) string {

@@ -127,6 +127,12 @@ func parseFDs(oob []byte) ([]int, error) {
 			errs = append(errs, fmt.Errorf("ancillary data: unexpected control message level %d type %d", msgs[i].Header.Level, msgs[i].Header.Type))
 			continue
 		}
+		if n := len(msgs[i].Data); n%4 != 0 {
+			// unix.ParseUnixRights indexes past its slice on such a message (x/sys v0.49.0); the
+			// kernel writes whole fds, but nothing here should panic on what a socket returns.
+			errs = append(errs, fmt.Errorf("ancillary data: SCM_RIGHTS of %d bytes is not a list of 4-byte fds", n))
+			continue
+		}
 		got, err := unix.ParseUnixRights(&msgs[i])
 		if err != nil {
 			errs = append(errs, fmt.Errorf("ancillary data: %w", err))
