@@ -316,7 +316,7 @@ func (e *env) objectsYAML(t *testing.T, path string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	out, err := e.s.Kubectl(ctx, "get", "-A", "-o", "json",
-		"namespaces,serviceaccounts,services,pods,endpointslices,gateways.gateway.networking.k8s.io,gatewayclasses.gateway.networking.k8s.io,"+
+		"namespaces,nodes,serviceaccounts,services,pods,endpointslices,gateways.gateway.networking.k8s.io,gatewayclasses.gateway.networking.k8s.io,"+
 			"authorizationpolicies.security.istio.io,peerauthentications.security.istio.io")
 	if err != nil {
 		t.Fatal(err)
