@@ -35,7 +35,7 @@ func run(args []string) int {
 	xdsListen := fs.String("xds-listen", "127.0.0.1:15010", "plaintext gRPC ADS listener, unauthenticated like istiod's 15010: keep it on loopback or a private network; empty: none (with --ca-dir)")
 	httpListen := fs.String("http-listen", "127.0.0.1:15014", "HTTP listener for /healthz/ready and /metrics")
 	interval := fs.Duration("interval", files.DefaultInterval, "how often the config folders are looked at")
-	waypointHostname := fs.Bool("waypoint-hostname", false, "refer to waypoints by hostname instead of VIP")
+	waypointHostname := fs.Bool("waypoint-hostname", false, "refer to waypoints by hostname instead of VIP (default: on with --kubeconfig/--kube, as istiod does; off with --config-dir)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	secureListen := fs.String("secure-listen", "127.0.0.1:15012", "TLS gRPC listener: the CA, and ADS with the waypoints' SDS secrets for authenticated waypoints (on when --ca-dir is set)")
 	caDir := fs.String("ca-dir", "", "folder of the CA root (root-cert.pem, root-key.pem), created on first start; turns on --secure-listen (with --kubeconfig/--kube it is on without it: the CA is the Secret istio-system/cacerts, else istio-system/istio-ca-secret, generated at first start, as istiod's)")
@@ -90,7 +90,7 @@ func run(args []string) int {
 		log.Error("kubernetes source", "error", err.Error())
 		return 1
 	}
-	topts := wds.Options{WaypointHostname: *waypointHostname}
+	topts := wds.Options{WaypointHostname: waypointByHostname(fs, *waypointHostname, kc != nil)}
 	waypoints := newWaypointPusher(log.With("scope", "waypoints"), srv)
 
 	var xl net.Listener

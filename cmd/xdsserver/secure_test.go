@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"io"
 	"log/slog"
 	"net"
@@ -31,6 +30,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/goambient/goambient/xdsserver/ca"
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"github.com/goambient/goambient/xdsserver/model"
 	"github.com/goambient/goambient/xdsserver/server"
 	"github.com/goambient/goambient/xdsserver/source/files"

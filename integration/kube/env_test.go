@@ -3,8 +3,10 @@ package kube_test
 // The cluster these tests share (one API server per test binary, integration/kubeapi): the
 // install bundle applied with server-side apply, the three scenarios of manifests/examples
 // applied on top, and every pod given the status a kubelet would write (a loopback IP of this
-// run, Running, Ready). No kubelet, scheduler or controller manager runs: the bundle's
-// Deployment and DaemonSet make no pods, and nothing deletes a namespace.
+// run, Running, Ready) and, when the ambient mesh enrolls it, the annotation istio-cni's node
+// agent writes once it has redirected the pod. No kubelet, scheduler, controller manager or
+// node agent runs: the bundle's Deployment and DaemonSet make no pods, and nothing deletes a
+// namespace.
 
 import (
 	"bytes"
@@ -155,6 +157,18 @@ func newEnv(s *kubeapi.Server, dir string) (*env, error) {
 		running, err := s.SetPodRunning(ctx, p, ip)
 		if err != nil {
 			return nil, err
+		}
+		// istio-cni's node agent, once it has redirected an enrolled pod, annotates it: only
+		// then does the control plane send HBONE for it (istiod's rule, and xdsserver's in
+		// Kubernetes mode). No node agent runs here, so the set-up plays it.
+		ns, err := s.Kube.CoreV1().Namespaces().Get(ctx, p.Namespace, metav1.GetOptions{})
+		if err != nil {
+			return nil, err
+		}
+		if kubeapi.Enrolled(ns, running) {
+			if running, err = s.SetRedirected(ctx, running); err != nil {
+				return nil, err
+			}
 		}
 		e.ips[p.Namespace+"/"+p.Name] = ip
 		if p.Name == zp.Name && p.Namespace == zp.Namespace {
@@ -341,7 +355,7 @@ func objectsYAML(t *testing.T, s *kubeapi.Server, path string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	out, err := s.Kubectl(ctx, "get", "-A", "-o", "json",
-		"namespaces,serviceaccounts,services,pods,endpointslices,gateways.gateway.networking.k8s.io,gatewayclasses.gateway.networking.k8s.io,"+
+		"namespaces,nodes,serviceaccounts,services,pods,endpointslices,gateways.gateway.networking.k8s.io,gatewayclasses.gateway.networking.k8s.io,"+
 			"authorizationpolicies.security.istio.io,peerauthentications.security.istio.io")
 	if err != nil {
 		t.Fatal(err)

@@ -367,33 +367,15 @@ func (b *builder) bindWaypoints() {
 }
 
 // selectServices gives each workload the Services in front of it: those whose selector matches
-// its labels, and Services without selector whose EndpointSlices name the pod. A named
-// targetPort is resolved through the pod's container ports; a port the pod does not declare is
-// left out for that pod, as istiod does.
+// its labels, and those whose EndpointSlices name the pod (targetRef). A named targetPort is
+// resolved through the pod's container ports; a port the pod does not declare is left out for
+// that pod, as istiod does.
 func (b *builder) selectServices(slices_ []*kubeobj.EndpointSlice) {
 	byKey := map[string]*Service{}
 	for _, s := range b.services {
 		byKey[s.Key()] = s
 	}
-	viaSlices := map[string][]*Service{} // pod key → Services
-	for _, es := range slices_ {
-		ns := orDefault(es.Metadata.Namespace)
-		name, ok := es.Metadata.Labels[LabelServiceName]
-		if !ok || es.AddressType == "FQDN" {
-			continue
-		}
-		svc := byKey[ns+"/"+name]
-		if svc == nil {
-			b.warn(es.Origin, "EndpointSlice", ns+"/"+es.Metadata.Name, "metadata.labels["+LabelServiceName+"]", "Service %s/%s is not found", ns, name)
-			continue
-		}
-		for _, ep := range es.Endpoints {
-			if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" {
-				key := cmp.Or(ep.TargetRef.Namespace, ns) + "/" + ep.TargetRef.Name
-				viaSlices[key] = append(viaSlices[key], svc)
-			}
-		}
-	}
+	viaSlices := b.endpointSliceServices(slices_, byKey)
 	for _, w := range b.workloads {
 		found := map[*Service]bool{}
 		for _, s := range b.services {
@@ -401,12 +383,10 @@ func (b *builder) selectServices(slices_ []*kubeobj.EndpointSlice) {
 				found[s] = true
 			}
 		}
-		for _, s := range viaSlices[w.Key()] {
-			if s.Namespace == w.Namespace {
-				found[s] = true
-			}
+		for _, s := range viaSlices[podRef{w.Namespace, w.Name, w.PodUID}] {
+			found[s] = true
 		}
-		for _, s := range slices.SortedFunc(maps.Keys(found), func(a, b *Service) int { return cmp.Compare(a.Name, b.Name) }) {
+		for _, s := range slices.SortedFunc(maps.Keys(found), func(a, b *Service) int { return compareKey(a.Namespace, a.Name, b.Namespace, b.Name) }) {
 			ws := WorkloadService{Service: s}
 			for _, p := range s.Ports {
 				target := p.TargetPort

@@ -58,8 +58,8 @@ type Clients struct {
 	Gateway gwclient.Interface
 }
 
-// Source watches Namespaces, ServiceAccounts, Services, Pods, EndpointSlices (core and
-// discovery informers), AuthorizationPolicies and PeerAuthentications (security.istio.io/v1),
+// Source watches Namespaces, ServiceAccounts, Services, Pods, EndpointSlices, Nodes (their
+// names and topology labels only: core and discovery informers), AuthorizationPolicies and PeerAuthentications (security.istio.io/v1),
 // Gateways and GatewayClasses (gateway.networking.k8s.io/v1). Once the caches are synced it
 // pushes a mesh, then a rebuilt one after each burst of changes. Objects are converted into
 // the same kubeobj and policies types the files source reads, and model.Build applies every
@@ -90,9 +90,9 @@ func New(c Clients, opts Options) *Source {
 
 // listers are the informers' caches a mesh is built from.
 type listers struct {
-	namespaces, serviceAccounts, services, pods, endpointSlices cache.Store
-	authorizationPolicies, peerAuthentications                  cache.Store
-	gateways, gatewayClasses                                    cache.Store
+	namespaces, serviceAccounts, services, pods, endpointSlices, nodes cache.Store
+	authorizationPolicies, peerAuthentications                         cache.Store
+	gateways, gatewayClasses                                           cache.Store
 }
 
 // Run starts the informers, waits for their caches, pushes the mesh, then a new one after each
@@ -123,6 +123,7 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		"PeerAuthentication":  isf.Security().V1().PeerAuthentications().Informer(),
 		"Gateway":             gf.Gateway().V1().Gateways().Informer(),
 		"GatewayClass":        gf.Gateway().V1().GatewayClasses().Informer(),
+		"Node":                nodeInformer(kf),
 	}
 	for kind, inf := range informers {
 		if err := inf.SetTransform(dropManagedFields); err != nil {
@@ -139,6 +140,7 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		authorizationPolicies: informers["AuthorizationPolicy"].GetStore(),
 		peerAuthentications:   informers["PeerAuthentication"].GetStore(),
 		gateways:              informers["Gateway"].GetStore(), gatewayClasses: informers["GatewayClass"].GetStore(),
+		nodes: informers["Node"].GetStore(),
 	}
 	kf.Start(ctx.Done())
 	isf.Start(ctx.Done())
@@ -267,6 +269,9 @@ func (s *Source) handler(kind string) cache.ResourceEventHandler {
 func relevantUpdate(oldObj, newObj any) bool {
 	if oldObj == newObj {
 		return false
+	}
+	if changed, isNode := nodeUpdate(oldObj, newObj); isNode {
+		return changed // every status update of a Node is a new version; its locality rarely is
 	}
 	om, ok1 := oldObj.(metav1.Object)
 	nm, ok2 := newObj.(metav1.Object)

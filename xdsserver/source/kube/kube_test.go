@@ -123,7 +123,7 @@ type cluster struct {
 	written chan struct{} // a status write was stored
 }
 
-const informerCount = 9
+const informerCount = 10
 
 func newCluster(kube, istio, gw []runtime.Object) *cluster {
 	c := &cluster{
