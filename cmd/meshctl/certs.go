@@ -7,7 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"io"
 	"io/fs"
 	"maps"
@@ -16,6 +15,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 

@@ -6,11 +6,12 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"log/slog"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/prometheus/client_golang/prometheus"

@@ -3,9 +3,10 @@ package ca
 import (
 	"crypto/tls"
 	"encoding/pem"
-	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"sync"
 	"time"
+
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 

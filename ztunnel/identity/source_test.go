@@ -2,12 +2,13 @@ package identity
 
 import (
 	"context"
-	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"

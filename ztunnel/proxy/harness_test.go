@@ -4,13 +4,14 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 

@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"fmt"
-	capki "github.com/goambient/goambient/xdsserver/ca/pki"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -12,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	capki "github.com/goambient/goambient/xdsserver/ca/pki"
 
 	golang "github.com/envoyproxy/go-control-plane/contrib/envoy/extensions/filters/http/golang/v3alpha"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
