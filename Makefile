@@ -2,7 +2,7 @@
 GO ?= go
 OPA := $(GO) tool opa
 
-.PHONY: test vet gotest opa-test bench fuzz build clean demo filters crds kube-bins images
+.PHONY: test vet gotest opa-test bench fuzz build clean demo filters crds kube-bins images istiod-bin istiod-peer
 
 test: filters vet gotest opa-test
 
@@ -50,6 +50,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzWorkloadRequest -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./ztunnel/zds
 	$(GO) test -run '^$$' -fuzz FuzzParseFDs -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./ztunnel/zds
 	$(GO) test -run '^$$' -fuzz FuzzWorkloadAPI -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./ztunnel/xds
+	$(GO) test -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./xdsserver/kubeobj
+	$(GO) test -run '^$$' -fuzz FuzzTranslate -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./xdsserver/waypointxds
 
 clean:
 	rm -rf bin
@@ -67,6 +69,18 @@ crds:
 # GOAMBIENT_KUBE_BIN_DIR=<that folder> (.ci/run sets it) and skip without it.
 kube-bins:
 	integration/kube/tools/build.sh
+
+# Istio's control plane (pilot-discovery) at go.mod's istio.io/istio, built once per version
+# into $${GOAMBIENT_CACHE:-~/.cache/goambient}/istio-<version>/ (~11 CPU-minutes cold); the istiod
+# peer test finds it through GOAMBIENT_ISTIO_BIN_DIR=<that folder> (.ci/run sets it).
+istiod-bin:
+	integration/istiod/tools/build.sh
+
+# The istiod peer test alone: goambient's ztunnel under istiod, and xdsserver's workload API
+# compared with istiod's for the same objects (integration/kube, TestIstiodPeer).
+istiod-peer:
+	GOAMBIENT_KUBE_BIN_DIR=$$(integration/kube/tools/build.sh) GOAMBIENT_ISTIO_BIN_DIR=$$(integration/istiod/tools/build.sh) \
+		$(GO) test -count=1 -run TestIstiodPeer -v ./integration/kube/
 
 # OCI images (docker-archive tarballs: docker load, kind load image-archive, ctr images import)
 # of xdsserver, ztunnel and the embedded waypoint, from the static binaries, without a

@@ -17,13 +17,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goambient/goambient/xdsserver/ca/pki"
+
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/goambient/goambient/ztunnel/identity"
 )
@@ -178,7 +182,7 @@ func (e *caEnv) call(t *testing.T, greeting string) {
 func TestCAIssuesToZtunnels(t *testing.T) {
 	e := newCAEnv(t)
 	bins, dir, secure, root, tokA, tokB, xlog := e.bins, e.dir, e.secure, e.root, e.tokA, e.tokB, e.xlog
-	if st, err := os.Stat(filepath.Join(e.caDir, identity.RootKeyFile)); err != nil || st.Mode().Perm() != 0o600 {
+	if st, err := os.Stat(filepath.Join(e.caDir, pki.RootKeyFile)); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("root key: %v %v, want mode 0600", st, err)
 	}
 	za := startCAZtunnel(t, bins["ztunnel"], "node-a", e.hostA, e.plain, secure, root, tokA)
@@ -221,7 +225,8 @@ func TestCAIssuesToZtunnels(t *testing.T) {
 	if len(xlog.lines("certificate refused", "ztunnel of node node-a", "catest/server")) == 0 {
 		t.Error("xdsserver did not log the refusal naming the node and the identity")
 	}
-	// The secure listener also serves the delta ADS.
+	// The secure listener also serves the delta ADS, to node-b's ztunnel by its token, and to
+	// nobody without one.
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM([]byte(readFile(t, root)))
 	conn, err := grpc.NewClient(secure, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
@@ -232,17 +237,31 @@ func TestCAIssuesToZtunnels(t *testing.T) {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ads, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+	nodeB, err := structpb.NewStruct(map[string]any{"NODE_NAME": "node-b"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ads.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "ztunnel~127.0.0.1~ztunnel-x.istio-system~istio-system.svc.cluster.local"},
-		TypeUrl: "type.googleapis.com/istio.workload.Address"}); err != nil {
-		t.Fatal(err)
-	}
-	dr, err := ads.Recv()
-	if err != nil || len(dr.GetResources()) == 0 {
-		t.Fatalf("delta ADS over the secure listener: %d resources, %v", len(dr.GetResources()), err)
+	for _, tok := range []string{"", caTokenB} {
+		ctx := ctx
+		if tok != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+		}
+		ads, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = ads.Send(&discovery.DeltaDiscoveryRequest{Node: &core.Node{Id: "ztunnel~127.0.0.1~ztunnel-node-b.istio-system~istio-system.svc.cluster.local", Metadata: nodeB},
+			TypeUrl: "type.googleapis.com/istio.workload.Address"})
+		dr, err := ads.Recv()
+		if tok == "" {
+			if status.Code(err) != codes.Unauthenticated {
+				t.Errorf("delta ADS over the secure listener without a token: %v, want Unauthenticated", err)
+			}
+			continue
+		}
+		if err != nil || len(dr.GetResources()) == 0 {
+			t.Fatalf("delta ADS over the secure listener: %d resources, %v", len(dr.GetResources()), err)
+		}
 	}
 
 	resp, err := http.Get("http://" + e.httpAddr + "/metrics")

@@ -249,9 +249,13 @@ func TestComposeWaypoint(t *testing.T) {
 	for _, inv := range invocations(c.Services["xdsserver"]) {
 		xdsListen, _ = flagValue(inv, "xds-listen")
 	}
-	_, xdsPort, err := net.SplitHostPort(xdsListen)
+	xdsHost, xdsPort, err := net.SplitHostPort(xdsListen)
 	if err != nil {
 		t.Fatalf("xdsserver --xds-listen %q: %v", xdsListen, err)
+	}
+	// The plaintext ADS is unauthenticated: on xdsserver's own mesh address, not on every one.
+	if xdsHost != c.Services["xdsserver"].ip(t, "xdsserver") {
+		t.Errorf("xdsserver --xds-listen %s: want its mesh address %s (the plaintext ADS is unauthenticated)", xdsListen, c.Services["xdsserver"].ip(t, "xdsserver"))
 	}
 	for name, s := range c.Services {
 		for _, inv := range invocations(s) {

@@ -21,12 +21,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goambient/goambient/xdsserver/ca/pki"
+
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/goambient/goambient/ztunnel/hbone"
-	"github.com/goambient/goambient/ztunnel/identity"
 )
 
 // twoNodes is a small mesh: node n2 has pod server (Service server: 8080 HTTP, 9000 TCP echo),
@@ -196,7 +197,7 @@ func TestHBONEFaultsLoopback(t *testing.T) {
 
 	t.Run("other trust domain", func(t *testing.T) {
 		other := spiffeid.RequireTrustDomainFromString("evil.example")
-		ca, err := identity.NewCA(other)
+		ca, err := pki.NewCA(other)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -208,7 +209,7 @@ func TestHBONEFaultsLoopback(t *testing.T) {
 		refused("other-td", hboneClient(t, x509bundle.NewSet(mesh, ca.Bundle())), svid)
 	})
 	t.Run("other root, same trust domain", func(t *testing.T) {
-		ca, err := identity.NewCA(td)
+		ca, err := pki.NewCA(td)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -220,7 +221,7 @@ func TestHBONEFaultsLoopback(t *testing.T) {
 		refused("other-root", hboneClient(t, both), svid)
 	})
 	t.Run("expired", func(t *testing.T) {
-		ca, err := identity.LoadCA(e.svids, td, identity.WithClock(func() time.Time { return time.Now().Add(-2 * time.Hour) }))
+		ca, err := pki.LoadCA(e.svids, td, pki.WithClock(func() time.Time { return time.Now().Add(-2 * time.Hour) }))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -187,7 +187,8 @@ func TestInstallZtunnel(t *testing.T) {
 	}
 }
 
-// TestInstallXdsserver: the Deployment runs xdsserver in cluster mode with its own flags,
+// TestInstallXdsserver: the Deployment runs xdsserver in cluster mode with its own flags (its
+// CA in the cluster's Secrets),
 // listening where the istiod Service sends, probed on /healthz/ready, non-root, read-only.
 func TestInstallXdsserver(t *testing.T) {
 	var d appsv1.Deployment
@@ -197,8 +198,10 @@ func TestInstallXdsserver(t *testing.T) {
 	spec := d.Spec.Template.Spec
 	c := spec.Containers[0]
 	a := args(t, "../cmd/xdsserver", c)
-	if a["kube"] != "true" || a["ca-dir"] == "" || mounted(c, spec.Volumes, a["ca-dir"]+"/root-cert.pem") == nil {
-		t.Errorf("not in cluster mode with a mounted CA: %v", a)
+	// In cluster mode the CA is in istiod's Secrets (cacerts, istio-ca-secret), read through the
+	// API: no --ca-dir, no mounted key.
+	if a["kube"] != "true" || a["ca-dir"] != "" || len(spec.Volumes) != 0 {
+		t.Errorf("not in cluster mode with the CA in the cluster's Secrets: %v, volumes %v", a, spec.Volumes)
 	}
 	listen := map[int32]string{15010: a["xds-listen"], 15012: a["secure-listen"], 15014: a["http-listen"]}
 	for _, p := range svc.Spec.Ports {
@@ -225,5 +228,50 @@ func TestInstallXdsserver(t *testing.T) {
 	}
 	if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Errorf("resources: %+v", c.Resources)
+	}
+}
+
+// TestDeployedWaypointArgs: the Deployment xdsserver's deployment controller makes for a
+// waypoint with the embedded Go waypoint (--waypoint-proxy=go; the golden file of
+// xdsserver/gatewaydeploy, checked there against the renderer) runs cmd/waypoint with its own
+// flags, its CA root and token inside the pod's mounts (the ConfigMap istio-ca-root-cert and a
+// projected token for istio-ca), listening for readiness where the probes look.
+func TestDeployedWaypointArgs(t *testing.T) {
+	var sa corev1.ServiceAccount
+	var d appsv1.Deployment
+	docs := bytes.Split([]byte(readFile(t, "../xdsserver/gatewaydeploy/testdata/handson-go.yaml")), []byte("\n---"))
+	if len(docs) != 3 || yaml.UnmarshalStrict(docs[0], &sa) != nil || yaml.UnmarshalStrict(docs[1], &d) != nil {
+		t.Fatal("handson-go.yaml: want the ServiceAccount, Deployment and Service")
+	}
+	spec := d.Spec.Template.Spec
+	c := spec.Containers[0]
+	a := args(t, "../cmd/waypoint", c)
+	if v := mounted(c, spec.Volumes, a["ca-root"]); v == nil || v.ConfigMap == nil || v.ConfigMap.Name != "istio-ca-root-cert" || filepath.Base(a["ca-root"]) != "root-cert.pem" {
+		t.Errorf("--ca-root=%s is not root-cert.pem of the ConfigMap istio-ca-root-cert", a["ca-root"])
+	}
+	if v := mounted(c, spec.Volumes, a["ca-token-file"]); v == nil || v.Projected == nil || v.Projected.Sources[0].ServiceAccountToken == nil ||
+		v.Projected.Sources[0].ServiceAccountToken.Audience != "istio-ca" || v.Projected.Sources[0].ServiceAccountToken.Path != filepath.Base(a["ca-token-file"]) {
+		t.Errorf("--ca-token-file=%s is not a projected token for istio-ca", a["ca-token-file"])
+	}
+	if a["ca-address"] != xds.DefaultServerName+":15012" || a["xds-address"] != xds.DefaultServerName+":15010" {
+		t.Errorf("--ca-address=%s --xds-address=%s: want istiod's Service", a["ca-address"], a["xds-address"])
+	}
+	if a["svid-dir"] != "" || !strings.HasSuffix(a["ready-listen"], ":15021") || c.ReadinessProbe.HTTPGet.Port.IntValue() != 15021 {
+		t.Errorf("--svid-dir=%q --ready-listen=%q, probe %v", a["svid-dir"], a["ready-listen"], c.ReadinessProbe.HTTPGet)
+	}
+	// $(VAR) references are expanded by the kubelet from the container's environment.
+	env := map[string]bool{}
+	for _, e := range c.Env {
+		env[e.Name] = true
+	}
+	for _, v := range a {
+		for _, ref := range strings.Split(v, "$(")[1:] {
+			if name, _, _ := strings.Cut(ref, ")"); !env[name] {
+				t.Errorf("argument %q names $(%s), not in the container's environment", v, name)
+			}
+		}
+	}
+	if spec.ServiceAccountName != sa.Name {
+		t.Errorf("the pods run as %q, the ServiceAccount made is %q", spec.ServiceAccountName, sa.Name)
 	}
 }

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/goambient/goambient/xdsserver/ca/pki"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/goambient/goambient/policies"
@@ -113,7 +115,7 @@ func certsRoot(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return c.usage(fmt.Sprintf("--trust-domain %q: %v", *tdName, err))
 	}
-	ca, created, err := identity.LoadOrCreateCA(*dir, td)
+	ca, created, err := pki.LoadOrCreateCA(*dir, td)
 	if err != nil {
 		return c.fail(err)
 	}
@@ -137,12 +139,12 @@ func addIssueFlags(c *certsCmd) issueFlags {
 	return issueFlags{
 		dir: c.fs.String("dir", "", "folder of the root CA, where the SVIDs are written (required)"),
 		td:  c.fs.String("trust-domain", "", "trust domain of the SVIDs (default: the root's, else cluster.local)"),
-		ttl: c.fs.Duration("ttl", identity.DefaultSVIDTTL, "lifetime of the SVIDs"),
+		ttl: c.fs.Duration("ttl", pki.DefaultSVIDTTL, "lifetime of the SVIDs"),
 	}
 }
 
 // loadCA checks the shared flags and loads the CA; a code >= 0 means stop with it.
-func (f issueFlags) loadCA(c *certsCmd) (*identity.CA, int) {
+func (f issueFlags) loadCA(c *certsCmd) (*pki.CA, int) {
 	if *f.ttl < time.Second {
 		return nil, c.usage(fmt.Sprintf("--ttl must be at least 1s, got %s", *f.ttl))
 	}
@@ -153,7 +155,7 @@ func (f issueFlags) loadCA(c *certsCmd) (*identity.CA, int) {
 	if _, err := os.Stat(filepath.Join(*f.dir, identity.RootCertFile)); errors.Is(err, fs.ErrNotExist) {
 		return nil, c.fail(fmt.Errorf("no root CA in %s: run `meshctl certs root --dir %s` first", *f.dir, *f.dir))
 	}
-	ca, err := identity.LoadCA(*f.dir, td)
+	ca, err := pki.LoadCA(*f.dir, td)
 	if err != nil {
 		if *f.td != "" {
 			err = fmt.Errorf("--trust-domain: %w", err)
@@ -175,7 +177,7 @@ func trustDomainFor(dir, flagValue string) (spiffeid.TrustDomain, error) {
 	}
 	if b, err := os.ReadFile(filepath.Join(dir, identity.RootCertFile)); err == nil {
 		for _, root := range pemCertificates(b) {
-			if td, ok := identity.RootTrustDomain(root); ok {
+			if td, ok := pki.RootTrustDomain(root); ok {
 				return td, nil
 			}
 		}
@@ -241,7 +243,7 @@ func certsIssueFromMesh(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func issue(ca *identity.CA, dir string, id spiffeid.ID, ttl time.Duration, stdout io.Writer) error {
+func issue(ca *pki.CA, dir string, id spiffeid.ID, ttl time.Duration, stdout io.Writer) error {
 	svid, err := ca.IssueSVID(id, ttl)
 	if err != nil {
 		return err

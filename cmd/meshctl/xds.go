@@ -11,12 +11,16 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"istio.io/istio/pkg/workloadapi"
 	"sigs.k8s.io/yaml"
 
+	resource "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/goambient/goambient/filters/authzconfig"
 	"github.com/goambient/goambient/xdsserver/model"
 	"github.com/goambient/goambient/xdsserver/source/files"
 	"github.com/goambient/goambient/xdsserver/waypointxds"
@@ -27,8 +31,13 @@ func init() { commands["xds"] = runXDS }
 
 const xdsUsage = `usage:
   meshctl xds dump --node NODE --config-dir DIR [--config-dir DIR2] [--loopback] [--type T] [-o yaml|json]
-      print what xdsserver would send the node, from the same model and translators run here
-      on the folders: for a ztunnel (NODE is its node name or its node id ztunnel~...), Istio's
+  meshctl xds dump --node NODE --xds-address HOST:PORT [--xds-root ROOT --xds-token-file TOKEN] [--type T] [-o yaml|json]
+      print what xdsserver sends the node: with --config-dir, what it would send, from the same
+      model and translators run here on the folders; with --xds-address, what a running
+      xdsserver does send, asked over delta ADS as that node (its plaintext 15010, or its TLS
+      15012 with the mesh root and a bearer token: a waypoint's SDS secrets are sent there only,
+      to that waypoint's token; a cluster's xdsserver is reached by kubectl port-forward).
+      For a ztunnel (NODE is its node name or its node id ztunnel~...), Istio's
       workload API (istio.workload.Address, istio.security.Authorization); for a waypoint
       (NODE is its Envoy node id waypoint~<ip>~<pod>.<ns>~<ns>.svc.cluster.local), its Envoy
       xDS (clusters, endpoints, listeners, routes, extension configs, secrets).
@@ -84,6 +93,11 @@ func xdsDump(args []string, stdout, stderr io.Writer) int {
 	waypointHostname := fs.Bool("waypoint-hostname", false, "as xdsserver --waypoint-hostname")
 	typ := fs.String("type", "", "only this type (type URL, message name, or cds/eds/lds/rds/ecds/sds)")
 	format := fs.String("o", "yaml", "output format: yaml or json")
+	var live liveSource
+	fs.StringVar(&live.address, "xds-address", "", "a running xdsserver's ADS, host:port (instead of --config-dir)")
+	fs.StringVar(&live.root, "xds-root", "", "with --xds-address: PEM root of its TLS listener (turns TLS on)")
+	fs.StringVar(&live.tokenFile, "xds-token-file", "", "with --xds-root: bearer token file sent on the stream")
+	fs.DurationVar(&live.timeout, "timeout", 15*time.Second, "with --xds-address: how long to wait for every type's answer")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -99,8 +113,10 @@ func xdsDump(args []string, stdout, stderr io.Writer) int {
 		return usage(fmt.Sprintf("unexpected argument %q", fs.Arg(0)))
 	case *node == "":
 		return usage("--node is required")
-	case len(dirs) == 0:
-		return usage("--config-dir is required")
+	case (len(dirs) == 0) == (live.address == ""):
+		return usage("exactly one of --config-dir and --xds-address is required")
+	case live.tokenFile != "" && live.root == "":
+		return usage("--xds-token-file needs --xds-root (a token never goes in clear)")
 	case *format != "yaml" && *format != "json":
 		return usage("-o must be yaml or json")
 	}
@@ -109,6 +125,46 @@ func xdsDump(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "meshctl xds dump: --config-dir: %v\n", err)
 			return 1
 		}
+	}
+	if live.address != "" {
+		types := []string{wds.AddressType, wds.AuthorizationType}
+		if strings.HasPrefix(*node, "waypoint~") {
+			types = waypointxds.Types
+			if live.root == "" { // secrets are sent on the TLS listener only
+				types = slices.DeleteFunc(slices.Clone(types), func(t string) bool { return strings.HasSuffix(t, ".Secret") })
+			}
+		}
+		if *typ != "" {
+			want, ok := matchType(*typ, types)
+			if !ok {
+				return usage(fmt.Sprintf("--type %q: this node gets none of that type (it gets %s)", *typ, strings.Join(types, ", ")))
+			}
+			types = []string{want}
+		}
+		byType, err := live.fetch(*node, types)
+		if err != nil {
+			fmt.Fprintf(stderr, "meshctl xds dump: %v\n", err)
+			return 1
+		}
+		out := dump{Node: *node}
+		if strings.HasPrefix(*node, "waypoint~") {
+			// The waypoint the server mapped the node to names its filter's ECDS resource.
+			for name := range byType[resource.ExtensionConfigType] {
+				if k, ok := strings.CutPrefix(name, authzconfig.PluginName+"/"); ok {
+					out.Waypoint = k
+				}
+			}
+			if total := func() (n int) {
+				for _, set := range byType {
+					n += len(set)
+				}
+				return n
+			}(); total == 0 {
+				fmt.Fprintf(stderr, "meshctl xds dump: %s sent node %s nothing: it knows no waypoint of that node id (a pod of a waypoint, or the Gateway's name)\n", live.address, *node)
+				return 1
+			}
+		}
+		return printDump(out, byType, types, *format, stdout, stderr)
 	}
 	cfg := model.DefaultConfig()
 	if *loopback {
@@ -157,6 +213,11 @@ func xdsDump(args []string, stdout, stderr io.Writer) int {
 		}
 		types = []string{want}
 	}
+	return printDump(out, byType, types, *format, stdout, stderr)
+}
+
+// printDump prints the resources of types, sorted by name, as YAML or JSON.
+func printDump(out dump, byType map[string]map[string]proto.Message, types []string, format string, stdout, stderr io.Writer) int {
 	out.Resources = []dumpedResource{}
 	for _, t := range types {
 		for _, name := range slices.Sorted(maps.Keys(byType[t])) {
@@ -174,7 +235,7 @@ func xdsDump(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "meshctl xds dump: %v\n", err)
 		return 1
 	}
-	if *format == "yaml" {
+	if format == "yaml" {
 		if js, err = yaml.JSONToYAML(js); err != nil {
 			fmt.Fprintf(stderr, "meshctl xds dump: %v\n", err)
 			return 1

@@ -125,7 +125,7 @@ func TestXDSDumpOptions(t *testing.T) {
 		{"a node id", []string{"--node", "ztunnel~127.0.0.1~ztunnel-x.istio-system~istio-system.svc.cluster.local", "--config-dir", mesh}, 0,
 			[]string{"name: Kubernetes//Pod/handson/handson-blue"}, nil},
 		{"no --node", []string{"--config-dir", mesh}, 2, []string{"--node is required"}, nil},
-		{"no --config-dir", []string{"--node", "worker"}, 2, []string{"--config-dir is required"}, nil},
+		{"no --config-dir", []string{"--node", "worker"}, 2, []string{"exactly one of --config-dir and --xds-address is required"}, nil},
 		{"bad -o", []string{"--node", "worker", "--config-dir", mesh, "-o", "xml"}, 2, []string{"-o must be yaml or json"}, nil},
 		{"a type ztunnels do not get", []string{"--node", "worker", "--config-dir", mesh, "--type", "lds"}, 2, []string{`--type "lds": this node gets none of that type`}, nil},
 		{"a missing folder", []string{"--node", "worker", "--config-dir", "nope/"}, 1, []string{"nope/: no such file or directory"}, nil},

@@ -12,7 +12,10 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/goambient/goambient/filters/embedded/app"
+	"github.com/goambient/goambient/ztunnel/identity"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -23,7 +26,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	xdsAddr := fs.String("xds-address", "127.0.0.1:15010", "xdsserver's plaintext ADS address, host:port")
 	nodeID := fs.String("node-id", "", "Envoy node id: waypoint~<podIP>~<pod>.<namespace>~<namespace>.svc.cluster.local (required)")
 	listen := fs.String("listen", "", "HBONE listener, <podIP>:15008 (default: the node id's IP, port 15008)")
-	svidDir := fs.String("svid-dir", "", "`folder` of SVIDs, as meshctl certs issue writes it (required)")
+	svidDir := fs.String("svid-dir", "", "`folder` of SVIDs, as meshctl certs issue writes it (this or --ca-address)")
+	caAddr := fs.String("ca-address", "", "the control plane's CA, host:port (its TLS 15012): SVIDs by Istio's CreateCertificate (this or --svid-dir)")
+	caRoot := fs.String("ca-root", "", "with --ca-address: PEM root that verifies the CA (required with it)")
+	caToken := fs.String("ca-token-file", "", "with --ca-address: bearer token file (a projected istio-ca token), read on each request")
 	readyListen := fs.String("ready-listen", "", "listener for /healthz/ready (200 once the filter config and routes arrived); empty: none")
 	accessLog := fs.String("access-log", "-", "access log file (JSON lines, Envoy's field names); - for stdout")
 	td := fs.String("trust-domain", "cluster.local", "trust domain of the mesh")
@@ -40,8 +46,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "waypoint: --log-level:", err)
 		return 2
 	}
-	if *nodeID == "" || *svidDir == "" {
-		fmt.Fprintln(stderr, "waypoint: --node-id and --svid-dir are required")
+	if *nodeID == "" || (*svidDir == "") == (*caAddr == "") || (*caAddr != "") != (*caRoot != "") {
+		fmt.Fprintln(stderr, "waypoint: --node-id, and exactly one of --svid-dir and --ca-address (with --ca-root), are required")
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
@@ -63,10 +69,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Error("authz filter", "error", err.Error())
 		return 1
 	}
+	var ids identity.Source
+	if *caAddr != "" {
+		tdID, err := spiffeid.TrustDomainFromString(*td)
+		if err != nil {
+			fmt.Fprintln(stderr, "waypoint: --trust-domain:", err)
+			return 2
+		}
+		g, err := identity.NewGRPCSource(identity.GRPCSourceOptions{Address: *caAddr, RootFile: *caRoot, TokenFile: *caToken, TrustDomain: tdID})
+		if err != nil {
+			log.Error("CA", "error", err.Error())
+			return 1
+		}
+		defer g.Close()
+		ids = g
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	a, err := app.Start(ctx, app.Options{
-		XDSAddress: *xdsAddr, NodeID: *nodeID, Listen: *listen, ReadyListen: *readyListen, SVIDDir: *svidDir,
+		XDSAddress: *xdsAddr, NodeID: *nodeID, Listen: *listen, ReadyListen: *readyListen, SVIDDir: *svidDir, Identity: ids,
 		TrustDomain: *td, ServiceAccount: *sa, AccessLog: al, Logger: log,
 		Host: h,
 	})

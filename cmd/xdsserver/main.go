@@ -32,22 +32,33 @@ func run(args []string) int {
 	var dirs multi
 	fs.Var(&dirs, "config-dir", "folder (read recursively) or file of mesh YAML (repeatable; required)")
 	loopback := fs.Bool("loopback", false, "place pods and VIPs without addresses on loopback (127.10.0.0/16, 127.96.0.0/16) for local runs")
-	xdsListen := fs.String("xds-listen", "127.0.0.1:15010", "plaintext gRPC delta ADS listener")
+	xdsListen := fs.String("xds-listen", "127.0.0.1:15010", "plaintext gRPC ADS listener, unauthenticated like istiod's 15010: keep it on loopback or a private network; empty: none (with --ca-dir)")
 	httpListen := fs.String("http-listen", "127.0.0.1:15014", "HTTP listener for /healthz/ready and /metrics")
 	interval := fs.Duration("interval", files.DefaultInterval, "how often the config folders are looked at")
-	waypointHostname := fs.Bool("waypoint-hostname", false, "refer to waypoints by hostname instead of VIP")
+	waypointHostname := fs.Bool("waypoint-hostname", false, "refer to waypoints by hostname instead of VIP (default: on with --kubeconfig/--kube, as istiod does; off with --config-dir)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	secureListen := fs.String("secure-listen", "127.0.0.1:15012", "TLS gRPC listener: the CA, and ADS with the waypoints' SDS secrets for authenticated waypoints (on when --ca-dir is set)")
-	caDir := fs.String("ca-dir", "", "folder of the CA root (root-cert.pem, root-key.pem), created on first start; turns on --secure-listen")
+	caDir := fs.String("ca-dir", "", "folder of the CA root (root-cert.pem, root-key.pem), created on first start; turns on --secure-listen (with --kubeconfig/--kube it is on without it: the CA is the Secret istio-system/cacerts, else istio-system/istio-ca-secret, generated at first start, as istiod's)")
 	bootstrapTokens := fs.String("bootstrap-tokens", "", "file of bootstrap tokens accepted by the CA (format in xdsserver/ca/README.md)")
 	kubeconfig := fs.String("kubeconfig", "", "read the mesh from the Kubernetes cluster of this kubeconfig file instead of --config-dir")
 	inCluster := fs.Bool("kube", false, "read the mesh from the Kubernetes cluster this runs in (service account), instead of --config-dir")
-	noStatus := fs.Bool("no-status", false, "with --kubeconfig/--kube: do not write status conditions on AuthorizationPolicies")
+	noStatus := fs.Bool("no-status", false, "with --kubeconfig/--kube: do not write status conditions on AuthorizationPolicies nor on Gateways")
+	maxFileSize := fs.Int64("max-config-file-size", files.DefaultMaxFileSize, "largest configuration file read, in bytes; a larger one is reported and skipped")
+	limits := limitFlags(fs)
+	var deploy deployFlags
+	fs.BoolVar(&deploy.off, "no-gateway-deploy", false, "with --kubeconfig/--kube: do not deploy Gateways nor create the GatewayClasses istio and istio-waypoint")
+	fs.StringVar(&deploy.proxy, "waypoint-proxy", "envoy", "what deployed waypoints run unless their parameters say otherwise: envoy, or go (the embedded Go waypoint)")
+	fs.StringVar(&deploy.goImage, "waypoint-image", "goambient/waypoint:dev", "image of the embedded Go waypoint (--waypoint-proxy=go)")
+	fs.StringVar(&deploy.envoyImage, "waypoint-envoy-image", "goambient/waypoint-envoy:dev", "image of the Envoy waypoint (Envoy contrib with filters.so)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if (len(dirs) == 0) == (*kubeconfig == "" && !*inCluster) {
 		fmt.Fprintln(os.Stderr, "xdsserver: give either --config-dir, or --kubeconfig or --kube")
+		return 2
+	}
+	if *xdsListen == "" && *caDir == "" {
+		fmt.Fprintln(os.Stderr, "xdsserver: without --xds-listen, --ca-dir is required (the TLS listener is then the only one)")
 		return 2
 	}
 	var level slog.Level
@@ -64,7 +75,7 @@ func run(args []string) int {
 	meshPushes := prometheus.NewCounter(prometheus.CounterOpts{Name: "goambient_mesh_updates_total", Help: "Meshes built from the configuration and translated."})
 	reg.MustRegister(configErrors, configWarnings, meshPushes)
 
-	srv, err := server.New(server.Options{Logger: log.With("scope", "xds"), Registerer: reg})
+	srv, err := server.New(server.Options{Logger: log.With("scope", "xds"), Registerer: reg, Limits: limits()})
 	if err != nil {
 		log.Error("xds server", "error", err.Error())
 		return 1
@@ -73,19 +84,21 @@ func run(args []string) int {
 	if *loopback {
 		cfg.Placement = model.LoopbackPlacement
 	}
-	src, kc, err := pickSource(files.New(files.Options{Paths: dirs, Interval: *interval, Model: cfg, Logger: log.With("scope", "files")}),
+	src, kc, err := pickSource(files.New(files.Options{Paths: dirs, Interval: *interval, Model: cfg, MaxFileSize: *maxFileSize, Logger: log.With("scope", "files")}),
 		*kubeconfig, *inCluster, *noStatus, cfg, log.With("scope", "kube"))
 	if err != nil {
 		log.Error("kubernetes source", "error", err.Error())
 		return 1
 	}
-	topts := wds.Options{WaypointHostname: *waypointHostname}
+	topts := wds.Options{WaypointHostname: waypointByHostname(fs, *waypointHostname, kc != nil)}
 	waypoints := newWaypointPusher(log.With("scope", "waypoints"), srv)
 
-	xl, err := net.Listen("tcp", *xdsListen)
-	if err != nil {
-		log.Error("xds listener", "error", err.Error())
-		return 1
+	var xl net.Listener
+	if *xdsListen != "" {
+		if xl, err = net.Listen("tcp", *xdsListen); err != nil {
+			log.Error("xds listener", "error", err.Error())
+			return 1
+		}
 	}
 	hl, err := net.Listen("tcp", *httpListen)
 	if err != nil {
@@ -102,7 +115,7 @@ func run(args []string) int {
 		fmt.Fprintln(w, "ready")
 	})
 	var sec *secure
-	if *caDir != "" {
+	if *caDir != "" || kc != nil {
 		if sec, err = startSecure(log.With("scope", "ca"), reg, srv, *secureListen, *caDir, *bootstrapTokens, kc, cfg.TrustDomain); err != nil {
 			log.Error("secure listener", "error", err.Error())
 			return 1
@@ -113,13 +126,22 @@ func run(args []string) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	errc := make(chan error, 5)
-	go func() { errc <- srv.Serve(xl) }()
+	errc := make(chan error, 6)
+	xdsAddr := ""
+	if xl != nil {
+		xdsAddr = xl.Addr().String()
+		go func() { errc <- srv.Serve(xl) }()
+	}
 	if sec != nil {
 		go func() { errc <- sec.serve() }()
 		if kc != nil { // istiod's namespace controller: the root in every namespace
-			go func() { errc <- publishRoot(ctx, log.With("scope", "rootcm"), kc, *caDir) }()
+			go func() { errc <- publishRoot(ctx, log.With("scope", "rootcm"), kc, sec.rootPEM) }()
 		}
+	}
+	if kc != nil && !deploy.off { // istiod's Gateway deployment and GatewayClass controllers
+		go func() {
+			errc <- deployGateways(ctx, log.With("scope", "gatewaydeploy"), *kubeconfig, kc, deploy, *noStatus, cfg.TrustDomain)
+		}()
 	}
 	go func() {
 		if err := hs.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
@@ -162,7 +184,7 @@ func run(args []string) int {
 	case *inCluster:
 		from = "in-cluster"
 	}
-	log.Info("xdsserver started", "xds", xl.Addr().String(), "http", hl.Addr().String(), "source", from, "loopback", *loopback, "secure", secAddr)
+	log.Info("xdsserver started", "xds", xdsAddr, "http", hl.Addr().String(), "source", from, "loopback", *loopback, "secure", secAddr)
 
 	code := 0
 	select {

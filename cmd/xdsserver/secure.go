@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/goambient/goambient/xdsserver/ca/pki"
+
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -35,6 +37,8 @@ type secure struct {
 	mesh *ca.MeshIndex
 	srv  *server.Server
 	done chan struct{} // closed by stop: ends the secret refresh
+	// rootPEM is the mesh's root, published in every namespace in Kubernetes mode.
+	rootPEM []byte
 }
 
 // denyAll is the authenticator when no token source is configured: every request is refused.
@@ -44,7 +48,8 @@ func (denyAll) Authenticate(context.Context, string) (*ca.Caller, error) {
 	return nil, errors.New("no token source configured (--bootstrap-tokens)")
 }
 
-// startSecure loads or creates the root in caDir and listens on listen. Callers authenticate
+// startSecure loads or creates the root (loadRoot: in caDir, else in the cluster's Secrets) and
+// listens on listen. Callers authenticate
 // with the bootstrap tokens of the tokens file; without one, with Kubernetes service account
 // tokens (TokenReview) when kc is set, else not at all.
 func startSecure(log *slog.Logger, reg prometheus.Registerer, srv *server.Server, listen, caDir, tokens string, kc kubernetes.Interface, trustDomain string) (*secure, error) {
@@ -52,11 +57,10 @@ func startSecure(log *slog.Logger, reg prometheus.Registerer, srv *server.Server
 	if err != nil {
 		return nil, fmt.Errorf("trust domain: %w", err)
 	}
-	root, created, err := identity.LoadOrCreateCA(caDir, td)
+	root, err := loadRoot(log, caDir, kc, td)
 	if err != nil {
-		return nil, fmt.Errorf("--ca-dir: %w", err)
+		return nil, err
 	}
-	log.Info("CA root", "dir", caDir, "created", created, "trust_domain", td.Name(), "expires", root.Root().NotAfter)
 	var auth ca.Authenticator = denyAll{}
 	if tokens != "" {
 		tf, err := ca.LoadTokenFile(tokens)
@@ -88,7 +92,9 @@ func startSecure(log *slog.Logger, reg prometheus.Registerer, srv *server.Server
 	if err != nil {
 		return nil, fmt.Errorf("--secure-listen: %w", err)
 	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(cert.TLSConfig())))
+	// The same limits as the plaintext listener (keepalive, stream counts and rate, stalled
+	// clients), on the same Server: the ADS stream count and rate are shared.
+	g := grpc.NewServer(append(srv.ServerOptions(), grpc.Creds(credentials.NewTLS(cert.TLSConfig())))...)
 	// The same ADS as the plaintext listener, plus each waypoint's SDS secrets for the
 	// waypoint itself (authenticated by the same tokens as the CA).
 	issuer := newWaypointSVIDs(root, mesh, 0)
@@ -97,7 +103,7 @@ func startSecure(log *slog.Logger, reg prometheus.Registerer, srv *server.Server
 		return nil, err
 	}
 	cs.Register(g)
-	return &secure{g: g, ln: ln, mesh: mesh, srv: srv, done: make(chan struct{})}, nil
+	return &secure{g: g, ln: srv.Listener(ln), mesh: mesh, srv: srv, done: make(chan struct{}), rootPEM: root.RootPEM()}, nil
 }
 
 // secretRefresh is how often the waypoints' secrets are looked at (an SVID is renewed at half
@@ -133,7 +139,7 @@ func (s *secure) stop() {
 // waypoint) and keeps it until half its lifetime has passed, so the SDS secret "default" keeps
 // its version between pushes.
 type waypointSVIDs struct {
-	ca   *identity.CA
+	ca   *pki.CA
 	mesh ca.Mesh
 	ttl  time.Duration
 	now  func() time.Time
@@ -142,7 +148,7 @@ type waypointSVIDs struct {
 	issued map[spiffeid.ID]*x509svid.SVID
 }
 
-func newWaypointSVIDs(root *identity.CA, mesh ca.Mesh, ttl time.Duration) *waypointSVIDs {
+func newWaypointSVIDs(root *pki.CA, mesh ca.Mesh, ttl time.Duration) *waypointSVIDs {
 	return &waypointSVIDs{ca: root, mesh: mesh, ttl: cmp.Or(ttl, ca.DefaultTTL), now: time.Now, issued: map[spiffeid.ID]*x509svid.SVID{}}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -26,14 +27,15 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/goambient/goambient/xdsserver/ca"
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"github.com/goambient/goambient/xdsserver/model"
 	"github.com/goambient/goambient/xdsserver/server"
 	"github.com/goambient/goambient/xdsserver/source/files"
 	"github.com/goambient/goambient/xdsserver/waypointxds"
 	"github.com/goambient/goambient/xdsserver/wds"
-	"github.com/goambient/goambient/ztunnel/identity"
 )
 
 // Bootstrap tokens of the secure-listener test.
@@ -157,7 +159,8 @@ func ask(t *testing.T, s discovery.AggregatedDiscoveryService_DeltaAggregatedRes
 	if node != "" {
 		req.Node = &core.Node{Id: node}
 	}
-	if err := s.Send(req); err != nil {
+	// A refused stream may end before the request is sent (io.EOF): Recv has the status.
+	if err := s.Send(req); err != nil && err != io.EOF {
 		t.Fatal(err)
 	}
 	return s.Recv()
@@ -234,9 +237,10 @@ func TestSecureListenerServesWaypointSecrets(t *testing.T) {
 }
 
 // TestSecureListenerRefusesOthers: the plaintext listener serves the waypoint without secrets;
-// on the TLS listener a stream without token, with an unknown token, or with the token of
-// another caller (another waypoint, a workload, a ztunnel) asking for the handson waypoint's
-// Envoy resources is ended with PermissionDenied; the workload API is still served there.
+// on the TLS listener a stream without token or with an unknown token is ended with
+// Unauthenticated, and one with the token of another caller (another waypoint, a workload, a
+// ztunnel) asking for the handson waypoint's Envoy resources with PermissionDenied; the
+// workload API is served there to the ztunnel whose token names its node.
 func TestSecureListenerRefusesOthers(t *testing.T) {
 	f := startSecureFixture(t)
 
@@ -260,19 +264,27 @@ func TestSecureListenerRefusesOthers(t *testing.T) {
 			t.Error("plaintext listener: no listeners for the waypoint")
 		}
 	})
-	for name, tok := range map[string]string{
-		"no token": "", "unknown token": "not-a-known-token-0123456789", "other waypoint": tokOtherWaypoint,
-		"workload": tokWorkload, "ztunnel": tokZtunnel,
+	for _, c := range []struct {
+		name, tok string
+		want      codes.Code
+	}{
+		{"no token", "", codes.Unauthenticated}, {"unknown token", "not-a-known-token-0123456789", codes.Unauthenticated},
+		{"other waypoint", tokOtherWaypoint, codes.PermissionDenied}, {"workload", tokWorkload, codes.PermissionDenied},
+		{"ztunnel", tokZtunnel, codes.PermissionDenied},
 	} {
-		t.Run(name, func(t *testing.T) {
-			resp, err := ask(t, f.stream(t, true, tok), f.node, resource.SecretType)
-			if status.Code(err) != codes.PermissionDenied {
-				t.Fatalf("got %v (resources %v), want PermissionDenied", err, secretNames(resp))
+		t.Run(c.name, func(t *testing.T) {
+			resp, err := ask(t, f.stream(t, true, c.tok), f.node, resource.SecretType)
+			if status.Code(err) != c.want {
+				t.Fatalf("got %v (resources %v), want %v", err, secretNames(resp), c.want)
 			}
 		})
 	}
 	t.Run("workload API", func(t *testing.T) {
-		resp, err := ask(t, f.stream(t, true, tokZtunnel), "ztunnel~10.0.0.1~ztunnel-a.istio-system~istio-system.svc.cluster.local", wds.AddressType)
+		s := f.stream(t, true, tokZtunnel)
+		if err := s.Send(&discovery.DeltaDiscoveryRequest{Node: ztunnelNode("node-a"), TypeUrl: wds.AddressType, ResourceNamesSubscribe: []string{"*"}}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := s.Recv()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -280,6 +292,15 @@ func TestSecureListenerRefusesOthers(t *testing.T) {
 			t.Error("no addresses on the secure listener")
 		}
 	})
+}
+
+// ztunnelNode is the node Istio's ztunnel (and ours) sends for node name.
+func ztunnelNode(name string) *core.Node {
+	md, err := structpb.NewStruct(map[string]any{"NODE_NAME": name, "NAMESPACE": "istio-system", "NAME": "ztunnel-" + name})
+	if err != nil {
+		panic(err)
+	}
+	return &core.Node{Id: "ztunnel~10.0.0.1~ztunnel-" + name + ".istio-system~istio-system.svc.cluster.local", Metadata: md}
 }
 
 // fakeMesh knows one waypoint.
@@ -293,7 +314,7 @@ func (fakeMesh) WaypointServiceAccount(ns, name string) (string, bool) {
 // TestWaypointSVIDsRenewAtHalfLife: the same SVID (so the same secret version) until half its
 // lifetime, a new one after; an unknown waypoint gets an error.
 func TestWaypointSVIDsRenewAtHalfLife(t *testing.T) {
-	root, err := identity.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
+	root, err := pki.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,6 +41,7 @@ func run(args []string) int {
 	caRoot := fs.String("ca-root", "", "with --ca-address: PEM root that verifies the CA (required with it)")
 	caToken := fs.String("ca-token-file", "", "with --ca-address: bearer token file, read on each request")
 	td := fs.String("trust-domain", "cluster.local", "trust domain of workloads that name none")
+	clusterID := fs.String("cluster-id", cmp.Or(os.Getenv("CLUSTER_ID"), xds.DefaultClusterID), "cluster this node is in: the CA's and the xDS stream's clusterid metadata, the node's CLUSTER_ID (as Istio's ztunnel)")
 	loopback := fs.Bool("loopback", false, "loopback mode: pods are 127.x addresses, listeners per pod IP, apps on private addresses")
 	appOffset := fs.Uint("app-offset", proxy.DefaultAppOffset, "loopback: the app of pod a.b.c.d:p listens on a.(b+offset mod 256).c.d:p")
 	var apps appMap
@@ -111,7 +112,7 @@ func run(args []string) int {
 		Source: identity.NewDirSource(*svidDir, trust), Logger: log.With("scope", "identity"), RefreshInterval: time.Minute,
 	}
 	if *caAddr != "" {
-		cs, err := identity.NewGRPCSource(identity.GRPCSourceOptions{Address: *caAddr, RootFile: *caRoot, TokenFile: *caToken, TrustDomain: trust})
+		cs, err := identity.NewGRPCSource(identity.GRPCSourceOptions{Address: *caAddr, RootFile: *caRoot, TokenFile: *caToken, TrustDomain: trust, ClusterID: *clusterID})
 		if err != nil {
 			log.Error("identities", "error", err.Error())
 			return 2
@@ -139,6 +140,7 @@ func run(args []string) int {
 				return 2
 			}
 		}
+		xo.Node.ClusterID = *clusterID
 		if err := runXDS(watchCtx, xo, *node, store, &loaded, log, opts); err != nil {
 			log.Error("xds", "error", err.Error())
 			return 2
@@ -223,6 +225,7 @@ func runXDS(ctx context.Context, xo xds.Options, node string, store *state.Store
 		PodName:   cmp.Or(os.Getenv("POD_NAME"), "ztunnel-"+node),
 		Namespace: cmp.Or(os.Getenv("POD_NAMESPACE"), "istio-system"),
 		NodeName:  node,
+		ClusterID: xo.Node.ClusterID,
 	}
 	c, err := xds.New(xo)
 	if err != nil {

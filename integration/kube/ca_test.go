@@ -8,12 +8,16 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"io"
+	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +29,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/goambient/goambient/integration/kubeapi"
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 	"github.com/goambient/goambient/ztunnel/identity"
 )
 
@@ -175,9 +180,10 @@ func TestCAWithTokenReview(t *testing.T) {
 	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		t.Errorf("curl-allow's SVID does not chain to xdsserver's root: %v", err)
 	}
-	if !strings.Contains(z.log.String(), "fetched SVID") {
-		t.Error("the ztunnel did not log fetching the SVID")
-	}
+	// The handshake can finish before the ztunnel's log line reaches the pipe the test reads.
+	eventually(t, time.Minute, "the ztunnel's log line about fetching the SVID", func() bool {
+		return strings.Contains(z.log.String(), "fetched SVID")
+	})
 	resp, err := http.Get("http://" + zhost + ":15000/config_dump")
 	if err != nil {
 		t.Fatal(err)
@@ -190,4 +196,120 @@ func TestCAWithTokenReview(t *testing.T) {
 		}
 	}
 	x.noForbidden(t)
+}
+
+// TestCAInSecrets: in cluster mode without --ca-dir, xdsserver keeps its CA where istiod does,
+// with the bundle's RBAC only. First start: a self-signed root generated and stored in
+// istio-system/istio-ca-secret (type istio.io/ca-root, istiod's keys), and published in the
+// namespaces' istio-ca-root-cert; a restart loads the same root. Then the user plugs an
+// intermediate CA into istio-system/cacerts: the next start signs with it, publishes the
+// user's root, and a workload's SVID (its own token, through the CA's gRPC API) carries the
+// intermediate and chains to that root.
+func TestCAInSecrets(t *testing.T) {
+	e := cluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	secrets := e.s.Kube.CoreV1().Secrets("istio-system")
+	t.Cleanup(func() {
+		for _, n := range []string{"istio-ca-secret", "cacerts"} {
+			secrets.Delete(context.Background(), n, metav1.DeleteOptions{})
+		}
+	})
+	rootIn := func(ns string) string {
+		cm, err := e.s.Kube.CoreV1().ConfigMaps(ns).Get(ctx, "istio-ca-root-cert", metav1.GetOptions{})
+		if err != nil {
+			return ""
+		}
+		return cm.Data["root-cert.pem"]
+	}
+	stop := func(x *xdsserver) {
+		x.noForbidden(t)
+		x.kill()
+	}
+	x := runXdsserver(t, e.s, e.bins["xdsserver"], e.net+".242")
+	s, err := secrets.Get(ctx, "istio-ca-secret", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Type != "istio.io/ca-root" || len(s.Data["ca-key.pem"]) == 0 || string(s.Data["root-cert.pem"]) != string(s.Data["ca-cert.pem"]) ||
+		len(s.Data["cert-chain.pem"]) != 0 || len(s.Data["key.pem"]) != 0 {
+		t.Errorf("istio-ca-secret: type %s, keys %v", s.Type, mapKeys(s.Data))
+	}
+	root := string(s.Data["ca-cert.pem"])
+	eventually(t, time.Minute, "the generated root in handson's istio-ca-root-cert", func() bool { return rootIn("handson") == root })
+	if !strings.Contains(x.log.String(), "created=true") {
+		t.Error("the first start did not say it created the root")
+	}
+	stop(x)
+	x = runXdsserver(t, e.s, e.bins["xdsserver"], e.net+".243")
+	if !strings.Contains(x.log.String(), `secret=istio-system/istio-ca-secret created=false`) {
+		t.Errorf("the restart did not load istio-ca-secret:\n%s", x.log)
+	}
+	stop(x)
+
+	// The user's CA: an intermediate of the user's root, in cacerts.
+	userRoot, err := pki.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootPEM, rootKeyPEM, _ := userRoot.PEM()
+	rootKeyBlock, _ := pem.Decode(rootKeyPEM)
+	rootKey, err := x509.ParsePKCS8PrivateKey(rootKeyBlock.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ikey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(42), Subject: pkix.Name{CommonName: "the user's intermediate"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(30 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, userRoot.Root(), ikey.Public(), rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ikeyDER, _ := x509.MarshalPKCS8PrivateKey(ikey)
+	interPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if _, err := secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "cacerts"}, Data: map[string][]byte{
+		"ca-cert.pem": interPEM, "ca-key.pem": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: ikeyDER}),
+		"cert-chain.pem": append(append([]byte{}, interPEM...), rootPEM...), "root-cert.pem": rootPEM,
+	}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	x = runXdsserver(t, e.s, e.bins["xdsserver"], e.net+".244")
+	defer stop(x)
+	eventually(t, time.Minute, "the user's root in handson's istio-ca-root-cert", func() bool { return rootIn("handson") == string(rootPEM) })
+	rootFile := filepath.Join(t.TempDir(), "root-cert.pem")
+	os.WriteFile(rootFile, rootPEM, 0o644)
+	tok, err := e.s.Token(ctx, "handson", "curl", []string{"istio-ca"}, nil, 3600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokFile, []byte(tok), 0o600)
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/handson/sa/curl")
+	src, err := identity.NewGRPCSource(identity.GRPCSourceOptions{Address: x.host + ":15012", RootFile: rootFile, TokenFile: tokFile, TrustDomain: id.TrustDomain()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	svid, err := src.FetchSVID(ctx, id)
+	if err != nil {
+		t.Fatalf("a workload's own SVID from the plugged-in CA: %v", err)
+	}
+	if len(svid.Certificates) != 2 || svid.Certificates[1].Subject.CommonName != "the user's intermediate" {
+		t.Fatalf("chain of %d certificates: %v", len(svid.Certificates), svid.Certificates)
+	}
+	pool, inter := x509.NewCertPool(), x509.NewCertPool()
+	pool.AddCert(userRoot.Root())
+	inter.AddCert(svid.Certificates[1])
+	if _, err := svid.Certificates[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Errorf("the SVID does not chain to the user's root: %v", err)
+	}
+}
+
+func mapKeys[V any](m map[string]V) []string {
+	var k []string
+	for key := range m {
+		k = append(k, key)
+	}
+	slices.Sort(k)
+	return k
 }

@@ -3,8 +3,10 @@ package kube_test
 // The cluster these tests share (one API server per test binary, integration/kubeapi): the
 // install bundle applied with server-side apply, the three scenarios of manifests/examples
 // applied on top, and every pod given the status a kubelet would write (a loopback IP of this
-// run, Running, Ready). No kubelet, scheduler or controller manager runs: the bundle's
-// Deployment and DaemonSet make no pods, and nothing deletes a namespace.
+// run, Running, Ready) and, when the ambient mesh enrolls it, the annotation istio-cni's node
+// agent writes once it has redirected the pod. No kubelet, scheduler, controller manager or
+// node agent runs: the bundle's Deployment and DaemonSet make no pods, and nothing deletes a
+// namespace.
 
 import (
 	"bytes"
@@ -102,15 +104,7 @@ func newEnv(s *kubeapi.Server, dir string) (*env, error) {
 	e.net = fmt.Sprintf("127.%d.%d", 10+rand.IntN(90), 1+rand.IntN(250))
 	// The binaries, while the bundle goes in.
 	built := make(chan error, 1)
-	go func() {
-		cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/xdsserver", "../../cmd/ztunnel")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			built <- fmt.Errorf("go build: %w\n%s", err, out)
-			return
-		}
-		built <- nil
-	}()
+	go func() { _, err := buildBinaries(); built <- err }()
 	t0 := time.Now()
 	out, err := s.Apply(ctx, "-k", "../../manifests/install")
 	if err != nil {
@@ -164,6 +158,18 @@ func newEnv(s *kubeapi.Server, dir string) (*env, error) {
 		if err != nil {
 			return nil, err
 		}
+		// istio-cni's node agent, once it has redirected an enrolled pod, annotates it: only
+		// then does the control plane send HBONE for it (istiod's rule, and xdsserver's in
+		// Kubernetes mode). No node agent runs here, so the set-up plays it.
+		ns, err := s.Kube.CoreV1().Namespaces().Get(ctx, p.Namespace, metav1.GetOptions{})
+		if err != nil {
+			return nil, err
+		}
+		if kubeapi.Enrolled(ns, running) {
+			if running, err = s.SetRedirected(ctx, running); err != nil {
+				return nil, err
+			}
+		}
 		e.ips[p.Namespace+"/"+p.Name] = ip
 		if p.Name == zp.Name && p.Namespace == zp.Namespace {
 			e.ztunnelPod = running
@@ -175,10 +181,38 @@ func newEnv(s *kubeapi.Server, dir string) (*env, error) {
 		return nil, err
 	}
 	e.timings += fmt.Sprintf(", then waited %v for the binaries", time.Since(t0).Round(time.Millisecond))
-	for _, b := range []string{"xdsserver", "ztunnel"} {
-		e.bins[b] = filepath.Join(dir, b)
-	}
+	e.bins, _ = buildBinaries()
 	return e, nil
+}
+
+var built struct {
+	once sync.Once
+	bins map[string]string
+	err  error
+}
+
+// buildBinaries builds xdsserver, ztunnel and meshctl once per test binary, into a folder
+// removed by TestMain.
+func buildBinaries() (map[string]string, error) {
+	built.once.Do(func() {
+		dir, err := os.MkdirTemp("", "kubetest-bin-")
+		if err != nil {
+			built.err = err
+			return
+		}
+		cleanups = append(cleanups, func() { os.RemoveAll(dir) })
+		cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/xdsserver", "../../cmd/ztunnel", "../../cmd/meshctl")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("go build: %w\n%s", err, out)
+			return
+		}
+		built.bins = map[string]string{}
+		for _, b := range []string{"xdsserver", "ztunnel", "meshctl"} {
+			built.bins[b] = filepath.Join(dir, b)
+		}
+	})
+	return built.bins, built.err
 }
 
 // docs splits a YAML file into its documents.
@@ -189,8 +223,15 @@ func docs(path string) [][]byte {
 
 // proc is a started binary of this repository, killed at the end of the test.
 type proc struct {
-	cmd *exec.Cmd
-	log *syncBuf
+	cmd    *exec.Cmd
+	log    *syncBuf
+	exited chan struct{}
+}
+
+// kill ends the process by its PID and waits for it.
+func (p *proc) kill() {
+	p.cmd.Process.Kill()
+	<-p.exited
 }
 
 func start(t *testing.T, name, bin string, args ...string) *proc {
@@ -200,11 +241,10 @@ func start(t *testing.T, name, bin string, args ...string) *proc {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() { p.cmd.Wait(); close(exited) }()
+	p.exited = make(chan struct{})
+	go func() { p.cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-exited
+		p.kill()
 		if t.Failed() {
 			t.Logf("%s log:\n%s", name, p.log)
 		}
@@ -262,26 +302,36 @@ type xdsserver struct {
 // istio-system/xdsserver (TokenRequest), so that only the bundle's RBAC applies, with its CA.
 func (e *env) startXdsserver(t *testing.T, host string) *xdsserver {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	tok, err := e.s.Token(ctx, "istio-system", "xdsserver", nil, nil, 3600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	kc := filepath.Join(dir, "kubeconfig")
-	if err := kubeapi.WriteKubeconfig(kc, e.s.ConfigFor(tok)); err != nil {
-		t.Fatal(err)
-	}
-	x := &xdsserver{host: host, caDir: filepath.Join(dir, "ca")}
-	x.proc = start(t, "xdsserver", e.bins["xdsserver"], "--kubeconfig", kc, "--ca-dir", x.caDir,
-		"--xds-listen", host+":15010", "--secure-listen", host+":15012", "--http-listen", host+":15014", "--log-level", "debug")
-	eventually(t, 2*time.Minute, "xdsserver ready", func() bool { return httpOK("http://" + host + ":15014/healthz/ready") })
+	caDir := filepath.Join(t.TempDir(), "ca")
+	x := runXdsserver(t, e.s, e.bins["xdsserver"], host, "--ca-dir", caDir)
+	x.caDir = caDir
 	root, err := os.ReadFile(filepath.Join(x.caDir, "root-cert.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	x.rootPEM = string(root)
+	return x
+}
+
+// runXdsserver runs the xdsserver binary against s with a token of the bundle's ServiceAccount
+// istio-system/xdsserver (only the bundle's RBAC applies), listening on host's 15010, 15012
+// and 15014, with args added, and waits until it is ready.
+func runXdsserver(t *testing.T, s *kubeapi.Server, bin, host string, args ...string) *xdsserver {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tok, err := s.Token(ctx, "istio-system", "xdsserver", nil, nil, 3600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := kubeapi.WriteKubeconfig(kc, s.ConfigFor(tok)); err != nil {
+		t.Fatal(err)
+	}
+	x := &xdsserver{host: host}
+	x.proc = start(t, "xdsserver", bin, append([]string{"--kubeconfig", kc,
+		"--xds-listen", host + ":15010", "--secure-listen", host + ":15012", "--http-listen", host + ":15014", "--log-level", "debug"}, args...)...)
+	eventually(t, 2*time.Minute, "xdsserver ready", func() bool { return httpOK("http://" + host + ":15014/healthz/ready") })
 	return x
 }
 
@@ -297,12 +347,15 @@ func (x *xdsserver) noForbidden(t *testing.T) {
 
 // objectsYAML dumps the cluster's objects the mesh is read from as one multi-document YAML
 // file, for the files source (status of policies left out: the files source reads specs).
-func (e *env) objectsYAML(t *testing.T, path string) {
+func (e *env) objectsYAML(t *testing.T, path string) { objectsYAML(t, e.s, path) }
+
+// objectsYAML dumps s's objects the mesh is read from into one YAML file (see env.objectsYAML).
+func objectsYAML(t *testing.T, s *kubeapi.Server, path string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	out, err := e.s.Kubectl(ctx, "get", "-A", "-o", "json",
-		"namespaces,serviceaccounts,services,pods,endpointslices,gateways.gateway.networking.k8s.io,gatewayclasses.gateway.networking.k8s.io,"+
+	out, err := s.Kubectl(ctx, "get", "-A", "-o", "json",
+		"namespaces,nodes,serviceaccounts,services,pods,endpointslices,gateways.gateway.networking.k8s.io,gatewayclasses.gateway.networking.k8s.io,"+
 			"authorizationpolicies.security.istio.io,peerauthentications.security.istio.io")
 	if err != nil {
 		t.Fatal(err)

@@ -91,7 +91,7 @@ func (w *watcher) workload(t *testing.T, uid string) *workloadapi.Workload {
 // clusterConfig is the model configuration cmd/xdsserver uses for a cluster.
 func clusterConfig() model.Config {
 	cfg := model.DefaultConfig()
-	cfg.DeployWaypoints, cfg.FromCluster = false, true
+	cfg.DeployWaypoints, cfg.FromCluster, cfg.CaptureByNodeAgent = false, true, true
 	return cfg
 }
 
@@ -122,8 +122,10 @@ func diff(got, want map[string]map[string]proto.Message) string {
 // and checks, in order: the workload API it serves is the files source's for the same
 // objects (dumped from the API server); ZtunnelAccepted on the policies; the root in every
 // namespace's ConfigMap, put back when deleted; a bad policy the CRD accepts gets Invalid
-// while the rest is still served; labelling a namespace ambient enrolls its running pod
-// (tunnel protocol HBONE) without a restart; a pod without an IP is not sent until it has one.
+// while the rest is still served; labelling a namespace ambient does not enroll its running
+// pod until istio-cni's node agent (played by the test) annotates it as redirected, which then
+// enrolls it (tunnel protocol HBONE) without a restart; a pod without an IP is not sent until
+// it has one.
 func TestXdsserverInCluster(t *testing.T) {
 	e := cluster(t)
 	x := e.startXdsserver(t, e.net+".240")
@@ -131,7 +133,13 @@ func TestXdsserverInCluster(t *testing.T) {
 	defer cancel()
 	w := watch(t, x.host+":15010")
 
-	// The same mesh as the files source reads from the same objects.
+	// The same mesh as the files source reads from the same objects, once xdsserver's
+	// deployment controller made handson's waypoint Service (no pods: no controller manager
+	// here).
+	eventually(t, time.Minute, "handson's waypoint Service", func() bool {
+		_, err := e.s.Kube.CoreV1().Services("handson").Get(ctx, "handson-istio-waypoint", metav1.GetOptions{})
+		return err == nil
+	})
 	objs := filepath.Join(t.TempDir(), "cluster.yaml")
 	e.objectsYAML(t, objs)
 	m, err := files.New(files.Options{Paths: []string{objs}, Model: clusterConfig()}).Load()
@@ -141,7 +149,7 @@ func TestXdsserverInCluster(t *testing.T) {
 	for _, err := range m.Errors {
 		t.Errorf("files source: %v", err)
 	}
-	want := wds.Translate(m, wds.Options{}).ByType()
+	want := wds.Translate(m, wds.Options{WaypointHostname: true}).ByType() // xdsserver's default with a cluster, as istiod
 	if len(want[xds.AddressType]) < 20 || len(want[xds.AuthorizationType]) < 5 {
 		t.Fatalf("the files source's mesh is too small: %d addresses, %d authorizations", len(want[xds.AddressType]), len(want[xds.AuthorizationType]))
 	}
@@ -230,7 +238,27 @@ spec: {action: ALLOW, rules: [{to: [{operation: {ports: [http]}}]}]}
 	if _, err := e.s.Kubectl(ctx, "label", "namespace", ns, "istio.io/dataplane-mode=ambient"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, time.Minute, "the pod enrolled (HBONE) by the namespace's label", func() bool {
+	// The label alone enrolls nothing in Kubernetes mode: istio-cni's node agent must first
+	// redirect the pod and annotate it (istiod's rule). A pod created after the label is
+	// waited for, so that a rebuild after the label has (almost surely: namespaces and pods
+	// are two watches, not ordered) happened; the pod must still be NONE.
+	labelled := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "labelled", Namespace: ns},
+		Spec: corev1.PodSpec{NodeName: Node, Containers: []corev1.Container{{Name: "app", Image: "app"}}}}
+	if labelled, err = e.s.Kube.CoreV1().Pods(ns).Create(ctx, labelled, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.s.SetPodRunning(ctx, labelled, e.net+".233"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "the pod created after the label", func() bool { return w.workload(t, "Kubernetes//Pod/"+ns+"/labelled") != nil })
+	if got := w.workload(t, uid).GetTunnelProtocol(); got != workloadapi.TunnelProtocol_NONE {
+		t.Fatalf("the namespace's label alone made the pod %v: no node agent has redirected it", got)
+	}
+	// The node agent's part (none runs here).
+	if _, err := e.s.SetRedirected(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "the pod enrolled (HBONE) once the node agent annotated it", func() bool {
 		return w.workload(t, uid).GetTunnelProtocol() == workloadapi.TunnelProtocol_HBONE
 	})
 	if p, err := e.s.Kube.CoreV1().Pods(ns).Get(ctx, "app", metav1.GetOptions{}); err != nil || p.UID != pod.UID {

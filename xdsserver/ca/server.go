@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/goambient/goambient/xdsserver/ca/pki"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -31,7 +33,7 @@ const ImpersonatedIdentity = identity.ImpersonatedIdentityKey
 
 // Options configure a Server. CA, Authenticator and Mesh are required.
 type Options struct {
-	CA            *identity.CA
+	CA            *pki.CA
 	Authenticator Authenticator
 	Mesh          Mesh
 	Logger        *slog.Logger          // nil: no logs

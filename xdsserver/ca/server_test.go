@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goambient/goambient/xdsserver/ca/pki"
+
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -25,7 +27,6 @@ import (
 	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/goambient/goambient/xdsserver/model"
-	"github.com/goambient/goambient/ztunnel/identity"
 )
 
 const (
@@ -69,7 +70,7 @@ func testMesh() *model.Mesh {
 }
 
 type fixture struct {
-	ca   *identity.CA
+	ca   *pki.CA
 	srv  *Server
 	mesh *MeshIndex
 	reg  *prometheus.Registry
@@ -77,7 +78,7 @@ type fixture struct {
 
 func newFixture(t *testing.T, setMesh bool) *fixture {
 	t.Helper()
-	c, err := identity.NewCA(td)
+	c, err := pki.NewCA(td)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,11 +273,11 @@ func TestNewRequiresOptions(t *testing.T) {
 // 0600), loaded again on the next, and what the first issued verifies against the second.
 func TestRootKeptAcrossRestarts(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ca")
-	first, created, err := identity.LoadOrCreateCA(dir, td)
+	first, created, err := pki.LoadOrCreateCA(dir, td)
 	if err != nil || !created {
 		t.Fatalf("first start: created=%v err=%v", created, err)
 	}
-	st, err := os.Stat(filepath.Join(dir, identity.RootKeyFile))
+	st, err := os.Stat(filepath.Join(dir, pki.RootKeyFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +288,7 @@ func TestRootKeptAcrossRestarts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, created, err := identity.LoadOrCreateCA(dir, td)
+	second, created, err := pki.LoadOrCreateCA(dir, td)
 	if err != nil || created {
 		t.Fatalf("second start: created=%v err=%v", created, err)
 	}

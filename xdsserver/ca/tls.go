@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/goambient/goambient/xdsserver/ca/pki"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/goambient/goambient/ztunnel/identity"
@@ -22,7 +24,7 @@ const (
 // istiod.istio-system.svc (DNS SAN) and spiffe://<td>/ns/istio-system/sa/istiod (URI SAN), and
 // reissued at half its lifetime. Use GetCertificate in a tls.Config.
 type ServingCert struct {
-	ca  *identity.CA
+	ca  *pki.CA
 	id  spiffeid.ID
 	dns []string
 	ttl time.Duration
@@ -34,7 +36,7 @@ type ServingCert struct {
 
 // NewServingCert issues the first serving certificate, valid for ttl (DefaultTTL when 0), with
 // the DNS names dns (ServerDNSName when none).
-func NewServingCert(ca *identity.CA, ttl time.Duration, dns ...string) (*ServingCert, error) {
+func NewServingCert(ca *pki.CA, ttl time.Duration, dns ...string) (*ServingCert, error) {
 	if len(dns) == 0 {
 		dns = []string{ServerDNSName}
 	}

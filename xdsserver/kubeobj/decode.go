@@ -20,6 +20,7 @@ type Set struct {
 	EndpointSlices  []*EndpointSlice
 	Gateways        []*Gateway
 	GatewayClasses  []*GatewayClass
+	Nodes           []*Node
 	Policies        policies.Objects
 	// Routing (routing.go).
 	HTTPRoutes       []*HTTPRoute
@@ -48,6 +49,7 @@ func (s *Set) Append(o *Set) {
 	s.EndpointSlices = append(s.EndpointSlices, o.EndpointSlices...)
 	s.Gateways = append(s.Gateways, o.Gateways...)
 	s.GatewayClasses = append(s.GatewayClasses, o.GatewayClasses...)
+	s.Nodes = append(s.Nodes, o.Nodes...)
 	s.Policies.Append(o.Policies)
 	s.HTTPRoutes = append(s.HTTPRoutes, o.HTTPRoutes...)
 	s.VirtualServices = append(s.VirtualServices, o.VirtualServices...)
@@ -58,7 +60,7 @@ func (s *Set) Append(o *Set) {
 // Len is the number of objects in the set.
 func (s *Set) Len() int {
 	return len(s.Namespaces) + len(s.ServiceAccounts) + len(s.Services) + len(s.Pods) + len(s.EndpointSlices) +
-		len(s.Gateways) + len(s.GatewayClasses) + len(s.Policies.AuthorizationPolicies) + len(s.Policies.PeerAuthentications) +
+		len(s.Gateways) + len(s.GatewayClasses) + len(s.Nodes) + len(s.Policies.AuthorizationPolicies) + len(s.Policies.PeerAuthentications) +
 		len(s.HTTPRoutes) + len(s.VirtualServices) + len(s.DestinationRules)
 }
 
@@ -68,6 +70,7 @@ var kinds = map[string][]string{
 	"/ServiceAccount":                        {"v1"},
 	"/Service":                               {"v1"},
 	"/Pod":                                   {"v1"},
+	"/Node":                                  {"v1"},
 	"discovery.k8s.io/EndpointSlice":         {"v1"},
 	"gateway.networking.k8s.io/Gateway":      {"v1", "v1beta1"},
 	"gateway.networking.k8s.io/GatewayClass": {"v1", "v1beta1"},
@@ -190,6 +193,9 @@ func (s *Set) add(d policies.Document) (bool, error) {
 	case "GatewayClass":
 		o := &GatewayClass{Origin: d.Origin}
 		obj, s.GatewayClasses = o, append(s.GatewayClasses, o)
+	case "Node":
+		o := &Node{Origin: d.Origin}
+		obj, s.Nodes = o, append(s.Nodes, o)
 	}
 	if err := json.Unmarshal(d.JSON, obj); err != nil {
 		s.drop(tm.Kind)
@@ -220,6 +226,8 @@ func (s *Set) drop(kind string) {
 		s.Gateways = s.Gateways[:len(s.Gateways)-1]
 	case "GatewayClass":
 		s.GatewayClasses = s.GatewayClasses[:len(s.GatewayClasses)-1]
+	case "Node":
+		s.Nodes = s.Nodes[:len(s.Nodes)-1]
 	}
 }
 

@@ -64,6 +64,16 @@ type ServiceSpec struct {
 	ClusterIP  string            `json:"clusterIP,omitempty"`
 	ClusterIPs []string          `json:"clusterIPs,omitempty"`
 	IPFamilies []string          `json:"ipFamilies,omitempty"`
+	// TrafficDistribution is PreferSameZone (or its older name PreferClose) or PreferSameNode.
+	TrafficDistribution      *string `json:"trafficDistribution,omitempty"`
+	InternalTrafficPolicy    *string `json:"internalTrafficPolicy,omitempty"` // Cluster or Local
+	PublishNotReadyAddresses bool    `json:"publishNotReadyAddresses,omitempty"`
+}
+
+// Node is a core/v1 Node: its name and labels (the topology ones give its locality).
+type Node struct {
+	Metadata ObjectMeta      `json:"metadata"`
+	Origin   policies.Origin `json:"-"`
 }
 
 // ServicePort is one port of a Service.
@@ -182,6 +192,7 @@ type ObjectReference struct {
 	Kind      string `json:"kind,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
 	Name      string `json:"name,omitempty"`
+	UID       string `json:"uid,omitempty"`
 }
 
 // Gateway is a gateway.networking.k8s.io Gateway.

@@ -37,6 +37,8 @@ func Build(in *kubeobj.Set, cfg Config) (*Mesh, error) {
 		addrs:      map[netip.Addr]string{},
 	}
 	b.buildNamespaces(in.Namespaces)
+	b.namespaceTraffic()
+	b.buildNodes(in.Nodes)
 	b.buildServiceAccounts(in.ServiceAccounts)
 	for _, gc := range dedupe(b, "GatewayClass", in.GatewayClasses, func(o *kubeobj.GatewayClass) (string, policies.Origin) {
 		return o.Metadata.Name, o.Origin
@@ -49,6 +51,7 @@ func Build(in *kubeobj.Set, cfg Config) (*Mesh, error) {
 	b.place()
 	b.validate()
 	b.finishWaypoints(gateways)
+	b.placeLocalities()
 	b.bindWaypoints()
 	b.selectServices(in.EndpointSlices)
 	b.buildPolicies(in.Policies)
@@ -191,6 +194,7 @@ func (b *builder) convertService(o *kubeobj.Service) *Service {
 	s := &Service{
 		Namespace: meta.Namespace, Name: meta.Name, Hostname: meta.Name + "." + meta.Namespace + ".svc." + b.cfg.ClusterDomain,
 		Labels: meta.Labels, Annotations: meta.Annotations, Selector: o.Spec.Selector, IPFamilies: o.Spec.IPFamilies, Origin: o.Origin,
+		LoadBalancing: b.loadBalancing(o),
 	}
 	ips := o.Spec.ClusterIPs
 	if len(ips) == 0 && o.Spec.ClusterIP != "" {
@@ -261,7 +265,7 @@ func (b *builder) convertPod(o *kubeobj.Pod) *Workload {
 		return nil
 	}
 	w := &Workload{
-		UID: b.cfg.ClusterID + "//Pod/" + meta.Namespace + "/" + meta.Name, Namespace: meta.Namespace, Name: meta.Name,
+		UID: b.cfg.ClusterID + "//Pod/" + meta.Namespace + "/" + meta.Name, PodUID: meta.UID, Namespace: meta.Namespace, Name: meta.Name,
 		ServiceAccount: cmp.Or(o.Spec.ServiceAccountName, o.Spec.ServiceAccount, "default"),
 		Node:           o.Spec.NodeName, Labels: meta.Labels, Annotations: meta.Annotations,
 		TrustDomain: b.cfg.TrustDomain, HostNetwork: o.Spec.HostNetwork, Healthy: podReady(o.Status),
@@ -297,6 +301,7 @@ func (b *builder) convertPod(o *kubeobj.Pod) *Workload {
 	w.WorkloadName = workloadName(o)
 	w.CanonicalName, w.CanonicalRevision = canonicalService(meta.Labels, w.WorkloadName)
 	w.Ambient = b.ambient(o)
+	w.NativeTunnel = o.Metadata.Labels[LabelTunnel] == TunnelHTTP
 	if len(p.errs) > 0 {
 		b.m.Errors = append(b.m.Errors, p.errs...)
 		return nil
@@ -304,10 +309,18 @@ func (b *builder) convertPod(o *kubeobj.Pod) *Workload {
 	return w
 }
 
-// ambient decides whether a pod is in the ambient mesh, as istio-cni does: its own
-// istio.io/dataplane-mode label (none opts out), else its namespace's; host-network pods are
-// never captured.
+// ambient decides whether a pod's traffic is captured into the ambient mesh. With
+// CaptureByNodeAgent, as istiod: the node agent's annotation, or the label of a pod that speaks
+// HBONE itself (networking.istio.io/tunnel: http). Otherwise as istio-cni's node agent
+// (PodRedirectionEnabled): the annotation, else the pod's own istio.io/dataplane-mode label
+// (none opts out), else its namespace's; host-network pods are never captured.
 func (b *builder) ambient(o *kubeobj.Pod) bool {
+	if o.Metadata.Labels[LabelTunnel] == TunnelHTTP {
+		return true
+	}
+	if b.cfg.CaptureByNodeAgent {
+		return o.Metadata.Annotations[AnnotationRedirection] == RedirectionEnabled
+	}
 	if o.Spec.HostNetwork {
 		return false
 	}
@@ -317,7 +330,7 @@ func (b *builder) ambient(o *kubeobj.Pod) bool {
 	case DataplaneModeAmbient:
 		return true
 	}
-	if o.Metadata.Annotations[AnnotationRedirection] == "enabled" {
+	if o.Metadata.Annotations[AnnotationRedirection] == RedirectionEnabled {
 		return true
 	}
 	return b.namespace(o.Metadata.Namespace).Ambient
@@ -390,6 +403,9 @@ func (b *builder) implicitNamespaces() {
 func (b *builder) finish() *Mesh {
 	m := b.m
 	for _, n := range b.namespaces {
+		if n.Implicit && n.Validate() != nil {
+			continue // named only by objects that were left out for it (found by FuzzTranslate)
+		}
 		m.Namespaces = append(m.Namespaces, n)
 	}
 	slices.SortFunc(m.Namespaces, func(a, b *Namespace) int { return cmp.Compare(a.Name, b.Name) })

@@ -9,28 +9,49 @@ import (
 	"github.com/goambient/goambient/xdsserver/model"
 )
 
+// TestMembership: which pods are in the ambient mesh (tunnel protocol HBONE), from folders
+// (the model plays istio-cni's node agent: labels) and from a cluster (CaptureByNodeAgent: the
+// node agent's annotation only, as istiod).
 func TestMembership(t *testing.T) {
+	annotated := strings.Replace(podCart, "labels:", "annotations: {ambient.istio.io/redirection: enabled}, labels:", 1)
 	for _, tc := range []struct {
-		name string
-		docs []string
-		want bool
+		name           string
+		docs           []string
+		files, cluster bool
 	}{
-		{"namespace label", []string{nsAmbient, podCart}, true},
-		{"no label", []string{nsPlain, podCart}, false},
-		{"pod opts out", []string{nsAmbient, strings.Replace(podCart, "app: cart}", "app: cart, istio.io/dataplane-mode: none}", 1)}, false},
-		{"pod opts in", []string{nsPlain, strings.Replace(podCart, "app: cart}", "app: cart, istio.io/dataplane-mode: ambient}", 1)}, true},
-		{"host network", []string{nsAmbient, strings.Replace(podCart, "nodeName: node-a}", "nodeName: node-a, hostNetwork: true}", 1)}, false},
-		{"captured by istio-cni", []string{nsPlain, strings.Replace(podCart, "labels:", "annotations: {ambient.istio.io/redirection: enabled}, labels:", 1)}, true},
-		{"namespace not defined", []string{podCart}, false},
+		{"namespace label", []string{nsAmbient, podCart}, true, false},
+		{"no label", []string{nsPlain, podCart}, false, false},
+		{"pod opts out", []string{nsAmbient, strings.Replace(podCart, "app: cart}", "app: cart, istio.io/dataplane-mode: none}", 1)}, false, false},
+		{"pod opts in", []string{nsPlain, strings.Replace(podCart, "app: cart}", "app: cart, istio.io/dataplane-mode: ambient}", 1)}, true, false},
+		{"host network", []string{nsAmbient, strings.Replace(podCart, "nodeName: node-a}", "nodeName: node-a, hostNetwork: true}", 1)}, false, false},
+		{"captured by istio-cni", []string{nsPlain, annotated}, true, true},
+		{"captured in an ambient namespace", []string{nsAmbient, annotated}, true, true},
+		{"redirection not enabled", []string{nsAmbient, strings.Replace(annotated, "redirection: enabled", "redirection: disabled", 1)}, true, false},
+		{"speaks HBONE itself", []string{nsPlain, strings.Replace(podCart, "app: cart}", "app: cart, networking.istio.io/tunnel: http}", 1)}, true, true},
+		{"namespace not defined", []string{podCart}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := build(t, model.DefaultConfig(), tc.docs...)
-			noErrors(t, m)
-			if got := workload(t, m, "shop", "cart").Ambient; got != tc.want {
-				t.Errorf("ambient = %v, want %v", got, tc.want)
+			for _, mode := range []struct {
+				name string
+				cfg  model.Config
+				want bool
+			}{{"files", model.DefaultConfig(), tc.files}, {"cluster", clusterConfig(), tc.cluster}} {
+				m := build(t, mode.cfg, tc.docs...)
+				noErrors(t, m)
+				if got := workload(t, m, "shop", "cart").Ambient; got != mode.want {
+					t.Errorf("%s: ambient = %v, want %v", mode.name, got, mode.want)
+				}
 			}
 		})
 	}
+}
+
+// clusterConfig is what cmd/xdsserver uses with the Kubernetes source (the addresses given,
+// so the test pods need none from the cluster: Placement still allocates without FromCluster).
+func clusterConfig() model.Config {
+	cfg := model.DefaultConfig()
+	cfg.DeployWaypoints, cfg.CaptureByNodeAgent = false, true
+	return cfg
 }
 
 func TestWaypointBinding(t *testing.T) {
@@ -165,6 +186,13 @@ kind: Pod
 metadata: {name: twin, namespace: shop}
 status: {podIP: 10.244.9.9}`,
 			[]string{`test.yaml:12 (document 3): Pod shop/zz-twin: status.podIP: 10.244.9.9 is already the address of Pod shop/twin`}, "Pod shop/zz-twin"},
+		// Found by FuzzTranslate: the pod was left out, but the implicit namespace its lookup
+		// created stayed, and the built mesh did not validate.
+		{"pod namespace", `
+apiVersion: v1
+kind: Pod
+metadata: {name: bad, namespace: deXo}`,
+			[]string{`test.yaml:12 (document 3): Pod deXo/bad: metadata.namespace: "deXo" is not a valid namespace name`}, "Pod deXo/bad"},
 		{"wrong apiVersion", `
 apiVersion: v2
 kind: Pod

@@ -30,6 +30,15 @@ type Config struct {
 	// (VirtualService, HTTPRoute, DestinationRule) whose new version is invalid keeps its
 	// valid version from Previous, as if a validating webhook had refused the change.
 	Previous *Mesh
+	// CaptureByNodeAgent says which pods are in the ambient mesh the way istiod decides it in
+	// a cluster: only the pods istio-cni's node agent has annotated with
+	// ambient.istio.io/redirection=enabled, which it writes once it has redirected the pod's
+	// traffic to its ztunnel (pilot/pkg/serviceregistry/ambient/workloads.go,
+	// setTunnelProtocol). Before that (or with no node agent at all) no ztunnel captures the
+	// pod, so sending HBONE to it would break every connection to it. Off (folders of YAML,
+	// the local demo), nobody writes the annotation: the model plays the node agent and
+	// enrolls pods from the istio.io/dataplane-mode labels as istio-cni would.
+	CaptureByNodeAgent bool
 }
 
 // Placement gives the ranges pod IPs and service VIPs are allocated from when the input has

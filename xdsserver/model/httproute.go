@@ -195,20 +195,29 @@ func checkGatewayFilters(c *checker, f string, filters []gatewayv1.HTTPRouteFilt
 	for i, flt := range filters {
 		ff := idx(f, i)
 		count[flt.Type]++
-		set := map[gatewayv1.HTTPRouteFilterType]bool{
-			gatewayv1.HTTPRouteFilterRequestHeaderModifier:  flt.RequestHeaderModifier != nil,
-			gatewayv1.HTTPRouteFilterResponseHeaderModifier: flt.ResponseHeaderModifier != nil,
-			gatewayv1.HTTPRouteFilterRequestMirror:          flt.RequestMirror != nil,
-			gatewayv1.HTTPRouteFilterRequestRedirect:        flt.RequestRedirect != nil,
-			gatewayv1.HTTPRouteFilterURLRewrite:             flt.URLRewrite != nil,
-			gatewayv1.HTTPRouteFilterCORS:                   flt.CORS != nil,
-			gatewayv1.HTTPRouteFilterExtensionRef:           flt.ExtensionRef != nil,
+		// A slice, not a map: the problems come in the same order on every build.
+		set := []struct {
+			typ   gatewayv1.HTTPRouteFilterType
+			isSet bool
+		}{
+			{gatewayv1.HTTPRouteFilterRequestHeaderModifier, flt.RequestHeaderModifier != nil},
+			{gatewayv1.HTTPRouteFilterResponseHeaderModifier, flt.ResponseHeaderModifier != nil},
+			{gatewayv1.HTTPRouteFilterRequestMirror, flt.RequestMirror != nil},
+			{gatewayv1.HTTPRouteFilterRequestRedirect, flt.RequestRedirect != nil},
+			{gatewayv1.HTTPRouteFilterURLRewrite, flt.URLRewrite != nil},
+			{gatewayv1.HTTPRouteFilterCORS, flt.CORS != nil},
+			{gatewayv1.HTTPRouteFilterExtensionRef, flt.ExtensionRef != nil},
 		}
-		if _, known := set[flt.Type]; !known {
+		known := false
+		for _, s := range set {
+			known = known || s.typ == flt.Type
+		}
+		if !known {
 			c.fail(ff+".type", "%q is not a filter type (RequestHeaderModifier, ResponseHeaderModifier, RequestMirror, RequestRedirect, URLRewrite, ExtensionRef, CORS)", flt.Type)
 			continue
 		}
-		for typ, isSet := range set {
+		for _, s := range set {
+			typ, isSet := s.typ, s.isSet
 			field := ff + "." + lowerFirst(string(typ))
 			switch {
 			case typ == flt.Type && !isSet:

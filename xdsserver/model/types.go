@@ -17,11 +17,20 @@ const (
 	LabelGatewayName          = "gateway.networking.k8s.io/gateway-name"
 	LabelGatewayClassName     = "gateway.networking.k8s.io/gateway-class-name"
 	LabelGatewayManaged       = "gateway.istio.io/managed"
-	LabelServiceName          = "kubernetes.io/service-name" // on an EndpointSlice
-	AnnotationRedirection     = "ambient.istio.io/redirection"
+	LabelServiceName          = "kubernetes.io/service-name"   // on an EndpointSlice
+	AnnotationRedirection     = "ambient.istio.io/redirection" // enabled: istio-cni redirected the pod
+	LabelTunnel               = "networking.istio.io/tunnel"   // http: the pod speaks HBONE itself
 	AnnotationNameOverride    = "gateway.istio.io/name-override"
-	AnnotationServiceAccount  = "gateway.istio.io/service-account"
+	// AnnotationTrafficDistribution is Istio's older form of a Service's
+	// spec.trafficDistribution, on the Service or its namespace.
+	AnnotationTrafficDistribution = "networking.istio.io/traffic-distribution"
+	LabelTopologyRegion           = "topology.kubernetes.io/region" // on a Node
+	LabelTopologyZone             = "topology.kubernetes.io/zone"
+	LabelTopologySubzone          = "topology.istio.io/subzone"
+	AnnotationServiceAccount      = "gateway.istio.io/service-account"
 
+	RedirectionEnabled   = "enabled"
+	TunnelHTTP           = "http"
 	DataplaneModeAmbient = "ambient"
 	DataplaneModeNone    = "none"
 	WaypointClassName    = "istio-waypoint"           // Istio's waypoint GatewayClass
@@ -47,6 +56,7 @@ type Mesh struct {
 	RootNamespace string
 
 	Namespaces      []*Namespace
+	Localities      map[string]Locality // node name → locality, of the Nodes the input has
 	ServiceAccounts []*ServiceAccount
 	Services        []*Service  // including the Services of waypoints
 	Workloads       []*Workload // including the pods of waypoints
@@ -65,7 +75,10 @@ type Namespace struct {
 	Annotations map[string]string
 	Ambient     bool // istio.io/dataplane-mode=ambient
 	Implicit    bool // not defined in the input; objects in it refer to it
-	Origin      policies.Origin
+	// TrafficDistribution is its networking.istio.io/traffic-distribution annotation
+	// (PreferSameZone or PreferSameNode; "" for none), its Services' default.
+	TrafficDistribution string
+	Origin              policies.Origin
 }
 
 // ServiceAccount is a Kubernetes service account (an identity of the mesh).
@@ -87,10 +100,13 @@ type Service struct {
 	Headless    bool              // clusterIP: None
 	IPFamilies  []string
 	Ports       []ServicePort
-	Waypoint    *Waypoint // service traffic goes through this waypoint (nil: none)
-	WaypointOf  string    // "ns/name" of the waypoint whose own Service this is
-	Synthesized bool      // made by the model (a waypoint's Service), not read
-	Origin      policies.Origin
+	// LoadBalancing is how ztunnels pick its endpoints (from spec.trafficDistribution, the
+	// traffic-distribution annotations, internalTrafficPolicy and publishNotReadyAddresses).
+	LoadBalancing LoadBalancing
+	Waypoint      *Waypoint // service traffic goes through this waypoint (nil: none)
+	WaypointOf    string    // "ns/name" of the waypoint whose own Service this is
+	Synthesized   bool      // made by the model (a waypoint's Service), not read
+	Origin        policies.Origin
 }
 
 // ServicePort is one port of a Service.
@@ -106,15 +122,18 @@ type ServicePort struct {
 // Workload is a pod, including the pods that run waypoints.
 type Workload struct {
 	UID               string // <cluster>//Pod/<namespace>/<name>
+	PodUID            string // metadata.uid ("" when the input has none)
 	Namespace         string
 	Name              string
 	ServiceAccount    string
 	Node              string
+	Locality          Locality // its node's
 	IPs               []netip.Addr
 	Labels            map[string]string
 	Annotations       map[string]string
 	TrustDomain       string
 	Ambient           bool // in the ambient mesh: its traffic goes through ztunnel over HBONE
+	NativeTunnel      bool // it terminates HBONE itself (networking.istio.io/tunnel: http)
 	Healthy           bool
 	HostNetwork       bool
 	WorkloadName      string // the Deployment (or other controller) name, or the pod name
@@ -163,6 +182,45 @@ type Listener struct {
 	Port     uint32
 	Protocol string
 }
+
+// Locality is where a node is: its topology.kubernetes.io/region and zone and
+// topology.istio.io/subzone labels.
+type Locality struct {
+	Region, Zone, Subzone string
+}
+
+// IsZero reports whether no part of the locality is known.
+func (l Locality) IsZero() bool { return l == Locality{} }
+
+// LoadBalancing is a Service's endpoint selection, as istiod sends it (workload API
+// LoadBalancing): ztunnels prefer (Failover) or require (Strict) endpoints that share the
+// client's scopes, in order.
+type LoadBalancing struct {
+	Scopes   []Scope
+	Mode     LBMode
+	AllowAll bool // unready endpoints too (publishNotReadyAddresses)
+}
+
+// Scope is one routing preference of a LoadBalancing.
+type Scope string
+
+// Scopes, as the workload API names them.
+const (
+	ScopeNetwork Scope = "NETWORK"
+	ScopeRegion  Scope = "REGION"
+	ScopeZone    Scope = "ZONE"
+	ScopeSubzone Scope = "SUBZONE"
+	ScopeNode    Scope = "NODE"
+)
+
+// LBMode says how a LoadBalancing's scopes are applied.
+type LBMode string
+
+// Modes, as the workload API names them ("" sends no preference).
+const (
+	LBStrict   LBMode = "STRICT"
+	LBFailover LBMode = "FAILOVER"
+)
 
 // Key is "namespace/name".
 func (s *Service) Key() string { return s.Namespace + "/" + s.Name }

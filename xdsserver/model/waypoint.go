@@ -113,8 +113,8 @@ func (b *builder) convertWaypoint(gw *kubeobj.Gateway) *pendingWaypoint {
 	if !b.cfg.DeployWaypoints || len(pw.pods) > 0 && pw.service != nil {
 		return pw
 	}
-	name := b.deploymentName(gw, pw)
-	pw.saName = cmp.Or(meta.Annotations[AnnotationServiceAccount], name)
+	name, sa := b.deploymentName(gw, pw)
+	pw.saName = sa
 	if len(pw.pods) == 0 {
 		b.synthesizePod(gw, name, pw)
 	}
@@ -124,27 +124,41 @@ func (b *builder) convertWaypoint(gw *kubeobj.Gateway) *pendingWaypoint {
 	return pw
 }
 
-// deploymentName is the name istiod gives a waypoint's Deployment, Service and service
-// account: the gateway.istio.io/name-override annotation, else the Gateway's name (Istio since
-// waypoints dropped the class suffix). When the namespace already has a Service or pod by that
-// name, which the deployment controller would take over in a cluster, it is
-// <gateway>-<class>, the name older Istio versions used.
-func (b *builder) deploymentName(gw *kubeobj.Gateway, pw *pendingWaypoint) string {
-	if n := gw.Metadata.Annotations[AnnotationNameOverride]; n != "" {
-		return n
+// deploymentName is the name istiod's deployment controller would give a waypoint's
+// Deployment, Service and service account, by GatewayDeployedNames (the rule the Kubernetes
+// deployment controller applies): the name-override annotation, else the Gateway's name, else,
+// when the namespace already has a Service, pod or service account by that name that is not
+// the waypoint's (handson: Service and ServiceAccount handson), <gateway>-<class>, with a
+// warning. When every name is taken the override (or the last name) is used all the same, and
+// an error says so: the synthesized objects are the model's own, not a cluster's.
+func (b *builder) deploymentName(gw *kubeobj.Gateway, pw *pendingWaypoint) (string, string) {
+	ns := gw.Metadata.Namespace
+	taken := func(name, sa string) string {
+		var in []string
+		if slices.ContainsFunc(b.services, func(s *Service) bool { return s.Namespace == ns && s.Name == name && s != pw.service }) {
+			in = append(in, fmt.Sprintf("Service %q", name))
+		}
+		if slices.ContainsFunc(b.workloads, func(w *Workload) bool {
+			return w.Namespace == ns && w.Name == name && !slices.Contains(pw.pods, w)
+		}) {
+			in = append(in, fmt.Sprintf("Pod %q", name))
+		}
+		ownSA := slices.ContainsFunc(pw.pods, func(w *Workload) bool { return w.ServiceAccount == sa }) // the waypoint's own pods run as it
+		if sa != "" && !ownSA && slices.ContainsFunc(b.m.ServiceAccounts, func(s *ServiceAccount) bool { return s.Namespace == ns && s.Name == sa }) {
+			in = append(in, fmt.Sprintf("ServiceAccount %q", sa))
+		}
+		return strings.Join(in, " and ")
 	}
-	name := gw.Metadata.Name
-	taken := slices.ContainsFunc(b.services, func(s *Service) bool {
-		return s.Namespace == gw.Metadata.Namespace && s.Name == name && s != pw.service
-	}) || slices.ContainsFunc(b.workloads, func(w *Workload) bool {
-		return w.Namespace == gw.Metadata.Namespace && w.Name == name && !slices.Contains(pw.pods, w)
-	})
-	if !taken {
-		return name
+	names, err := GatewayDeployedNames(gw.Metadata.Name, gw.Spec.GatewayClassName, gw.Metadata.Annotations, true, "", taken)
+	if err != nil {
+		b.warn(gw.Origin, "Gateway", gw.Metadata.Key(), "metadata.name", "%v (here the waypoint is synthesized under its first name all the same)", err)
+		name := cmp.Or(gw.Metadata.Annotations[AnnotationNameOverride], gw.Metadata.Name)
+		return name, cmp.Or(gw.Metadata.Annotations[AnnotationServiceAccount], name)
 	}
-	alt := name + "-" + gw.Spec.GatewayClassName
-	b.warn(gw.Origin, "Gateway", gw.Metadata.Key(), "metadata.name", "the namespace already has a Service or pod named %q; the waypoint's Deployment, Service and service account are named %q", name, alt)
-	return alt
+	if names.Fallback != "" {
+		b.warn(gw.Origin, "Gateway", gw.Metadata.Key(), "metadata.name", "%s", names.Fallback)
+	}
+	return names.Name, names.ServiceAccount
 }
 
 func (b *builder) waypointNode() string {
@@ -353,33 +367,15 @@ func (b *builder) bindWaypoints() {
 }
 
 // selectServices gives each workload the Services in front of it: those whose selector matches
-// its labels, and Services without selector whose EndpointSlices name the pod. A named
-// targetPort is resolved through the pod's container ports; a port the pod does not declare is
-// left out for that pod, as istiod does.
+// its labels, and those whose EndpointSlices name the pod (targetRef). A named targetPort is
+// resolved through the pod's container ports; a port the pod does not declare is left out for
+// that pod, as istiod does.
 func (b *builder) selectServices(slices_ []*kubeobj.EndpointSlice) {
 	byKey := map[string]*Service{}
 	for _, s := range b.services {
 		byKey[s.Key()] = s
 	}
-	viaSlices := map[string][]*Service{} // pod key → Services
-	for _, es := range slices_ {
-		ns := orDefault(es.Metadata.Namespace)
-		name, ok := es.Metadata.Labels[LabelServiceName]
-		if !ok || es.AddressType == "FQDN" {
-			continue
-		}
-		svc := byKey[ns+"/"+name]
-		if svc == nil {
-			b.warn(es.Origin, "EndpointSlice", ns+"/"+es.Metadata.Name, "metadata.labels["+LabelServiceName+"]", "Service %s/%s is not found", ns, name)
-			continue
-		}
-		for _, ep := range es.Endpoints {
-			if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" {
-				key := cmp.Or(ep.TargetRef.Namespace, ns) + "/" + ep.TargetRef.Name
-				viaSlices[key] = append(viaSlices[key], svc)
-			}
-		}
-	}
+	viaSlices := b.endpointSliceServices(slices_, byKey)
 	for _, w := range b.workloads {
 		found := map[*Service]bool{}
 		for _, s := range b.services {
@@ -387,12 +383,10 @@ func (b *builder) selectServices(slices_ []*kubeobj.EndpointSlice) {
 				found[s] = true
 			}
 		}
-		for _, s := range viaSlices[w.Key()] {
-			if s.Namespace == w.Namespace {
-				found[s] = true
-			}
+		for _, s := range viaSlices[podRef{w.Namespace, w.Name, w.PodUID}] {
+			found[s] = true
 		}
-		for _, s := range slices.SortedFunc(maps.Keys(found), func(a, b *Service) int { return cmp.Compare(a.Name, b.Name) }) {
+		for _, s := range slices.SortedFunc(maps.Keys(found), func(a, b *Service) int { return compareKey(a.Namespace, a.Name, b.Namespace, b.Name) }) {
 			ws := WorkloadService{Service: s}
 			for _, p := range s.Ports {
 				target := p.TargetPort

@@ -9,6 +9,7 @@ type metrics struct {
 	clients   prometheus.Gauge       // pilot_xds (connected clients)
 	sent      *prometheus.CounterVec // goambient_xds_resources_sent_total{type}
 	resources *prometheus.GaugeVec   // goambient_xds_resources{type}
+	refused   *prometheus.CounterVec // goambient_xds_refused_total{reason}
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -28,9 +29,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		resources: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "goambient_xds_resources", Help: "Resources served, by type URL.",
 		}, []string{"type"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "goambient_xds_refused_total", Help: "Connections and ADS streams refused or cut off by a limit or by authentication, by reason.",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.pushes, m.nacks, m.clients, m.sent, m.resources} {
+		for _, c := range []prometheus.Collector{m.pushes, m.nacks, m.clients, m.sent, m.resources, m.refused} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

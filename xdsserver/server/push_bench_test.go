@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/goambient/goambient/xdsserver/internal/meshgen"
+	"github.com/goambient/goambient/xdsserver/meshgen"
 	"github.com/goambient/goambient/xdsserver/model"
 	"github.com/goambient/goambient/xdsserver/server"
 	"github.com/goambient/goambient/xdsserver/wds"
@@ -129,6 +129,7 @@ func BenchmarkOnePolicyPush(b *testing.B) {
 	var sentBytes, maxMsg atomic.Int64
 	srv, err := server.New(server.Options{
 		Registerer: prometheus.NewRegistry(),
+		Limits:     server.Limits{StreamsPerSecond: -1}, // the clients connect at once
 		OnDeltaResponse: func(_ int64, resp *discovery.DeltaDiscoveryResponse) {
 			n := int64(proto.Size(resp))
 			sentBytes.Add(n)

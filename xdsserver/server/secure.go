@@ -12,6 +12,7 @@ import (
 	xds "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/goambient/goambient/xdsserver/ca"
@@ -45,18 +46,27 @@ type secureView struct {
 
 // secureStream is an open stream of the TLS listener.
 type secureStream struct {
-	ctx   context.Context
-	token string // bearer token; "" when none
-	node  string // node id once admitted for Envoy types
+	caller   *ca.Caller // authenticated when the stream opened
+	nodeID   string     // the node id of its first request that named one
+	workload bool       // admitted for the workload API
+	node     string     // node id once admitted for Envoy types
 }
 
-// RegisterSecure adds to g (the TLS listener's gRPC server) an ADS service that serves the same
-// workload API as the plaintext one, and to each waypoint Envoy its resources plus the SDS
-// secrets "default" (its SVID and private key) and "ROOTCA" (the trust bundle). The plaintext
-// service never sends secrets. Envoy types are served only to a stream whose bearer token
-// authenticates a waypoint (ca.KindWaypoint) whose node id belongs to that waypoint: any other
-// stream asking for them is ended with PermissionDenied. The workload API is served to every
-// stream, as on the plaintext listener. It may be called once.
+// callerKey is the context key of a secure stream's authenticated caller.
+type callerKey struct{}
+
+// RegisterSecure adds to g (the TLS listener's gRPC server; give it ServerOptions and serve it
+// on Listener) an ADS service that serves the same workload API as the plaintext one, and to
+// each waypoint Envoy its resources plus the SDS secrets "default" (its SVID and private key)
+// and "ROOTCA" (the trust bundle). The plaintext service never sends secrets.
+//
+// Every stream is authenticated when it opens, by its bearer token: without a token, or with
+// one the Authenticator does not accept, it ends with Unauthenticated before anything is sent.
+// Then each type is authorized on the stream's first request for it, and a refusal ends the
+// stream with PermissionDenied: the workload API goes to ztunnels (whose node metadata
+// NODE_NAME must be the node of their token) and waypoints; Envoy types go to a waypoint
+// (ca.KindWaypoint) whose node id belongs to that waypoint. A stream keeps the node id it
+// was authorized with. It may be called once.
 func (s *Server) RegisterSecure(g grpc.ServiceRegistrar, opts SecureOptions) error {
 	if opts.Authenticator == nil || opts.Secrets == nil {
 		return errors.New("server: SecureOptions.Authenticator and Secrets are required")
@@ -93,7 +103,7 @@ func (s *Server) RegisterSecure(g grpc.ServiceRegistrar, opts SecureOptions) err
 		request: s.secureRequest,
 		closed:  s.secureClosed,
 	}))
-	discovery.RegisterAggregatedDiscoveryServiceServer(g, srv)
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, &guardedADS{s: s, inner: srv, authn: s.authenticate})
 	return nil
 }
 
@@ -111,55 +121,88 @@ func (s *Server) RefreshSecrets() {
 	}
 }
 
-// secureOpen records a secure stream and its bearer token (none: ""). The token is checked on
-// the stream's first request for an Envoy type: a ztunnel's stream, which asks only for the
-// workload API, costs no authentication.
-func (s *Server) secureOpen(ctx context.Context, id streamKey) {
-	tok, _ := ca.BearerToken(ctx)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.sec.streams[id] = &secureStream{ctx: ctx, token: tok}
+// authenticate accepts a secure stream whose bearer token the Authenticator accepts, and
+// returns its context with the caller; otherwise Unauthenticated (the reason is logged, never
+// told to the client).
+func (s *Server) authenticate(ctx context.Context) (context.Context, error) {
+	remote := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		remote = p.Addr.String()
+	}
+	tok, err := ca.BearerToken(ctx)
+	var caller *ca.Caller
+	if err == nil {
+		caller, err = s.sec.opts.Authenticator.Authenticate(ctx, tok)
+	}
+	if err != nil || caller == nil {
+		why := "no caller"
+		if err != nil {
+			why = err.Error()
+		}
+		s.refuse(refusedUnauthenticated, "secure xds stream refused: not authenticated", "remote", remote, "error", why)
+		return nil, status.Error(codes.Unauthenticated, "authentication failure")
+	}
+	return context.WithValue(ctx, callerKey{}, caller), nil
 }
 
-// secureRequest admits a secure stream's first request for an Envoy type: its token must
-// authenticate the waypoint its node id belongs to. Otherwise the stream ends with
-// PermissionDenied.
-func (s *Server) secureRequest(id streamKey, node *core.Node, typeURL string) error {
-	if slices.Contains(Types, typeURL) {
-		return nil
-	}
+// secureOpen records a secure stream and its caller (authenticated before it opened).
+func (s *Server) secureOpen(ctx context.Context, id streamKey) {
+	c, _ := ctx.Value(callerKey{}).(*ca.Caller)
 	s.mu.Lock()
-	st := s.sec.streams[id]
-	admitted := st != nil && st.node != ""
-	s.mu.Unlock()
-	if st == nil {
-		return status.Error(codes.Internal, "unknown stream")
-	}
-	if admitted {
-		return nil // on its first request for an Envoy type
-	}
-	var caller *ca.Caller
-	var authErr error
-	if st.token != "" {
-		// Outside the lock: an Authenticator may call the Kubernetes API.
-		caller, authErr = s.sec.opts.Authenticator.Authenticate(st.ctx, st.token)
-	}
+	defer s.mu.Unlock()
+	s.sec.streams[id] = &secureStream{caller: c}
+}
+
+// nodeName is the NODE_NAME of a node's metadata, which Istio's ztunnel sends.
+func nodeName(n *core.Node) string {
+	return n.GetMetadata().GetFields()["NODE_NAME"].GetStringValue()
+}
+
+// secureRequest authorizes a secure stream's request: the first one for the workload API and
+// the first one for an Envoy type are checked against the caller; a request naming another
+// node than the stream's first is refused. A refusal ends the stream with PermissionDenied.
+func (s *Server) secureRequest(id streamKey, node *core.Node, typeURL string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v := s.sec
+	st := v.streams[id]
+	if st == nil || st.caller == nil {
+		return status.Error(codes.Internal, "unknown stream")
+	}
+	caller := st.caller
 	nodeID := node.GetId()
 	refuse := func(why string, args ...any) error {
-		who := "no authenticated caller"
-		if caller != nil {
-			who = caller.String()
-		}
-		if authErr != nil {
-			args = append(args, "token_error", authErr.Error())
-		}
-		s.log.Warn("secure xds stream refused: "+why, append([]any{"stream", id.id, "delta", id.delta, "node", nodeID, "caller", who}, args...)...)
-		return status.Error(codes.PermissionDenied, "waypoint resources: permission denied")
+		s.refuse(refusedPermission, "secure xds stream refused: "+why,
+			append([]any{"stream", id.id, "delta", id.delta, "node", nodeID, "type", typeURL, "caller", caller.String()}, args...)...)
+		return status.Error(codes.PermissionDenied, "permission denied")
 	}
-	if caller == nil || caller.Kind != ca.KindWaypoint {
+	if node != nil {
+		if st.nodeID == "" {
+			st.nodeID = nodeID
+		} else if nodeID != st.nodeID {
+			return refuse("the stream changed its node id", "first_node", st.nodeID)
+		}
+	}
+	if slices.Contains(Types, typeURL) {
+		if st.workload {
+			return nil
+		}
+		switch caller.Kind {
+		case ca.KindZtunnel:
+			if got := nodeName(node); got != caller.Node {
+				return refuse("a ztunnel's NODE_NAME must be the node of its token", "node_name", got, "token_node", caller.Node)
+			}
+		case ca.KindWaypoint:
+		default:
+			return refuse("the workload API is served to ztunnels and waypoints only")
+		}
+		st.workload = true
+		return nil
+	}
+	if st.node != "" {
+		return nil // admitted on its first request for an Envoy type
+	}
+	if caller.Kind != ca.KindWaypoint {
 		return refuse("Envoy resources are served only to an authenticated waypoint")
 	}
 	if nodeID == "" {

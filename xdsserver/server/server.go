@@ -20,6 +20,7 @@ import (
 	cplog "github.com/envoyproxy/go-control-plane/pkg/log"
 	xds "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
@@ -37,6 +38,8 @@ type Options struct {
 	// response sent (on the stream's goroutine; they must not block or keep the messages).
 	OnDeltaRequest  func(streamID int64, req *discovery.DeltaDiscoveryRequest)
 	OnDeltaResponse func(streamID int64, resp *discovery.DeltaDiscoveryResponse)
+	// Limits bound what clients may cost; zero fields take DefaultLimits' values.
+	Limits Limits
 }
 
 // Stats are the server's counters since it was created.
@@ -61,7 +64,7 @@ type Server struct {
 	caches map[string]*cache.LinearCache
 	// snapshots serves the Envoy types per node (waypoints.go).
 	snapshots cache.SnapshotCache
-	xds       xds.Server
+	xds       *guardedADS
 	ctx       context.Context
 	cancel    context.CancelFunc
 	metrics   *metrics
@@ -75,6 +78,12 @@ type Server struct {
 	grpcMu sync.Mutex
 	grpc   *grpc.Server
 
+	limits   Limits
+	limiter  *rate.Limiter // new ADS streams; nil: no limit
+	open     atomic.Int64  // ADS streams admitted and not ended, both listeners
+	conns    conns         // the connections of Listener's listeners
+	refusals refusals
+
 	pushes, sent, removed, nacks, clients, streams atomic.Int64
 }
 
@@ -85,7 +94,11 @@ func New(opts Options) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{opts: opts, log: log, caches: map[string]*cache.LinearCache{}, current: map[string]map[string]digest{},
-		wp: waypoints{nodes: map[string]int{}, streams: map[streamKey]string{}}}
+		wp:     waypoints{nodes: map[string]int{}, streams: map[streamKey]string{}},
+		limits: opts.Limits.withDefaults(), refusals: refusals{by: map[string]*refusalLog{}}}
+	if s.limits.StreamsPerSecond > 0 {
+		s.limiter = rate.NewLimiter(rate.Limit(s.limits.StreamsPerSecond), 1)
+	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
@@ -113,14 +126,14 @@ func New(opts Options) (*Server, error) {
 		s.current[t] = map[string]digest{}
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.xds = xds.NewServer(s.ctx, mux, s.callbacks(viewHooks{
+	s.xds = &guardedADS{s: s, inner: xds.NewServer(s.ctx, mux, s.callbacks(viewHooks{
 		open: func(context.Context, streamKey) {},
 		request: func(id streamKey, node *core.Node, typeURL string) error {
 			s.envoyStream(id, node, typeURL)
 			return nil
 		},
 		closed: s.envoyStreamClosed,
-	}))
+	}))}
 	return s, nil
 }
 
@@ -229,15 +242,18 @@ func digests(next map[string]proto.Message, prev map[string]digest, log *slog.Lo
 // Ready reports whether Set was called once (the server has a mesh to serve).
 func (s *Server) Ready() bool { return s.ready.Load() }
 
-// Register adds the ADS service to a gRPC server (for callers that own theirs).
+// Register adds the plaintext ADS service to a gRPC server (for callers that own theirs; give
+// it ServerOptions and serve it on Listener).
 func (s *Server) Register(g grpc.ServiceRegistrar) {
 	discovery.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
 }
 
-// Serve serves plaintext gRPC on l until Stop. It returns nil after Stop.
+// Serve serves plaintext gRPC on l until Stop, with the limits (ServerOptions, then opts, on
+// Listener(l)). It returns nil after Stop.
 func (s *Server) Serve(l net.Listener, opts ...grpc.ServerOption) error {
-	g := grpc.NewServer(opts...)
+	g := grpc.NewServer(append(s.ServerOptions(), opts...)...)
 	s.Register(g)
+	l = s.Listener(l)
 	s.grpcMu.Lock()
 	if s.ctx.Err() != nil {
 		s.grpcMu.Unlock()

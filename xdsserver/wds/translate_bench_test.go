@@ -5,7 +5,7 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/goambient/goambient/xdsserver/internal/meshgen"
+	"github.com/goambient/goambient/xdsserver/meshgen"
 	"github.com/goambient/goambient/xdsserver/model"
 	"github.com/goambient/goambient/xdsserver/wds"
 )

@@ -78,6 +78,10 @@ func Workload(m *model.Mesh, w *model.Workload, z *policies.Ztunnel, opts Option
 	if w.Ambient {
 		out.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
 	}
+	out.NativeTunnel = w.NativeTunnel
+	if !w.Locality.IsZero() {
+		out.Locality = &workloadapi.Locality{Region: w.Locality.Region, Zone: w.Locality.Zone, Subzone: w.Locality.Subzone}
+	}
 	if !w.Healthy {
 		out.Status = workloadapi.WorkloadStatus_UNHEALTHY
 	}
@@ -104,11 +108,12 @@ func Workload(m *model.Mesh, w *model.Workload, z *policies.Ztunnel, opts Option
 // workload's services map carries the number it resolves to.
 func Service(s *model.Service, opts Options) *workloadapi.Service {
 	out := &workloadapi.Service{
-		Name:      s.Name,
-		Namespace: s.Namespace,
-		Hostname:  s.Hostname,
-		Waypoint:  gatewayAddress(s.Waypoint, opts),
-		Canonical: true, // a Kubernetes Service is canonical for its hostname
+		Name:          s.Name,
+		Namespace:     s.Namespace,
+		Hostname:      s.Hostname,
+		Waypoint:      gatewayAddress(s.Waypoint, opts),
+		Canonical:     true, // a Kubernetes Service is canonical for its hostname
+		LoadBalancing: loadBalancing(s.LoadBalancing),
 	}
 	for _, ip := range s.VIPs {
 		out.Addresses = append(out.Addresses, &workloadapi.NetworkAddress{Network: "", Address: ip.AsSlice()})
@@ -174,6 +179,23 @@ func gatewayAddress(w *model.Waypoint, opts Options) *workloadapi.GatewayAddress
 		Destination:   &workloadapi.GatewayAddress_Address{Address: &workloadapi.NetworkAddress{Network: "", Address: w.Address.AsSlice()}},
 		HboneMtlsPort: model.HBONEPort,
 	}
+}
+
+// loadBalancing is a Service's LoadBalancing message, nil when it has neither preferences nor
+// a health policy (as istiod leaves it).
+func loadBalancing(lb model.LoadBalancing) *workloadapi.LoadBalancing {
+	if len(lb.Scopes) == 0 && lb.Mode == "" && !lb.AllowAll {
+		return nil
+	}
+	out := &workloadapi.LoadBalancing{}
+	for _, sc := range lb.Scopes {
+		out.RoutingPreference = append(out.RoutingPreference, workloadapi.LoadBalancing_Scope(workloadapi.LoadBalancing_Scope_value[string(sc)]))
+	}
+	out.Mode = workloadapi.LoadBalancing_Mode(workloadapi.LoadBalancing_Mode_value[string(lb.Mode)])
+	if lb.AllowAll {
+		out.HealthPolicy = workloadapi.LoadBalancing_ALLOW_ALL
+	}
+	return out
 }
 
 func addressBytes(ips []netip.Addr) [][]byte {

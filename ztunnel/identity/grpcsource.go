@@ -34,6 +34,13 @@ const (
 	ImpersonatedIdentityKey = "ImpersonatedIdentity"
 	// DefaultCAServerName is the DNS name the control plane's serving certificate carries.
 	DefaultCAServerName = "istiod.istio-system.svc"
+	// ClusterIDKey is the gRPC metadata naming the caller's cluster. istiod authenticates the
+	// token without it, but then looks for the node authorizer (which checks that the identity
+	// asked for runs on the caller's node) of the empty cluster, finds none and refuses every
+	// impersonation: Istio's ztunnel always sends it.
+	ClusterIDKey = "clusterid"
+	// DefaultClusterID is Istio's default cluster id (CLUSTER_ID).
+	DefaultClusterID = "Kubernetes"
 )
 
 // GRPCSourceOptions configure a GRPCSource. Address, RootFile and TrustDomain are required.
@@ -43,6 +50,7 @@ type GRPCSourceOptions struct {
 	TokenFile   string               // bearer token, read again on every request ("" sends none)
 	ServerName  string               // name verified in the CA's certificate (DefaultCAServerName when "")
 	TrustDomain spiffeid.TrustDomain // of the identities fetched
+	ClusterID   string               // sent as the clusterid metadata (DefaultClusterID when "")
 	// TTL is the validity asked for (validity_duration); 0 leaves it to the CA.
 	TTL time.Duration
 	// DialOptions are added after the transport credentials (tests).
@@ -52,8 +60,8 @@ type GRPCSourceOptions struct {
 // GRPCSource obtains SVIDs from the control plane's CA with Istio's
 // istio.v1.auth.IstioCertificateService/CreateCertificate: for each fetch it generates a new
 // ECDSA P-256 key and sends a CSR with the identity as ImpersonatedIdentity, authenticated by a
-// bearer token; the CA answers with the chain, root last. It issues a new SVID on every fetch,
-// so a Manager over it needs no RefreshInterval. It is safe for concurrent use; Close it.
+// bearer token, with the caller's cluster id (ClusterIDKey); the CA answers with the chain, root
+// last. It issues a new SVID on every fetch, so a Manager over it needs no RefreshInterval. It is safe for concurrent use; Close it.
 type GRPCSource struct {
 	o      GRPCSourceOptions
 	conn   *grpc.ClientConn
@@ -113,6 +121,7 @@ func (s *GRPCSource) FetchSVID(ctx context.Context, id spiffeid.ID) (*x509svid.S
 	if err != nil {
 		return nil, fmt.Errorf("identity: CA source: metadata for %s: %w", id, err)
 	}
+	ctx = metadata.AppendToOutgoingContext(ctx, ClusterIDKey, cmp.Or(s.o.ClusterID, DefaultClusterID))
 	if s.o.TokenFile != "" {
 		tok, err := os.ReadFile(s.o.TokenFile)
 		if err != nil {

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,15 +18,20 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	pb "istio.io/api/security/v1alpha1"
+
+	"github.com/goambient/goambient/xdsserver/ca/pki"
 )
 
 // fakeCAServer is an in-process IstioCertificateService over a CA: it issues the
 // ImpersonatedIdentity it is asked for (no authorization: the control plane's CA does that) and
-// records what it received. mangle, when set, changes the answer.
+// records what it received. mangle, when set, changes the answer. cluster, when set, is the
+// only clusterid it serves, as istiod, which has a node authorizer for its own cluster only and
+// refuses an impersonation from any other (the empty one included).
 type fakeCAServer struct {
 	pb.UnimplementedIstioCertificateServiceServer
-	ca     *CA
-	mangle func(id spiffeid.ID, chain []string) ([]string, error)
+	ca      *pki.CA
+	mangle  func(id spiffeid.ID, chain []string) ([]string, error)
+	cluster string
 
 	mu       sync.Mutex
 	tokens   []string
@@ -41,6 +47,10 @@ func (f *fakeCAServer) CreateCertificate(ctx context.Context, req *pb.IstioCerti
 	f.imps = append(f.imps, imp)
 	f.validity = append(f.validity, req.GetValidityDuration())
 	f.mu.Unlock()
+	if got := strings.Join(md.Get(ClusterIDKey), ","); f.cluster != "" && got != f.cluster {
+		// istiod's words (security/pkg/server/ca/node_auth.go, server.go).
+		return nil, status.Errorf(codes.Unauthenticated, "request authenticate failure: serverca impersonation failed: no node authorizer for cluster %q", got)
+	}
 	id, err := spiffeid.FromString(imp)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -112,7 +122,7 @@ func newGRPCSource(t *testing.T, o GRPCSourceOptions) *GRPCSource {
 }
 
 func TestGRPCSourceFetches(t *testing.T) {
-	ca, err := NewCA(td)
+	ca, err := pki.NewCA(td)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,12 +166,42 @@ func TestGRPCSourceFetches(t *testing.T) {
 	}
 }
 
-func TestGRPCSourceRejects(t *testing.T) {
-	ca, err := NewCA(td)
+// TestGRPCSourceClusterID: the CA client names its cluster (Istio's default, Kubernetes, or the
+// one configured) in the clusterid metadata; a CA that has a node authorizer for that cluster
+// only (istiod) issues, and one of another cluster refuses.
+func TestGRPCSourceClusterID(t *testing.T) {
+	ca, err := pki.NewCA(td)
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := NewCA(td)
+	for _, tc := range []struct {
+		name, sent, served string
+		ok                 bool
+	}{
+		{"default", "", DefaultClusterID, true},
+		{"configured", "east", "east", true},
+		{"another cluster", "east", DefaultClusterID, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr, root, tok := startFakeCA(t, &fakeCAServer{ca: ca, cluster: tc.served})
+			s := newGRPCSource(t, GRPCSourceOptions{Address: addr, RootFile: root, TokenFile: tok, ClusterID: tc.sent})
+			_, err := s.FetchSVID(context.Background(), idFoo)
+			if (err == nil) != tc.ok {
+				t.Fatalf("cluster %q to a CA of %q: %v", tc.sent, tc.served, err)
+			}
+			if !tc.ok && status.Code(errors.Unwrap(err)) != codes.Unauthenticated {
+				t.Errorf("refused with %v, want Unauthenticated", err)
+			}
+		})
+	}
+}
+
+func TestGRPCSourceRejects(t *testing.T) {
+	ca, err := pki.NewCA(td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := pki.NewCA(td)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +267,7 @@ func TestGRPCSourceRejects(t *testing.T) {
 // with a new certificate for a new key.
 func TestGRPCSourceRotates(t *testing.T) {
 	clk := newFakeClock(time.Now()) // the serving certificate must be valid for the real TLS handshake
-	ca, err := NewCA(td, WithClock(clk.Now))
+	ca, err := pki.NewCA(td, pki.WithClock(clk.Now))
 	if err != nil {
 		t.Fatal(err)
 	}

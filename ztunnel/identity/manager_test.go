@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goambient/goambient/xdsserver/ca/pki"
+
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -86,7 +88,7 @@ func mustGet(t *testing.T, m *Manager, id spiffeid.ID) *x509svid.SVID {
 func TestManagerRotatesWithoutDroppingConnections(t *testing.T) {
 	clk := newFakeClock(t0)
 	ca := newTestCA(t, clk)
-	m, updates := newTestManager(t, clk, NewCASource(ca, time.Hour), ManagerOptions{})
+	m, updates := newTestManager(t, clk, pki.NewSource(ca, time.Hour), ManagerOptions{})
 	serverID := spiffeid.RequireFromString("spiffe://cluster.local/ns/handson/sa/handson")
 	clientID := spiffeid.RequireFromString("spiffe://cluster.local/ns/handson/sa/curl")
 
@@ -244,7 +246,7 @@ func (s *countingSource) FetchSVID(ctx context.Context, id spiffeid.ID) (*x509sv
 
 func TestManagerFetchesOnceOnFirstUse(t *testing.T) {
 	clk := newFakeClock(t0)
-	src := &countingSource{Source: NewCASource(newTestCA(t, clk), time.Hour), gate: make(chan struct{}), fetched: make(chan struct{}, 1)}
+	src := &countingSource{Source: pki.NewSource(newTestCA(t, clk), time.Hour), gate: make(chan struct{}), fetched: make(chan struct{}, 1)}
 	m, _ := newTestManager(t, clk, src, ManagerOptions{})
 	results := make(chan *x509svid.SVID, 32)
 	var wg sync.WaitGroup
@@ -270,12 +272,14 @@ func TestManagerFetchesOnceOnFirstUse(t *testing.T) {
 	if n := src.calls.Load(); n != 1 {
 		t.Errorf("%d fetches, want 1", n)
 	}
-	checkLeaf(t, first.Certificates[0], idFoo)
+	if u := first.Certificates[0].URIs; len(u) != 1 || u[0].String() != idFoo.String() {
+		t.Errorf("URI SANs %v, want %s", u, idFoo)
+	}
 }
 
 func TestManagerRetriesFailedRotationThenExpires(t *testing.T) {
 	clk := newFakeClock(t0)
-	src := &countingSource{Source: NewCASource(newTestCA(t, clk), time.Hour)}
+	src := &countingSource{Source: pki.NewSource(newTestCA(t, clk), time.Hour)}
 	m, updates := newTestManager(t, clk, src, ManagerOptions{RetryInterval: time.Minute})
 	first := mustGet(t, m, idFoo)
 	recv(t, updates)
@@ -367,7 +371,7 @@ func TestManagerDirSourceRefresh(t *testing.T) {
 
 // otherBundleSource issues from one CA and hands out the bundle of another.
 type otherBundleSource struct {
-	*CASource
+	*pki.Source
 	bundle *x509bundle.Bundle
 }
 
@@ -377,7 +381,7 @@ func (s otherBundleSource) FetchBundle(context.Context) (*x509bundle.Bundle, err
 
 func TestManagerRejectsSVIDOutsideTheBundle(t *testing.T) {
 	clk := newFakeClock(t0)
-	src := otherBundleSource{NewCASource(newTestCA(t, clk), 0), newTestCA(t, clk).Bundle()}
+	src := otherBundleSource{pki.NewSource(newTestCA(t, clk), 0), newTestCA(t, clk).Bundle()}
 	m, _ := newTestManager(t, clk, src, ManagerOptions{})
 	if _, err := m.GetSVID(idFoo); err == nil || !strings.Contains(err.Error(), "does not verify against the trust bundle") {
 		t.Errorf("GetSVID: %v", err)
@@ -387,7 +391,7 @@ func TestManagerRejectsSVIDOutsideTheBundle(t *testing.T) {
 func TestManagerBundleAndSources(t *testing.T) {
 	clk := newFakeClock(t0)
 	ca := newTestCA(t, clk)
-	m, _ := newTestManager(t, clk, NewCASource(ca, 0), ManagerOptions{})
+	m, _ := newTestManager(t, clk, pki.NewSource(ca, 0), ManagerOptions{})
 	if !m.Bundle().Equal(ca.Bundle()) {
 		t.Error("Bundle is not the CA's")
 	}
@@ -411,7 +415,7 @@ func TestManagerBundleAndSources(t *testing.T) {
 
 func TestManagerRemoveAndClose(t *testing.T) {
 	clk := newFakeClock(t0)
-	src := &countingSource{Source: NewCASource(newTestCA(t, clk), time.Hour)}
+	src := &countingSource{Source: pki.NewSource(newTestCA(t, clk), time.Hour)}
 	m, updates := newTestManager(t, clk, src, ManagerOptions{})
 	a := mustGet(t, m, idFoo)
 	recv(t, updates)
@@ -439,7 +443,7 @@ func TestManagerRotationTime(t *testing.T) {
 		{ManagerOptions{}, 0.99, 30 * time.Minute}, // jitter off (newTestManager)
 		{ManagerOptions{RotateAt: 0.8}, 0, 48 * time.Minute},
 	} {
-		m, _ := newTestManager(t, clk, NewCASource(ca, time.Hour), tc.o)
+		m, _ := newTestManager(t, clk, pki.NewSource(ca, time.Hour), tc.o)
 		m.rand = func() float64 { return tc.rand }
 		mustGet(t, m, idFoo)
 		if at := clk.waitTimers(t, 1); !at[0].Equal(t0.Add(tc.want)) {
@@ -449,7 +453,7 @@ func TestManagerRotationTime(t *testing.T) {
 	}
 
 	// With jitter: up to Jitter of the lifetime earlier.
-	m, err := NewManager(context.Background(), ManagerOptions{Source: NewCASource(ca, time.Hour), Clock: clk, Jitter: 0.1})
+	m, err := NewManager(context.Background(), ManagerOptions{Source: pki.NewSource(ca, time.Hour), Clock: clk, Jitter: 0.1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,7 +464,7 @@ func TestManagerRotationTime(t *testing.T) {
 		t.Errorf("jittered rotation at +%v, want +27m", at[0].Sub(t0))
 	}
 
-	for _, o := range []ManagerOptions{{}, {Source: NewCASource(ca, 0), RotateAt: 1.5}, {Source: NewCASource(ca, 0), Jitter: 0.6}} {
+	for _, o := range []ManagerOptions{{}, {Source: pki.NewSource(ca, 0), RotateAt: 1.5}, {Source: pki.NewSource(ca, 0), Jitter: 0.6}} {
 		if _, err := NewManager(context.Background(), o); err == nil {
 			t.Errorf("NewManager(%+v) accepted bad options", o)
 		}

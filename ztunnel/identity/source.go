@@ -1,4 +1,4 @@
-// Package identity supplies ztunnel's workload identities: X.509-SVIDs from a source (a folder of files, an in-process CA, later the control plane's CA), kept in memory and rotated before they expire.
+// Package identity supplies ztunnel's workload identities: X.509-SVIDs from a source (a folder of files or the control plane's CA), kept in memory and rotated before they expire.
 package identity
 
 import (
@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -138,26 +137,4 @@ func (s *DirSource) FetchBundle(ctx context.Context) (*x509bundle.Bundle, error)
 		return nil, fmt.Errorf("identity: trust bundle of %q: %s: %w", s.td.Name(), path, err)
 	}
 	return x509bundle.FromX509Authorities(s.td, certs), nil
-}
-
-// CASource issues SVIDs from an in-process CA: for tests and single-process local runs.
-type CASource struct {
-	CA  *CA
-	TTL time.Duration // SVID lifetime; DefaultSVIDTTL when 0
-}
-
-// NewCASource issues SVIDs of lifetime ttl (DefaultSVIDTTL when 0) from ca.
-func NewCASource(ca *CA, ttl time.Duration) *CASource { return &CASource{CA: ca, TTL: ttl} }
-
-// FetchSVID issues a new SVID for id.
-func (s *CASource) FetchSVID(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("identity: SVID for %s: %w", id, err)
-	}
-	return s.CA.IssueSVID(id, s.TTL)
-}
-
-// FetchBundle returns the CA's root.
-func (s *CASource) FetchBundle(ctx context.Context) (*x509bundle.Bundle, error) {
-	return s.CA.Bundle(), nil
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goambient/goambient/xdsserver/ca/pki"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -34,7 +36,7 @@ func TestWorkloadID(t *testing.T) {
 }
 
 // writeDir is what `meshctl certs root` and `meshctl certs issue` leave in dir.
-func writeDir(t *testing.T, ca *CA, dir string, ids ...spiffeid.ID) map[spiffeid.ID]*x509svid.SVID {
+func writeDir(t *testing.T, ca *pki.CA, dir string, ids ...spiffeid.ID) map[spiffeid.ID]*x509svid.SVID {
 	t.Helper()
 	if err := ca.Save(dir); err != nil {
 		t.Fatal(err)
@@ -130,7 +132,7 @@ func TestDirSource(t *testing.T) {
 
 func TestCASource(t *testing.T) {
 	ca := newTestCA(t, newFakeClock(t0))
-	src := NewCASource(ca, 3*time.Hour)
+	src := pki.NewSource(ca, 3*time.Hour)
 	a, err := src.FetchSVID(context.Background(), idFoo)
 	if err != nil {
 		t.Fatal(err)

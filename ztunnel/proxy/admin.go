@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/json"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -28,11 +29,19 @@ func (p *Proxy) readyHandler() http.Handler {
 	return mux
 }
 
-// adminHandler serves /config_dump (the state, in the --config-file format) and pprof.
+// adminHandler serves /config_dump (the state, in the --config-file format, and the
+// certificates held, in Istio's ztunnel shape) and pprof.
 func (p *Proxy) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, _ *http.Request) {
 		b, err := p.cfg.Store.Load().ConfigDump()
+		if err == nil { // and the certificates held, as Istio's ztunnel (never a key)
+			var doc map[string]json.RawMessage
+			if err = json.Unmarshal(b, &doc); err == nil {
+				doc["certificates"], _ = json.Marshal(p.cfg.Identity.DumpCertificates())
+				b, err = json.MarshalIndent(doc, "", "  ")
+			}
+		}
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return

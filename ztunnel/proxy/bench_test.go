@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goambient/goambient/xdsserver/ca/pki"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/goambient/goambient/ztunnel/accesslog"
@@ -103,14 +105,14 @@ services:
 	if err != nil {
 		return err
 	}
-	ca, err := identity.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
+	ca, err := pki.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
 	if err != nil {
 		return err
 	}
 	var proxies []*Proxy
 	for _, node := range []string{"n1", "n2"} {
 		// One identity manager per ztunnel, both issued by the same CA, as two nodes would be.
-		idm, err := identity.NewManager(context.Background(), identity.ManagerOptions{Source: identity.NewCASource(ca, time.Hour)})
+		idm, err := identity.NewManager(context.Background(), identity.ManagerOptions{Source: pki.NewSource(ca, time.Hour)})
 		if err != nil {
 			return err
 		}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goambient/goambient/xdsserver/ca/pki"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/goambient/goambient/ztunnel/accesslog"
@@ -20,7 +22,7 @@ import (
 
 // testProxy is one loopback proxy on node n1, with the CA its identities come from and its log.
 type testProxy struct {
-	ca    *identity.CA
+	ca    *pki.CA
 	store *state.Store
 	logs  *logBuf
 	p     *Proxy
@@ -65,13 +67,13 @@ func parseState(t *testing.T, doc string) *state.State {
 // (whose Store is already set) before the proxy is built. Everything stops when the test ends.
 func startProxy(t *testing.T, st *state.State, edit func(*Config)) *testProxy {
 	t.Helper()
-	ca, err := identity.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
+	ca, err := pki.NewCA(spiffeid.RequireTrustDomainFromString("cluster.local"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	idm, err := identity.NewManager(ctx, identity.ManagerOptions{Source: identity.NewCASource(ca, time.Hour)})
+	idm, err := identity.NewManager(ctx, identity.ManagerOptions{Source: pki.NewSource(ca, time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}

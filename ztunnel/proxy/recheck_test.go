@@ -13,17 +13,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goambient/goambient/xdsserver/ca/pki"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/goambient/goambient/ztunnel/hbone"
-	"github.com/goambient/goambient/ztunnel/identity"
 	"github.com/goambient/goambient/ztunnel/state"
 )
 
 // raceSetup starts a loopback proxy for one pod (an echo app on 7071) whose AppAddr stores a
 // namespace-wide DENY of every connection at its first call: between Authorize and tracking
 // the connection as open.
-func raceSetup(t *testing.T) (pod string, ca *identity.CA, logs *logBuf) {
+func raceSetup(t *testing.T) (pod string, ca *pki.CA, logs *logBuf) {
 	pod = randomNet() + ".6"
 	startEcho(t, pod, 7071)
 	doc := func(auths string) *state.State {

@@ -101,7 +101,9 @@ func (s *State) Waypoint(gw *workloadapi.GatewayAddress) (Waypoint, error) {
 //
 //   - dst is a Service VIP whose service has a waypoint (and src is not that waypoint): HBONE to
 //     a waypoint pod's hbone_mtls_port, :authority VIP:port;
-//   - dst is a Service VIP: an endpoint is picked (WithPicker; round robin by default) and the
+//   - dst is a Service VIP: an endpoint is picked among those the service's load_balancing
+//     prefers for src (its routing preferences and mode, as Istio's ztunnel ranks them; see
+//     pickEndpoint), then by WithPicker (round robin by default), and the
 //     connection goes Direct over HBONE to podIP:15008 with :authority podIP:targetPort, or as
 //     Passthrough to podIP:targetPort when the pod's tunnel protocol is not HBONE; the endpoint's
 //     workload waypoint is not used for service-addressed traffic; no endpoint is
@@ -119,16 +121,16 @@ func (s *State) Route(dst netip.AddrPort, src *workloadapi.Workload) (Route, err
 	if sv := s.byVIP[ip]; sv != nil {
 		r := Route{Service: sv.s}
 		if sv.waypoint != nil && !fromWaypoint(src, sv.waypoint) {
-			return s.viaWaypoint(r, ToServiceWaypoint, sv.waypoint, dst)
+			return s.viaWaypoint(r, ToServiceWaypoint, sv.waypoint, dst, src)
 		}
 		if sv.s.GetLoadBalancing().GetMode() == workloadapi.LoadBalancing_PASSTHROUGH {
 			r.Dial = dst
 			return r, nil
 		}
-		if len(sv.eps) == 0 {
+		ep, ok := s.pickEndpoint(sv, src)
+		if !ok {
 			return Route{}, fmt.Errorf("service %s: %w", sv.key, ErrNoHealthyUpstream)
 		}
-		ep := sv.eps[s.pick(sv)]
 		target, ok := sv.targetPort(ep.w, port)
 		if !ok {
 			r.Dial = dst // ztunnel: "found VIP, but port was unknown"
@@ -139,7 +141,7 @@ func (s *State) Route(dst netip.AddrPort, src *workloadapi.Workload) (Route, err
 	if wl := s.byIP[ip]; wl != nil {
 		r := Route{Workload: wl.w}
 		if wl.waypoint != nil && !fromWaypoint(src, wl.waypoint) {
-			return s.viaWaypoint(r, ToWorkloadWaypoint, wl.waypoint, dst)
+			return s.viaWaypoint(r, ToWorkloadWaypoint, wl.waypoint, dst, src)
 		}
 		return direct(r, wl, ip, port, nil), nil
 	}
@@ -160,17 +162,17 @@ func direct(r Route, ep *wlEntry, ip netip.Addr, port uint16, sans []string) Rou
 	return r
 }
 
-func (s *State) viaWaypoint(r Route, kind Kind, t *target, authority netip.AddrPort) (Route, error) {
+func (s *State) viaWaypoint(r Route, kind Kind, t *target, authority netip.AddrPort, src *workloadapi.Workload) (Route, error) {
 	if t.err != nil {
 		return Route{}, t.err
 	}
 	wp := t.wl
 	var sans []string
 	if t.svc != nil {
-		if len(t.svc.eps) == 0 {
+		var ok bool
+		if wp, ok = s.pickEndpoint(t.svc, src); !ok {
 			return Route{}, fmt.Errorf("waypoint %s: %w", t.svc.key, ErrNoHealthyUpstream)
 		}
-		wp = t.svc.eps[s.pick(t.svc)]
 		sans = t.svc.sans
 	}
 	r.Kind = kind
@@ -194,8 +196,8 @@ func fromWaypoint(src *workloadapi.Workload, t *target) bool {
 	return t.wl != nil && t.wl.w.GetUid() == src.GetUid()
 }
 
-func (s *State) pick(sv *svcEntry) int {
-	n := len(sv.eps)
+// pick chooses one of n candidate endpoints of sv.
+func (s *State) pick(sv *svcEntry, n int) int {
 	if s.opts.pick != nil {
 		if i := s.opts.pick(n); i >= 0 && i < n {
 			return i

@@ -110,6 +110,7 @@ type svcEntry struct {
 	epWLs    []*workloadapi.Workload // the same workloads
 	sans     []string
 	waypoint *target       // resolved Service.waypoint
+	lb       lbPolicy      // Service.load_balancing
 	rr       atomic.Uint64 // round-robin position
 }
 
@@ -205,6 +206,12 @@ func New(r Resources, opts ...Option) (*State, error) {
 			continue
 		}
 		e := &svcEntry{s: sv, key: key, ports: map[uint16]uint16{}, sans: sv.GetSubjectAltNames()}
+		lb, field, err := parseLB(sv.GetLoadBalancing())
+		if err != nil {
+			fail("services", i, field, "%v", err)
+			continue
+		}
+		e.lb = lb
 		for j, a := range sv.GetAddresses() {
 			ip, ok := netip.AddrFromSlice(a.GetAddress())
 			if !ok {

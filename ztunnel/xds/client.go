@@ -53,6 +53,12 @@ const (
 	// DefaultServerName is the name TLSCredentials verifies when given none: the one the
 	// control plane's serving certificate carries (Istio's istiod.istio-system.svc).
 	DefaultServerName = "istiod.istio-system.svc"
+	// DefaultClusterID is Istio's default cluster id (CLUSTER_ID).
+	DefaultClusterID = "Kubernetes"
+	// ClusterIDKey is the stream metadata that names the caller's cluster, sent with the
+	// token as Istio's ztunnel does: istiod authenticates a token with the API server of the
+	// cluster it names (its own when the metadata is absent or names it).
+	ClusterIDKey = "clusterid"
 )
 
 // Node says who the ztunnel is, as Istio's ztunnel tells istiod.
@@ -61,6 +67,7 @@ type Node struct {
 	PodName   string // the ztunnel pod (NAME)
 	Namespace string // its namespace (NAMESPACE)
 	NodeName  string // the node it serves (NODE_NAME)
+	ClusterID string // the cluster it runs in (CLUSTER_ID); DefaultClusterID when ""
 }
 
 // ID is the node id ztunnel sends: "ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local".
@@ -71,6 +78,7 @@ func (n Node) ID() string {
 func (n Node) proto() *core.Node {
 	md, _ := structpb.NewStruct(map[string]any{
 		"NAME": n.PodName, "NAMESPACE": n.Namespace, "INSTANCE_IPS": n.IP, "NODE_NAME": n.NodeName,
+		"CLUSTER_ID": cmp.Or(n.ClusterID, DefaultClusterID),
 	})
 	return &core.Node{Id: n.ID(), Metadata: md}
 }
@@ -107,8 +115,9 @@ type Options struct {
 	// 15012: see TLSCredentials); nil is plaintext unless DialOptions say otherwise.
 	Credentials credentials.TransportCredentials
 	// TokenFile, when set, holds a bearer token sent as the metadata "authorization: Bearer
-	// <token>" on every stream; it is read again for each stream, so a rotated token is used
-	// from the next reconnection. It requires Credentials (a token never goes in clear).
+	// <token>" on every stream, with "clusterid: <Node.ClusterID>" (DefaultClusterID when
+	// empty); it is read again for each stream, so a rotated token is used from the next
+	// reconnection. It requires Credentials (a token never goes in clear).
 	TokenFile   string
 	DialOptions []grpc.DialOption // added after Credentials; nil and no Credentials: plaintext
 	MinBackoff  time.Duration     // first delay before reconnecting; DefaultMinBackoff when zero
@@ -281,7 +290,8 @@ func (c *Client) stream(ctx context.Context, ads discovery.AggregatedDiscoverySe
 			return false, fmt.Errorf("token: %w", err)
 		}
 		if t := strings.TrimSpace(string(tok)); t != "" {
-			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+t)
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+t,
+				ClusterIDKey, cmp.Or(c.opts.Node.ClusterID, DefaultClusterID))
 		}
 	}
 	s, err := ads.DeltaAggregatedResources(ctx, grpc.WaitForReady(false))

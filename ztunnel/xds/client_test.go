@@ -113,6 +113,10 @@ func TestClientACKsNACKs(t *testing.T) {
 	if got := first.GetNode().GetMetadata().GetFields()["NODE_NAME"].GetStringValue(); got != "worker" {
 		t.Errorf("NODE_NAME = %q", got)
 	}
+	// istiod reads the cluster of a node from CLUSTER_ID (Istio's default when not configured).
+	if got := first.GetNode().GetMetadata().GetFields()["CLUSTER_ID"].GetStringValue(); got != DefaultClusterID {
+		t.Errorf("CLUSTER_ID = %q, want %q", got, DefaultClusterID)
+	}
 	for _, r := range []*discovery.DeltaDiscoveryRequest{first, second} {
 		if len(r.GetResourceNamesSubscribe()) != 1 || r.GetResourceNamesSubscribe()[0] != "*" {
 			t.Errorf("%s: subscribe %v", r.GetTypeUrl(), r.GetResourceNamesSubscribe())

@@ -74,7 +74,8 @@ func newTestCA(t *testing.T) *testCA {
 	}
 }
 
-// tokenADS is a delta ADS server that reports each stream's authorization metadata; the first
+// tokenADS is a delta ADS server that reports each stream's authorization and clusterid
+// metadata ("<authorization> clusterid=<clusterid>"); the first
 // stream ends (with Unavailable) when release is closed, the next ones send a response of each
 // type and stay open.
 type tokenADS struct {
@@ -87,7 +88,7 @@ type tokenADS struct {
 
 func (f *tokenADS) DeltaAggregatedResources(s discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
 	md, _ := metadata.FromIncomingContext(s.Context())
-	f.auths <- strings.Join(md.Get("authorization"), ",")
+	f.auths <- strings.Join(md.Get("authorization"), ",") + " clusterid=" + strings.Join(md.Get(ClusterIDKey), ",")
 	f.mu.Lock()
 	f.streams++
 	n := f.streams
@@ -134,7 +135,9 @@ func startTLSADS(t *testing.T, ca *testCA, f *tokenADS) string {
 }
 
 // TestClientTLSToken: over TLS verified with the root, the bearer token of the token file
-// arrives on each stream, read again for the next stream; the state arrives.
+// arrives on each stream with the node's cluster id (as Istio's ztunnel sends them: istiod
+// authenticates the token with the cluster it names), read again for the next stream; the
+// state arrives.
 func TestClientTLSToken(t *testing.T) {
 	ca := newTestCA(t)
 	f := &tokenADS{auths: make(chan string, 4), release: make(chan struct{})}
@@ -149,7 +152,8 @@ func TestClientTLSToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := state.NewStore(nil)
-	c, err := New(Options{Address: addr, Store: store, Credentials: creds, TokenFile: tok, MinBackoff: 10 * time.Millisecond})
+	c, err := New(Options{Address: addr, Store: store, Credentials: creds, TokenFile: tok, MinBackoff: 10 * time.Millisecond,
+		Node: Node{IP: "10.0.0.5", PodName: "ztunnel-abc", Namespace: "istio-system", NodeName: "worker", ClusterID: "east"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,12 +169,12 @@ func TestClientTLSToken(t *testing.T) {
 			return ""
 		}
 	}
-	if got := auth(); got != "Bearer first-token" {
+	if got := auth(); got != "Bearer first-token clusterid=east" {
 		t.Fatalf("first stream: authorization %q", got)
 	}
 	writeFile(t, tok, []byte("second-token\n"))
 	close(f.release) // the stream ends; the client reconnects with the token read again
-	if got := auth(); got != "Bearer second-token" {
+	if got := auth(); got != "Bearer second-token clusterid=east" {
 		t.Fatalf("second stream: authorization %q", got)
 	}
 	select {

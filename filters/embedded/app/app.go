@@ -34,6 +34,9 @@ type Options struct {
 	Listen      string // HBONE listener, ip:15008
 	ReadyListen string // /healthz/ready listener; "" for none
 	SVIDDir     string // the folder `meshctl certs issue` writes
+	// Identity, when set, supplies the SVIDs instead of SVIDDir (the control plane's CA:
+	// identity.GRPCSource).
+	Identity    identity.Source
 	TrustDomain string // cluster.local when empty
 	// ServiceAccount is the waypoint's own service account when the workload API does not name
 	// it (its workload is found by the node IP); the pod name when empty.
@@ -66,8 +69,8 @@ type App struct {
 
 // Start starts the waypoint; Stop stops it.
 func Start(ctx context.Context, o Options) (*App, error) {
-	if o.Host == nil || o.SVIDDir == "" || o.NodeID == "" || o.XDSAddress == "" || o.Listen == "" {
-		return nil, errors.New("waypoint: the node id, xDS address, listen address, SVID folder and filter host are required")
+	if o.Host == nil || (o.SVIDDir == "") == (o.Identity == nil) || o.NodeID == "" || o.XDSAddress == "" || o.Listen == "" {
+		return nil, errors.New("waypoint: the node id, xDS address, listen address, filter host, and an SVID folder or an identity source are required")
 	}
 	log := o.Logger
 	if log == nil {
@@ -92,9 +95,11 @@ func Start(ctx context.Context, o Options) (*App, error) {
 	ctx, a.cancel = context.WithCancel(ctx)
 	fail := func(err error) (*App, error) { a.Stop(); return nil, err }
 
-	a.idm, err = identity.NewManager(ctx, identity.ManagerOptions{
-		Source: identity.NewDirSource(o.SVIDDir, td), Logger: log.With("scope", "identity"), RefreshInterval: time.Minute,
-	})
+	mo := identity.ManagerOptions{Source: o.Identity, Logger: log.With("scope", "identity")}
+	if o.Identity == nil { // files can be rewritten at any time; a CA issues anew on each fetch
+		mo.Source, mo.RefreshInterval = identity.NewDirSource(o.SVIDDir, td), time.Minute
+	}
+	a.idm, err = identity.NewManager(ctx, mo)
 	if err != nil {
 		return fail(err)
 	}

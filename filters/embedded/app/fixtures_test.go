@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/goambient/goambient/filters/embedded/config"
+	capki "github.com/goambient/goambient/xdsserver/ca/pki"
 	"github.com/goambient/goambient/xdsserver/kubeobj"
 	"github.com/goambient/goambient/xdsserver/model"
 	"github.com/goambient/goambient/xdsserver/waypointxds"
@@ -76,13 +77,13 @@ func (a *addrs) render(tmpl string) string {
 // pki is a root CA and SVID folder with the scenario's identities.
 type pki struct {
 	dir string
-	ca  *identity.CA
+	ca  *capki.CA
 }
 
 func newPKI(t testing.TB, ids ...string) *pki {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	ca, err := identity.NewCA(td)
+	ca, err := capki.NewCA(td)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -24,12 +25,19 @@ import (
 // DefaultInterval is how often the folders are looked at for changes.
 const DefaultInterval = 500 * time.Millisecond
 
+// DefaultMaxFileSize is the largest file read when Options.MaxFileSize is zero: 16 MiB, room
+// for a mesh of about 20,000 pods written as plain manifests.
+const DefaultMaxFileSize = 16 << 20
+
 // Options configure a files Source.
 type Options struct {
 	Paths    []string      // folders (read recursively) or files; .yaml, .yml and .json files are read
 	Interval time.Duration // how often to look for changes; DefaultInterval when zero
 	Model    model.Config  // how to build the mesh; model.DefaultConfig() suits a folder of YAML
 	Logger   *slog.Logger  // nil: no logs
+	// MaxFileSize is the largest file read, in bytes (DefaultMaxFileSize when zero): a larger
+	// file is reported once and skipped, keeping its previous objects.
+	MaxFileSize int64
 }
 
 // Source reads folders of YAML: every Namespace, ServiceAccount, Service, Pod, EndpointSlice,
@@ -38,9 +46,10 @@ type Options struct {
 //
 // It polls: a file whose size or modification time changed, or was modified in the last
 // moments, is read again, and the mesh is rebuilt when some file's content changed, appeared or
-// disappeared. A bad object is reported and left out. A file that cannot be read, or is not
-// valid YAML as a whole (a file being written), keeps the objects it had before, so a
-// half-written file never empties the mesh.
+// disappeared. A bad object is reported and left out. A file that cannot be read, is larger
+// than Options.MaxFileSize, or is not valid YAML as a whole (a file being written), keeps the
+// objects it had before, so a half-written file never empties the mesh. A broken file is
+// parsed and reported once per content (its SHA-256 is remembered), not once per poll.
 type Source struct {
 	opts  Options
 	log   *slog.Logger
@@ -50,17 +59,22 @@ type Source struct {
 }
 
 type file struct {
-	modTime time.Time
+	modTime time.Time // of the last look that got the content, or found it too large
 	size    int64
-	sum     [sha256.Size]byte
-	set     *kubeobj.Set // the objects of the last good read (nil: none yet)
-	errs    []error      // their problems
-	broken  []error      // why the last read failed (nil: it did not)
+	looked  bool              // modTime and size are those of the content the file has
+	sum     [sha256.Size]byte // of the last good content
+	set     *kubeobj.Set      // the objects of the last good read (nil: none yet)
+	errs    []error           // their problems
+	broken  []error           // why the last read failed (nil: it did not)
+	// badSum is the content that failed to parse (when badParsed): it is not parsed again.
+	badSum    [sha256.Size]byte
+	badParsed bool
 }
 
 // New returns a Source for the options.
 func New(opts Options) *Source {
 	opts.Interval = cmp.Or(opts.Interval, DefaultInterval)
+	opts.MaxFileSize = cmp.Or(opts.MaxFileSize, DefaultMaxFileSize)
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -152,32 +166,76 @@ func (s *Source) read(path string) bool {
 		s.files[path] = f
 	}
 	info, err := os.Stat(path)
-	if err == nil && info.ModTime().Equal(f.modTime) && info.Size() == f.size && s.now().Sub(f.modTime) > recent && f.broken == nil {
+	if err == nil && f.looked && info.ModTime().Equal(f.modTime) && info.Size() == f.size && s.now().Sub(f.modTime) > recent {
 		return false
 	}
-	var data []byte
-	if err == nil {
-		data, err = os.ReadFile(path)
+	f.looked = false // until the content is read (an error is retried at the next poll)
+	if err != nil {
+		return s.fail(path, f, []error{fmt.Errorf("%s: cannot read: %w", path, err)}, false)
+	}
+	if info.Size() > s.opts.MaxFileSize {
+		f.modTime, f.size, f.looked = info.ModTime(), info.Size(), true
+		return s.fail(path, f, []error{s.tooLarge(path, info.Size())}, false)
+	}
+	data, err := readAtMost(path, s.opts.MaxFileSize)
+	if errors.Is(err, errTooLarge) {
+		return s.fail(path, f, []error{s.tooLarge(path, int64(len(data)))}, false) // grew since Stat: look again
 	}
 	if err != nil {
-		return s.fail(path, f, []error{fmt.Errorf("%s: cannot read: %w", path, err)})
+		return s.fail(path, f, []error{fmt.Errorf("%s: cannot read: %w", path, err)}, false)
 	}
+	f.modTime, f.size, f.looked = info.ModTime(), info.Size(), true
 	sum := sha256.Sum256(data)
-	f.modTime, f.size = info.ModTime(), info.Size()
-	if f.set != nil && sum == f.sum && f.broken == nil {
-		return false
+	switch {
+	case f.set != nil && sum == f.sum:
+		// The last good content (again): its objects are those of f.set.
+		was := f.broken
+		f.broken, f.badParsed = nil, false
+		return was != nil
+	case f.broken != nil && f.badParsed && sum == f.badSum:
+		return false // the same broken content: reported when it was parsed
 	}
+	start := time.Now()
 	set, problems, err := kubeobj.Load(data, path)
+	s.log.Debug("configuration file parsed", "path", path, "bytes", len(data), "duration", time.Since(start))
 	if err != nil {
-		return s.fail(path, f, unjoin(err))
+		f.badSum = sum
+		return s.fail(path, f, unjoin(err), true)
 	}
-	f.sum, f.set, f.errs, f.broken = sum, set, problems, nil
+	f.sum, f.set, f.errs, f.broken, f.badParsed = sum, set, problems, nil, false
 	s.log.Info("configuration file read", "path", path, "objects", set.Len(), "problems", len(problems))
 	return true
 }
 
-// fail records why a file could not be used; its previous objects stay.
-func (s *Source) fail(path string, f *file, errs []error) bool {
+var errTooLarge = errors.New("file too large")
+
+// readAtMost reads a file of at most limit bytes; a longer one returns errTooLarge with the
+// first limit+1 bytes.
+func readAtMost(path string, limit int64) ([]byte, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	data, err := io.ReadAll(io.LimitReader(fh, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return data, errTooLarge
+	}
+	return data, nil
+}
+
+func (s *Source) tooLarge(path string, size int64) error {
+	return fmt.Errorf("%s: %d bytes, more than the %d bytes a configuration file may have (files.Options.MaxFileSize, xdsserver --max-config-file-size)",
+		path, size, s.opts.MaxFileSize)
+}
+
+// fail records why a file could not be used; its previous objects stay. It is logged when the
+// reasons changed, or when parsed is set (new content that failed to parse), so a broken file
+// is reported once per change, not once per poll. It reports whether the reasons changed.
+func (s *Source) fail(path string, f *file, errs []error, parsed bool) bool {
 	suffix := "; the file is skipped until it is fixed"
 	if f.set != nil {
 		suffix = "; its previous objects are kept until it is fixed"
@@ -196,12 +254,14 @@ func (s *Source) fail(path string, f *file, errs []error) bool {
 	if len(broken) == 0 {
 		broken = []error{fmt.Errorf("%s: not valid YAML%s", path, suffix)}
 	}
-	was := f.broken
-	f.broken, f.modTime = broken, time.Time{} // read it again next time
-	for _, e := range broken {
-		s.log.Warn("configuration file unusable", "error", e)
+	changed := !sameErrors(f.broken, broken)
+	f.broken, f.badParsed = broken, parsed
+	if changed || parsed {
+		for _, e := range broken {
+			s.log.Warn("configuration file unusable", "error", e)
+		}
 	}
-	return !sameErrors(was, broken)
+	return changed
 }
 
 // build makes the mesh from every file's last good objects.

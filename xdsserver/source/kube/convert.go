@@ -70,6 +70,8 @@ func (c *converter) snapshot(l *listers) (*kubeobj.Set, []error, []*securityclie
 		func(o any) { set.Pods = append(set.Pods, o.(*kubeobj.Pod)) })
 	each("EndpointSlice", l.endpointSlices, decodeAs[kubeobj.EndpointSlice]("EndpointSlice", func(o *kubeobj.EndpointSlice) { o.Origin = Origin }),
 		func(o any) { set.EndpointSlices = append(set.EndpointSlices, o.(*kubeobj.EndpointSlice)) })
+	each("Node", l.nodes, decodeAs[kubeobj.Node]("Node", func(o *kubeobj.Node) { o.Origin = Origin }),
+		func(o any) { set.Nodes = append(set.Nodes, o.(*kubeobj.Node)) })
 	each("Gateway", l.gateways, decodeAs[kubeobj.Gateway]("Gateway", func(o *kubeobj.Gateway) { o.Origin = Origin }),
 		func(o any) { set.Gateways = append(set.Gateways, o.(*kubeobj.Gateway)) })
 	each("GatewayClass", l.gatewayClasses, decodeAs[kubeobj.GatewayClass]("GatewayClass", func(o *kubeobj.GatewayClass) { o.Origin = Origin }),

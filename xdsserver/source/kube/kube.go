@@ -58,8 +58,8 @@ type Clients struct {
 	Gateway gwclient.Interface
 }
 
-// Source watches Namespaces, ServiceAccounts, Services, Pods, EndpointSlices (core and
-// discovery informers), AuthorizationPolicies and PeerAuthentications (security.istio.io/v1),
+// Source watches Namespaces, ServiceAccounts, Services, Pods, EndpointSlices, Nodes (their
+// names and topology labels only: core and discovery informers), AuthorizationPolicies and PeerAuthentications (security.istio.io/v1),
 // Gateways and GatewayClasses (gateway.networking.k8s.io/v1). Once the caches are synced it
 // pushes a mesh, then a rebuilt one after each burst of changes. Objects are converted into
 // the same kubeobj and policies types the files source reads, and model.Build applies every
@@ -91,10 +91,10 @@ func New(c Clients, opts Options) *Source {
 
 // listers are the informers' caches a mesh is built from.
 type listers struct {
-	namespaces, serviceAccounts, services, pods, endpointSlices cache.Store
-	authorizationPolicies, peerAuthentications                  cache.Store
-	gateways, gatewayClasses                                    cache.Store
-	virtualServices, destinationRules, httpRoutes               cache.Store // routing.go
+	namespaces, serviceAccounts, services, pods, endpointSlices, nodes cache.Store
+	authorizationPolicies, peerAuthentications                         cache.Store
+	gateways, gatewayClasses                                           cache.Store
+	virtualServices, destinationRules, httpRoutes                      cache.Store // routing.go
 }
 
 // Run starts the informers, waits for their caches, pushes the mesh, then a new one after each
@@ -125,9 +125,13 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		"PeerAuthentication":  isf.Security().V1().PeerAuthentications().Informer(),
 		"Gateway":             gf.Gateway().V1().Gateways().Informer(),
 		"GatewayClass":        gf.Gateway().V1().GatewayClasses().Informer(),
+		"Node":                nodeInformer(kf),
 	}
 	maps.Copy(informers, routingInformers(isf, gf))
 	for kind, inf := range informers {
+		if err := inf.SetTransform(dropManagedFields); err != nil {
+			return fmt.Errorf("kubernetes source: %s informer: %w", kind, err)
+		}
 		if _, err := inf.AddEventHandler(s.handler(kind)); err != nil {
 			return fmt.Errorf("kubernetes source: %s informer: %w", kind, err)
 		}
@@ -141,6 +145,7 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		gateways:              informers["Gateway"].GetStore(), gatewayClasses: informers["GatewayClass"].GetStore(),
 		virtualServices: informers["VirtualService"].GetStore(), destinationRules: informers["DestinationRule"].GetStore(),
 		httpRoutes: informers["HTTPRoute"].GetStore(),
+		nodes:      informers["Node"].GetStore(),
 	}
 	kf.Start(ctx.Done())
 	isf.Start(ctx.Done())
@@ -158,6 +163,14 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 	}
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return nil // ctx is done
+	}
+	if s.status != nil {
+		// Status is written beside the rebuilds, never in their way: one UpdateStatus per
+		// changed policy can take many seconds on a big mesh (1,000 policies), during which
+		// new objects must still reach the data plane.
+		done := make(chan struct{})
+		go func() { defer close(done); s.status.run(ctx) }()
+		defer func() { cancel(); <-done }()
 	}
 	select { // the initial listing is in the first build
 	case <-s.changed:
@@ -221,9 +234,19 @@ func (s *Source) rebuild(ctx context.Context, l *listers, push func(*model.Mesh)
 		"policies", len(m.Policies.AuthorizationPolicies)+len(m.Policies.PeerAuthentications), "errors", len(m.Errors))
 	push(m)
 	if s.status != nil {
-		s.status.write(ctx, m, aps)
+		s.status.offer(m, aps)
 	}
 	return nil
+}
+
+// dropManagedFields removes the server-side apply bookkeeping from a cached object, as istiod's
+// informers do: the mesh never reads it, and it is often the largest part of an object (a pod
+// written by a kubelet carries several managers).
+func dropManagedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
 }
 
 // notify records a pending change.
@@ -254,6 +277,9 @@ func (s *Source) handler(kind string) cache.ResourceEventHandler {
 func relevantUpdate(oldObj, newObj any) bool {
 	if oldObj == newObj {
 		return false
+	}
+	if changed, isNode := nodeUpdate(oldObj, newObj); isNode {
+		return changed // every status update of a Node is a new version; its locality rarely is
 	}
 	om, ok1 := oldObj.(metav1.Object)
 	nm, ok2 := newObj.(metav1.Object)

@@ -135,7 +135,7 @@ type cluster struct {
 	written chan struct{} // a status write was stored
 }
 
-const informerCount = 12
+const informerCount = 13
 
 func newCluster(kube, istio, gw []runtime.Object) *cluster {
 	c := &cluster{

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -33,6 +34,53 @@ const (
 type statusWriter struct {
 	client istioclient.Interface
 	log    *slog.Logger
+
+	mu      sync.Mutex
+	pending *statusJob    // the latest mesh not written yet (a newer one replaces it)
+	wake    chan struct{} // capacity 1
+}
+
+type statusJob struct {
+	m   *model.Mesh
+	aps []*securityclient.AuthorizationPolicy
+}
+
+// offer hands the writer the latest mesh; a mesh not yet written is dropped for it.
+func (w *statusWriter) offer(m *model.Mesh, aps []*securityclient.AuthorizationPolicy) {
+	w.mu.Lock()
+	w.pending = &statusJob{m: m, aps: aps}
+	if w.wake == nil {
+		w.wake = make(chan struct{}, 1)
+	}
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run writes the latest offered mesh's conditions until ctx is done.
+func (w *statusWriter) run(ctx context.Context) {
+	w.mu.Lock()
+	if w.wake == nil {
+		w.wake = make(chan struct{}, 1)
+	}
+	wake := w.wake
+	w.mu.Unlock()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-wake:
+		}
+		w.mu.Lock()
+		job := w.pending
+		w.pending = nil
+		w.mu.Unlock()
+		if job != nil {
+			w.write(ctx, job.m, job.aps)
+		}
+	}
 }
 
 // condition is what ZtunnelAccepted should say; nil: nothing (a policy for waypoints).

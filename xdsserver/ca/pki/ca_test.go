@@ -1,4 +1,4 @@
-package identity
+package pki
 
 import (
 	"crypto"
@@ -326,4 +326,65 @@ func urls(us []*url.URL) []string {
 		out = append(out, u.String())
 	}
 	return out
+}
+
+// fakeClock is a time that moves only when a test says.
+type fakeClock struct{ now time.Time }
+
+func newFakeClock(t time.Time) *fakeClock { return &fakeClock{now: t} }
+func (c *fakeClock) Now() time.Time       { return c.now }
+
+// TestFromPEM: Istio's CA files. A self-signed ca-cert.pem alone is a root CA; a plugged-in
+// intermediate (cacerts: ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) signs, and
+// its SVIDs carry the intermediate and verify against the root only; a key of another
+// certificate, or an intermediate of another root, is refused.
+func TestFromPEM(t *testing.T) {
+	clk := newFakeClock(t0)
+	root := newTestCA(t, clk)
+	certPEM, keyPEM, err := root.PEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := FromPEM(td, certPEM, keyPEM, nil, nil, WithClock(clk.Now))
+	if err != nil || !self.Root().Equal(root.Root()) {
+		t.Fatalf("self-signed: %v", err)
+	}
+	// An intermediate signed by root.
+	ikey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: newSerialT(t), Subject: pkix.Name{CommonName: "intermediate"}, NotBefore: t0, NotAfter: t0.Add(48 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.cert, ikey.Public(), root.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ikeyDER, _ := x509.MarshalPKCS8PrivateKey(ikey)
+	interPEM, ikeyPEM := pemBlock("CERTIFICATE", der), pemBlock("PRIVATE KEY", ikeyDER)
+	inter, err := FromPEM(td, interPEM, ikeyPEM, append(interPEM, certPEM...), certPEM, WithClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := inter.IssueSVID(idFoo, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svid.Certificates) != 2 || !svid.Certificates[1].Equal(inter.cert) || !inter.Root().Equal(root.Root()) {
+		t.Fatalf("chain %d certificates, root %v", len(svid.Certificates), inter.Root().Subject)
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, inter.Bundle(), x509svid.WithTime(clk.Now())); err != nil {
+		t.Errorf("the SVID does not verify against the root: %v", err)
+	}
+	if err := inter.Save(t.TempDir()); err == nil {
+		t.Error("an intermediate CA was saved as a root")
+	}
+	other := newTestCA(t, clk)
+	otherPEM, _, _ := other.PEM()
+	for name, tc := range map[string][4][]byte{
+		"key of another certificate": {interPEM, keyPEM, nil, certPEM},
+		"another root":               {interPEM, ikeyPEM, nil, otherPEM},
+		"no root, not self-signed":   {interPEM, ikeyPEM, nil, nil},
+	} {
+		if _, err := FromPEM(td, tc[0], tc[1], tc[2], tc[3], WithClock(clk.Now)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
 }

@@ -6,7 +6,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"istio.io/istio/pkg/workloadapi"
 
-	"github.com/goambient/goambient/xdsserver/internal/meshgen"
+	"github.com/goambient/goambient/xdsserver/meshgen"
 	"github.com/goambient/goambient/xdsserver/model"
 	"github.com/goambient/goambient/xdsserver/wds"
 )
