@@ -21,7 +21,7 @@ var notChecked = map[string]string{
 
 func TestScenariosLoad(t *testing.T) {
 	names := Names()
-	if !slices.Equal(names, []string{"bookinfo-lite", "demo-strict", "handson"}) {
+	if !slices.Equal(names, []string{"bookinfo-lite", "demo-strict", "handson", "traffic"}) {
 		t.Fatalf("scenarios: %v", names)
 	}
 	for _, n := range names {
@@ -126,6 +126,16 @@ func checkSection(t *testing.T, name string, n int, text string, steps []Step) {
 			files = append(files, s.Patch.File)
 		}
 		calls = append(calls, s.Calls...)
+		for _, c := range s.Calls {
+			for k, v := range c.AccessLog {
+				access[k] = append(access[k], v)
+			}
+			if c.Sample != nil {
+				for k, v := range c.Sample.Count {
+					access[k] = append(access[k], v)
+				}
+			}
+		}
 		for _, l := range s.Logs {
 			logText = append(logText, l.All...)
 			if l.TLS != nil {
