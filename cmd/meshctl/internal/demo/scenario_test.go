@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"sigs.k8s.io/yaml"
 )
 
 const examples = "../../../../manifests/examples"
@@ -263,5 +265,46 @@ func TestFindModuleRoot(t *testing.T) {
 	}
 	if _, err := FindModuleRoot(t.TempDir()); err == nil {
 		t.Error("found a module root in an empty folder")
+	}
+}
+
+func TestSampleValidation(t *testing.T) {
+	base := "name: x\nnodes: [a]\nwaypoint: ns/w\nsteps:\n- {readme: 1, waypoint: true, calls: [{from: ns/p, url: 'http://s/', status: 200, sample: %s}]}\n"
+	for _, tc := range []struct {
+		sample string
+		ok     bool
+	}{
+		{"{requests: 40, parallel: 40, count: {response_flags: DI}, fraction: 0.5, atLeast: 2s}", true},
+		{"{requests: 20}", true},
+		{"{requests: 0}", false},
+		{"{requests: 5000}", false},
+		{"{requests: 10, parallel: 11}", false},
+		{"{requests: 10, fraction: 0.5}", false},
+		{"{requests: 10, count: {a: b}}", false},
+		{"{requests: 10, count: {a: b}, fraction: 1.5}", false},
+		{"{requests: 10, atLeast: 2s}", false},
+	} {
+		var sc Scenario
+		err := yaml.UnmarshalStrict([]byte(strings.Replace(base, "%s", tc.sample, 1)), &sc)
+		if err == nil {
+			err = sc.validate()
+		}
+		if (err == nil) != tc.ok {
+			t.Errorf("sample %s: %v, want ok=%v", tc.sample, err, tc.ok)
+		}
+	}
+	var sc Scenario
+	if err := yaml.UnmarshalStrict([]byte(strings.Replace(base, "%s", "{requests: 10, count: {a: b}, fraction: 0.5, atLeast: soon}", 1)), &sc); err == nil {
+		t.Error("atLeast: soon was accepted")
+	}
+}
+
+func TestBinomialBound(t *testing.T) {
+	lo, hi := binomialBound(40, 0.5)
+	if lo > 6 || lo < 5.5 || hi < 34 || hi > 34.5 {
+		t.Errorf("bound(40, 0.5) = [%v, %v], want about [5.8, 34.2]", lo, hi)
+	}
+	if lo, hi := binomialBound(20, 1); lo != 20 || hi != 20 {
+		t.Errorf("bound(20, 1) = [%v, %v], want exactly 20", lo, hi)
 	}
 }
