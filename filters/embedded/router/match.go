@@ -190,10 +190,10 @@ func pathOnly(p string) string {
 	return p
 }
 
-// matches is Envoy's route match: the path (without query), then every header, then every
-// query parameter.
-func (m *match) matches(r Request) bool {
-	p := pathOnly(r.Path())
+// matches is Envoy's route match: the path p (without query), then every header, then every
+// query parameter (of full, the path with its query). Select reads the path once for all
+// routes.
+func (m *match) matches(r Request, full, p string) bool {
 	switch m.kind {
 	case pathPrefix:
 		if len(p) < len(m.value) || (m.caseSensitive && p[:len(m.value)] != m.value) || (!m.caseSensitive && !strings.EqualFold(p[:len(m.value)], m.value)) {
@@ -219,7 +219,7 @@ func (m *match) matches(r Request) bool {
 		}
 	}
 	if len(m.query) > 0 {
-		_, q, _ := strings.Cut(r.Path(), "?")
+		_, q, _ := strings.Cut(full, "?")
 		q, _, _ = strings.Cut(q, "#")
 		for i := range m.query {
 			if !m.query[i].matches(q) {

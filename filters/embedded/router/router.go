@@ -112,8 +112,10 @@ type HeaderValue struct {
 // Select returns the first route whose match the request satisfies, nil when none does
 // (Envoy answers 404 route_not_found).
 func (t *Table) Select(r Request) *Route {
+	full := r.Path()
+	p := pathOnly(full)
 	for _, rt := range t.Routes {
-		if rt.m.matches(r) {
+		if rt.m.matches(r, full, p) {
 			return rt
 		}
 	}
