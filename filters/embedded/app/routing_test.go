@@ -218,6 +218,33 @@ spec:
 		},
 	},
 	{
+		name: "authorization runs before the fault filter: a denied request is not delayed (DI absent)",
+		yaml: `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: appb}
+spec:
+  hosts: [appb]
+  http:
+  - name: slow
+    fault: {delay: {fixedDelay: 150ms, percentage: {value: 100}}}
+    route: [{destination: {host: appb}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-mallory}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/mallory]}}]}]
+`,
+		calls: []call{
+			{sa: "mallory", path: "/", code: 403, body: "RBAC: access denied", pod: "-", route: "slow", flags: "-",
+				details: "rbac_access_denied_matched_policy[ns[default]-policy[no-mallory]-rule[0]]"},
+			{path: "/", code: 200, atLeast: 150 * time.Millisecond, route: "slow", flags: "DI", details: "via_upstream"},
+		},
+	},
+	{
 		name: "VirtualService timeout: 504 upstream_response_timeout (UT)",
 		yaml: `
 apiVersion: networking.istio.io/v1
