@@ -1,4 +1,4 @@
-// Package app wires the embedded waypoint together: identity from an SVID folder, the xDS client into the config store, the HBONE server with the filter host, the access log and the readiness endpoint.
+// Package app wires the embedded waypoint together: identity from an SVID folder or the control plane's CA, the xDS client into the config store, the HBONE server with the filter host, the access log and the readiness endpoint.
 package app
 
 import (
