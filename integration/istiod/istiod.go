@@ -2,7 +2,6 @@
 package istiod
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -112,7 +111,7 @@ func Start(t testing.TB, s *kubeapi.Server, host string, extraEnv ...string) *Is
 		t.Cleanup(d.Stop)
 		t.Cleanup(func() {
 			if t.Failed() {
-				t.Logf("istiod log (last lines):\n%s", tail(filepath.Join(dir, "istiod.log"), 150))
+				t.Logf("istiod log (last lines):\n%s", kubeapi.Tail(filepath.Join(dir, "istiod.log"), 150))
 			}
 		})
 	}
@@ -128,7 +127,7 @@ func Start(t testing.TB, s *kubeapi.Server, host string, extraEnv ...string) *Is
 var errPortTaken = errors.New("address already in use")
 
 func start(bin string, s *kubeapi.Server, host, dir string, extraEnv []string) (*Istiod, error) {
-	ports, err := freePorts(host, 6)
+	ports, err := kubeapi.FreePorts(host, 6)
 	if err != nil {
 		return nil, err
 	}
@@ -172,8 +171,8 @@ func (d *Istiod) waitReady(s *kubeapi.Server, logPath string) error {
 	for {
 		select {
 		case <-d.exited:
-			err := fmt.Errorf("istiod exited (%v):\n%s", d.cmd.ProcessState, tail(logPath, 60))
-			if strings.Contains(tail(logPath, 60), "address already in use") {
+			err := fmt.Errorf("istiod exited (%v):\n%s", d.cmd.ProcessState, kubeapi.Tail(logPath, 60))
+			if strings.Contains(kubeapi.Tail(logPath, 60), "address already in use") {
 				err = fmt.Errorf("%w: %w", errPortTaken, err)
 			}
 			return err
@@ -187,7 +186,7 @@ func (d *Istiod) waitReady(s *kubeapi.Server, logPath string) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("istiod not ready after %v:\n%s", ReadyTimeout, tail(logPath, 60))
+			return fmt.Errorf("istiod not ready after %v:\n%s", ReadyTimeout, kubeapi.Tail(logPath, 60))
 		}
 		time.Sleep(200 * time.Millisecond) // a poll of a starting process, bounded by deadline
 	}
@@ -225,35 +224,4 @@ func (d *Istiod) Stop() {
 func (d *Istiod) Log() string {
 	b, _ := os.ReadFile(filepath.Join(d.Dir, "istiod.log"))
 	return string(b)
-}
-
-func freePorts(host string, n int) ([]int, error) {
-	var ports []int
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-		if err != nil {
-			return nil, fmt.Errorf("istiod: %w", err)
-		}
-		lns = append(lns, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
-
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
 }

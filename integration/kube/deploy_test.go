@@ -267,13 +267,14 @@ func TestGatewayDeployment(t *testing.T) {
 		return p.Status == metav1.ConditionTrue && p.Message == "Resource programmed, assigned to service(s) "+hostname+":15008" &&
 			len(gw.Status.Addresses) == 2 && gw.Status.Addresses[0].Value == svc.Spec.ClusterIP && gw.Status.Addresses[1].Value == hostname
 	})
-	// The model finds the deployed waypoint by its label: handson's Service goes through it.
+	// The model finds the deployed waypoint by its label: handson's Service goes through it,
+	// named by its Service's hostname (Kubernetes mode refers to waypoints as istiod does).
 	w := watch(t, d.x.host+":15010")
 	eventually(t, time.Minute, "handson's Service bound to the deployed waypoint in the workload API", func() bool {
 		a, _ := w.get(t)[xds.AddressType]["handson/handson.handson.svc.cluster.local"].(*workloadapi.Address)
 		wp := a.GetService().GetWaypoint()
 		_, own := w.get(t)[xds.AddressType]["handson/"+hostname]
-		return own && wp != nil && fmt.Sprint(wp.GetAddress().GetAddress()) == fmt.Sprint(ipBytes(svc.Spec.ClusterIP)) && wp.GetHboneMtlsPort() == 15008
+		return own && wp != nil && wp.GetHostname().GetHostname() == hostname && wp.GetHostname().GetNamespace() == "handson" && wp.GetHboneMtlsPort() == 15008
 	})
 	if s := d.service("handson", "handson"); s.ResourceVersion != userSvc.ResourceVersion || slices.Contains(managedBy(s), gatewaydeploy.FieldManager) {
 		t.Errorf("the user's Service handson changed: managers %v", managedBy(s))

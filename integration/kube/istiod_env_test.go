@@ -281,7 +281,8 @@ func watchWith(t *testing.T, o xds.Options) *watcher {
 
 // startXdsserverPlain runs xdsserver in Kubernetes mode without its CA (istiod's CA publishes
 // the root's ConfigMaps in this cluster: two publishers would undo each other forever) and
-// without status writes, with the bundle's ServiceAccount token.
+// without status writes nor Gateway deployments (istiod's own are off here too: both read the
+// objects the test wrote, not ones either deployed), with the bundle's ServiceAccount token.
 func (p *peerEnv) startXdsserverPlain(t *testing.T, host string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -298,7 +299,7 @@ func (p *peerEnv) startXdsserverPlain(t *testing.T, host string) string {
 	if b := os.Getenv("PEER_XDSSERVER"); b != "" {
 		bin = b
 	}
-	start(t, "xdsserver", bin, "--kubeconfig", kc, "--no-status",
+	start(t, "xdsserver", bin, "--kubeconfig", kc, "--no-status", "--no-gateway-deploy",
 		"--xds-listen", host+":15010", "--http-listen", host+":15014", "--log-level", "info")
 	eventually(t, 2*time.Minute, "xdsserver ready", func() bool { return httpOK("http://" + host + ":15014/healthz/ready") })
 	return host + ":15010"

@@ -165,7 +165,10 @@ func TestPerfClusterMesh(t *testing.T) {
 	}
 	if err := createParallel(len(set.Pods), func(i int) error {
 		p := set.Pods[i]
-		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.Metadata.Name, Namespace: p.Metadata.Namespace, Labels: p.Metadata.Labels},
+		// Every namespace of meshgen's is ambient: the pods are written as istio-cni's node agent
+		// leaves them once redirected (annotated; in one write, there being no kubelet here).
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: p.Metadata.Name, Namespace: p.Metadata.Namespace, Labels: p.Metadata.Labels,
+			Annotations: map[string]string{kubeapi.RedirectionAnnotation: "enabled"}},
 			Spec: corev1.PodSpec{ServiceAccountName: p.Spec.ServiceAccountName, NodeName: p.Spec.NodeName, AutomountServiceAccountToken: new(false)}}
 		for _, c := range p.Spec.Containers {
 			cc := corev1.Container{Name: c.Name, Image: "app"}

@@ -47,7 +47,7 @@ func (s *Server) StartControllerManager(t testing.TB, controllers ...string) {
 	}
 	var p *proc
 	for range 3 { // a port taken between its choice and the bind: another one
-		ports, err := freePorts(host, 1)
+		ports, err := FreePorts(host, 1)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,7 +80,7 @@ func (s *Server) StartControllerManager(t testing.TB, controllers ...string) {
 	s.procs = append(s.procs, p)
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("kube-controller-manager.log (last lines):\n%s", tail(p.log, 60))
+			t.Logf("kube-controller-manager.log (last lines):\n%s", Tail(p.log, 60))
 		}
 	})
 }

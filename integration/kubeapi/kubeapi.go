@@ -164,7 +164,7 @@ var errPortTaken = errors.New("address already in use")
 
 func startOnce(binDir, dir string) (*Server, error) {
 	host := fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(250), 1+rand.IntN(250), 1+rand.IntN(250))
-	ports, err := freePorts(host, 3)
+	ports, err := FreePorts(host, 3)
 	if err != nil {
 		return nil, err
 	}
@@ -265,7 +265,7 @@ func (s *Server) LogOnFailure(t testing.TB) {
 			return
 		}
 		for _, name := range []string{"etcd.log", "kube-apiserver.log"} {
-			t.Logf("%s (last lines):\n%s", name, tail(filepath.Join(s.Dir, name), 60))
+			t.Logf("%s (last lines):\n%s", name, Tail(filepath.Join(s.Dir, name), 60))
 		}
 	})
 }
@@ -312,8 +312,8 @@ func WriteKubeconfig(path string, c *rest.Config) error {
 	return clientcmd.WriteToFile(*kc, path)
 }
 
-// freePorts returns n ports that were free on host a moment ago.
-func freePorts(host string, n int) ([]int, error) {
+// FreePorts returns n ports that were free on host a moment ago.
+func FreePorts(host string, n int) ([]int, error) {
 	var ports []int
 	var lns []net.Listener
 	defer func() {
@@ -351,22 +351,22 @@ func waitFor(p *proc, ready func() bool) error {
 	for !ready() {
 		select {
 		case <-p.exited:
-			err := fmt.Errorf("exited (%v); log %s:\n%s", p.cmd.ProcessState, p.log, tail(p.log, 40))
-			if strings.Contains(tail(p.log, 40), "address already in use") {
+			err := fmt.Errorf("exited (%v); log %s:\n%s", p.cmd.ProcessState, p.log, Tail(p.log, 40))
+			if strings.Contains(Tail(p.log, 40), "address already in use") {
 				err = fmt.Errorf("%w: %w", errPortTaken, err)
 			}
 			return err
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("not ready after %v; log %s:\n%s", ReadyTimeout, p.log, tail(p.log, 40))
+			return fmt.Errorf("not ready after %v; log %s:\n%s", ReadyTimeout, p.log, Tail(p.log, 40))
 		}
 	}
 	return nil
 }
 
-// tail returns the last n lines of a file.
-func tail(path string, n int) string {
+// Tail returns the last n lines of a file.
+func Tail(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/goambient/goambient/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -84,7 +85,7 @@ func (m *Manager) DumpCertificates() []CertsDump {
 	conv := func(certs []*x509.Certificate) []CertDump {
 		d := make([]CertDump, 0, len(certs))
 		for _, c := range certs {
-			d = append(d, CertDump{PEM: string(pemBlock("CERTIFICATE", c.Raw)), SerialNumber: c.SerialNumber.String(),
+			d = append(d, CertDump{PEM: string(pemfile.Block("CERTIFICATE", c.Raw)), SerialNumber: c.SerialNumber.String(),
 				ValidFrom: c.NotBefore.UTC().Format(time.RFC3339), ExpirationTime: c.NotAfter.UTC().Format(time.RFC3339)})
 		}
 		return d

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/goambient/goambient/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -84,7 +85,7 @@ func NewGRPCSource(o GRPCSourceOptions) (*GRPCSource, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: CA source: root file: %w", err)
 	}
-	roots, err := parseCertsPEM(data)
+	roots, err := pemfile.ParseCerts(data)
 	if err != nil {
 		return nil, fmt.Errorf("identity: CA source: root file %s: %w", o.RootFile, err)
 	}
@@ -132,7 +133,7 @@ func (s *GRPCSource) FetchSVID(ctx context.Context, id spiffeid.ID) (*x509svid.S
 		}
 	}
 	resp, err := s.client.CreateCertificate(ctx, &pb.IstioCertificateRequest{
-		Csr:              string(pemBlock("CERTIFICATE REQUEST", csrDER)),
+		Csr:              string(pemfile.Block("CERTIFICATE REQUEST", csrDER)),
 		ValidityDuration: int64(s.o.TTL / time.Second),
 		Metadata:         md,
 	})
@@ -141,7 +142,7 @@ func (s *GRPCSource) FetchSVID(ctx context.Context, id spiffeid.ID) (*x509svid.S
 	}
 	var certs []*x509.Certificate
 	for i, p := range resp.GetCertChain() {
-		cs, err := parseCertsPEM([]byte(p))
+		cs, err := pemfile.ParseCerts([]byte(p))
 		if err != nil {
 			return nil, fmt.Errorf("identity: CA source: SVID for %s: cert_chain[%d]: %w", id, i, err)
 		}
@@ -162,7 +163,7 @@ func (s *GRPCSource) FetchSVID(ctx context.Context, id spiffeid.ID) (*x509svid.S
 	if got != id {
 		return nil, fmt.Errorf("identity: CA source: asked for %s, the CA issued %s", id, got)
 	}
-	if !publicKeyEqual(chain[0].PublicKey, key.Public()) {
+	if !pemfile.PublicKeyEqual(chain[0].PublicKey, key.Public()) {
 		return nil, fmt.Errorf("identity: CA source: SVID for %s: the certificate is not for the key sent", id)
 	}
 	s.mu.Lock()

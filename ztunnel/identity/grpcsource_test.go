@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	pb "istio.io/api/security/v1alpha1"
 
+	"github.com/goambient/goambient/internal/pemfile"
 	"github.com/goambient/goambient/xdsserver/ca/pki"
 )
 
@@ -61,9 +62,9 @@ func (f *fakeCAServer) CreateCertificate(ctx context.Context, req *pb.IstioCerti
 	}
 	var chain []string
 	for _, c := range certs {
-		chain = append(chain, string(pemBlock("CERTIFICATE", c.Raw)))
+		chain = append(chain, string(pemfile.Block("CERTIFICATE", c.Raw)))
 	}
-	chain = append(chain, string(pemBlock("CERTIFICATE", f.ca.Root().Raw)))
+	chain = append(chain, string(pemfile.Block("CERTIFICATE", f.ca.Root().Raw)))
 	if f.mangle != nil {
 		if chain, err = f.mangle(id, chain); err != nil {
 			return nil, err
@@ -156,7 +157,7 @@ func TestGRPCSourceFetches(t *testing.T) {
 	if gotTok, _, _ := f.last(); gotTok != "Bearer tok-2" {
 		t.Errorf("after the token file changed, sent %q", gotTok)
 	}
-	if publicKeyEqual(svid2.Certificates[0].PublicKey, svid.Certificates[0].PublicKey) {
+	if pemfile.PublicKeyEqual(svid2.Certificates[0].PublicKey, svid.Certificates[0].PublicKey) {
 		t.Error("the second certificate reuses the first one's key")
 	}
 
@@ -224,14 +225,14 @@ func TestGRPCSourceRejects(t *testing.T) {
 			if err != nil {
 				return nil, err
 			}
-			return []string{string(pemBlock("CERTIFICATE", s.Certificates[0].Raw)), string(pemBlock("CERTIFICATE", ca.Root().Raw))}, nil
+			return []string{string(pemfile.Block("CERTIFICATE", s.Certificates[0].Raw)), string(pemfile.Block("CERTIFICATE", ca.Root().Raw))}, nil
 		}},
 		{name: "another key", wantErr: "not for the key sent", mangle: func(id spiffeid.ID, _ []string) ([]string, error) {
 			s, err := ca.IssueSVID(id, 0)
 			if err != nil {
 				return nil, err
 			}
-			return []string{string(pemBlock("CERTIFICATE", s.Certificates[0].Raw)), string(pemBlock("CERTIFICATE", ca.Root().Raw))}, nil
+			return []string{string(pemfile.Block("CERTIFICATE", s.Certificates[0].Raw)), string(pemfile.Block("CERTIFICATE", ca.Root().Raw))}, nil
 		}},
 		{name: "no root", wantErr: "want the leaf and the root", mangle: func(_ spiffeid.ID, c []string) ([]string, error) { return c[:1], nil }},
 		{name: "not PEM", wantErr: "cert_chain[0]", mangle: func(_ spiffeid.ID, c []string) ([]string, error) { return []string{"x", c[1]}, nil }},
@@ -283,7 +284,7 @@ func TestGRPCSourceRotates(t *testing.T) {
 	if u.svid != cur || serial(cur).Cmp(serial(old)) == 0 {
 		t.Fatalf("after half-life: serial %s, old %s", serial(cur), serial(old))
 	}
-	if publicKeyEqual(cur.PrivateKey.Public(), old.PrivateKey.Public()) {
+	if pemfile.PublicKeyEqual(cur.PrivateKey.Public(), old.PrivateKey.Public()) {
 		t.Error("the rotated SVID reuses the old key")
 	}
 	if roots := m.Bundle().X509Authorities(); len(roots) != 1 || !roots[0].Equal(ca.Root()) {

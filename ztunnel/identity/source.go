@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/goambient/goambient/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -77,14 +78,17 @@ func WriteSVID(dir string, svid *x509svid.SVID) (string, error) {
 	}
 	// One file after the other: a reader in between sees a key that does not match the chain,
 	// an error (x509svid.Parse checks the pair) that the Manager retries.
-	if err := writeFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := pemfile.WriteAtomic(keyPath, keyPEM, 0o600); err != nil {
 		return "", fmt.Errorf("identity: %s: %w", svid.ID, err)
 	}
-	if err := writeFileAtomic(certPath, certPEM, 0o644); err != nil {
+	if err := pemfile.WriteAtomic(certPath, certPEM, 0o644); err != nil {
 		return "", fmt.Errorf("identity: %s: %w", svid.ID, err)
 	}
 	return certPath, nil
 }
+
+// RootCertFile is the trust bundle's file in an SVID directory (see README.md).
+const RootCertFile = "root-cert.pem"
 
 // DirSource reads SVIDs from a directory written by `meshctl certs issue` (layout in README.md).
 // It keeps no cache: every fetch reads the files again, so a file rewritten on disk is what the
@@ -132,7 +136,7 @@ func (s *DirSource) FetchBundle(ctx context.Context) (*x509bundle.Bundle, error)
 	if err != nil {
 		return nil, fmt.Errorf("identity: trust bundle of %q: %w", s.td.Name(), err)
 	}
-	certs, err := parseCertsPEM(data)
+	certs, err := pemfile.ParseCerts(data)
 	if err != nil {
 		return nil, fmt.Errorf("identity: trust bundle of %q: %s: %w", s.td.Name(), path, err)
 	}

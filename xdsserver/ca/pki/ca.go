@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/goambient/goambient/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -132,7 +133,7 @@ func LoadCA(dir string, td spiffeid.TrustDomain, opts ...CAOption) (*CA, error) 
 	if err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
 	}
-	certs, err := parseCertsPEM(certPEM)
+	certs, err := pemfile.ParseCerts(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("pki: %s: %w", certPath, err)
 	}
@@ -144,7 +145,7 @@ func LoadCA(dir string, td spiffeid.TrustDomain, opts ...CAOption) (*CA, error) 
 	if err != nil {
 		return nil, fmt.Errorf("pki: %s: %w", keyPath, err)
 	}
-	if !publicKeyEqual(key.Public(), cert.PublicKey) {
+	if !pemfile.PublicKeyEqual(key.Public(), cert.PublicKey) {
 		return nil, fmt.Errorf("pki: %s does not match the key of %s", keyPath, certPath)
 	}
 	if rootTD, ok := RootTrustDomain(cert); ok && rootTD != td {
@@ -162,7 +163,7 @@ func FromPEM(td spiffeid.TrustDomain, caCert, caKey, certChain, rootCert []byte,
 		return nil, errors.New("pki: CA: empty trust domain")
 	}
 	o := newCAOptions(opts)
-	certs, err := parseCertsPEM(caCert)
+	certs, err := pemfile.ParseCerts(caCert)
 	if err != nil {
 		return nil, fmt.Errorf("pki: ca-cert.pem: %w", err)
 	}
@@ -174,7 +175,7 @@ func FromPEM(td spiffeid.TrustDomain, caCert, caKey, certChain, rootCert []byte,
 	if err != nil {
 		return nil, fmt.Errorf("pki: ca-key.pem: %w", err)
 	}
-	if !publicKeyEqual(key.Public(), cert.PublicKey) {
+	if !pemfile.PublicKeyEqual(key.Public(), cert.PublicKey) {
 		return nil, errors.New("pki: ca-key.pem does not match ca-cert.pem")
 	}
 	ca := &CA{td: td, cert: cert, key: key, root: cert, now: o.now}
@@ -184,7 +185,7 @@ func FromPEM(td spiffeid.TrustDomain, caCert, caKey, certChain, rootCert []byte,
 		}
 		return ca, nil
 	}
-	roots, err := parseCertsPEM(rootCert)
+	roots, err := pemfile.ParseCerts(rootCert)
 	if err != nil {
 		return nil, fmt.Errorf("pki: root-cert.pem: %w", err)
 	}
@@ -194,7 +195,7 @@ func FromPEM(td spiffeid.TrustDomain, caCert, caKey, certChain, rootCert []byte,
 	}
 	ca.chain = []*x509.Certificate{cert}
 	if len(bytes.TrimSpace(certChain)) > 0 {
-		more, err := parseCertsPEM(certChain)
+		more, err := pemfile.ParseCerts(certChain)
 		if err != nil {
 			return nil, fmt.Errorf("pki: cert-chain.pem: %w", err)
 		}
@@ -221,11 +222,11 @@ func (ca *CA) PEM() (certPEM, keyPEM []byte, err error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("pki: encoding the key: %w", err)
 	}
-	return pemBlock("CERTIFICATE", ca.cert.Raw), pemBlock("PRIVATE KEY", keyDER), nil
+	return pemfile.Block("CERTIFICATE", ca.cert.Raw), pemfile.Block("PRIVATE KEY", keyDER), nil
 }
 
 // RootPEM is the root certificate, PEM.
-func (ca *CA) RootPEM() []byte { return pemBlock("CERTIFICATE", ca.root.Raw) }
+func (ca *CA) RootPEM() []byte { return pemfile.Block("CERTIFICATE", ca.root.Raw) }
 
 // LoadOrCreateCA loads the CA kept in dir, or creates one and saves it there when neither of its
 // files exists. created tells which happened.
@@ -268,10 +269,10 @@ func (ca *CA) Save(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("pki: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, RootKeyFile), pemBlock("PRIVATE KEY", keyDER), 0o600); err != nil {
+	if err := pemfile.WriteAtomic(filepath.Join(dir, RootKeyFile), pemfile.Block("PRIVATE KEY", keyDER), 0o600); err != nil {
 		return fmt.Errorf("pki: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, RootCertFile), pemBlock("CERTIFICATE", ca.cert.Raw), 0o644); err != nil {
+	if err := pemfile.WriteAtomic(filepath.Join(dir, RootCertFile), pemfile.Block("CERTIFICATE", ca.cert.Raw), 0o644); err != nil {
 		return fmt.Errorf("pki: %w", err)
 	}
 	return nil
@@ -406,39 +407,6 @@ func newSerial() (*big.Int, error) {
 	return serial.Add(serial, big.NewInt(1)), nil // never 0
 }
 
-func publicKeyEqual(a, b crypto.PublicKey) bool {
-	ak, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && ak.Equal(b)
-}
-
-func pemBlock(typ string, der []byte) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
-}
-
-// parseCertsPEM returns the CERTIFICATE blocks of data, at least one.
-func parseCertsPEM(data []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, cert)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("no PEM CERTIFICATE block")
-	}
-	return certs, nil
-}
-
 // parseKeyPEM reads a PKCS#8, SEC 1 (EC) or PKCS#1 (RSA) private key.
 func parseKeyPEM(data []byte) (crypto.Signer, error) {
 	block, _ := pem.Decode(data)
@@ -465,33 +433,6 @@ func parseKeyPEM(data []byte) (crypto.Signer, error) {
 		return nil, fmt.Errorf("unsupported private key type %T", key)
 	}
 	return signer, nil
-}
-
-// writeFileAtomic writes data to a temporary file in the same folder and renames it over path, so
-// a reader sees the old file or the new one, never a part.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // Source issues SVIDs from a CA in the same process (ztunnel/identity.Source): for tests and

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/goambient/goambient/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -138,8 +139,8 @@ func TestLoadCAIstioStyleRoot(t *testing.T) {
 	}
 	ecDER, _ := x509.MarshalECPrivateKey(key)
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, RootCertFile), pemBlock("CERTIFICATE", der), 0o644)
-	os.WriteFile(filepath.Join(dir, RootKeyFile), pemBlock("EC PRIVATE KEY", ecDER), 0o600)
+	os.WriteFile(filepath.Join(dir, RootCertFile), pemfile.Block("CERTIFICATE", der), 0o644)
+	os.WriteFile(filepath.Join(dir, RootKeyFile), pemfile.Block("EC PRIVATE KEY", ecDER), 0o600)
 	other := spiffeid.RequireTrustDomainFromString("example.org")
 	ca, err := LoadCA(dir, other, WithClock(newFakeClock(t0).Now))
 	if err != nil {
@@ -180,7 +181,7 @@ func TestIssueSVID(t *testing.T) {
 		if err != nil || id != idFoo {
 			t.Errorf("x509svid.Verify = %v, %v", id, err)
 		}
-		if !publicKeyEqual(svid.PrivateKey.Public(), leaf.PublicKey) {
+		if !pemfile.PublicKeyEqual(svid.PrivateKey.Public(), leaf.PublicKey) {
 			t.Error("the private key does not match the leaf")
 		}
 		// What meshctl writes and DirSource reads survives the PEM round trip.
@@ -244,7 +245,7 @@ func TestSignCSR(t *testing.T) {
 	if leaf.Subject.CommonName != "" {
 		t.Errorf("subject %q copied from the CSR", leaf.Subject)
 	}
-	if !publicKeyEqual(key.Public(), leaf.PublicKey) {
+	if !pemfile.PublicKeyEqual(key.Public(), leaf.PublicKey) {
 		t.Error("the certificate is not for the CSR's key")
 	}
 	if got := leaf.NotAfter.Sub(leaf.NotBefore); got != 2*time.Hour {
@@ -254,7 +255,7 @@ func TestSignCSR(t *testing.T) {
 		t.Error(err)
 	}
 	// Istio's CreateCertificate sends PEM.
-	if _, err := ca.SignCSRPEM(pemBlock("CERTIFICATE REQUEST", csrDER), idFoo, 0); err != nil {
+	if _, err := ca.SignCSRPEM(pemfile.Block("CERTIFICATE REQUEST", csrDER), idFoo, 0); err != nil {
 		t.Errorf("SignCSRPEM: %v", err)
 	}
 }
@@ -279,13 +280,13 @@ func TestSignCSRRejects(t *testing.T) {
 		"weak curve":    {csr(t, p224, &x509.CertificateRequest{}), "unsupported ECDSA curve P-224"},
 		"not a CSR":     {[]byte("garbage"), "CSR for " + idFoo.String()},
 		"empty":         {nil, "CSR for " + idFoo.String()},
-		"PEM, not DER":  {pemBlock("CERTIFICATE REQUEST", good), "CSR for"},
+		"PEM, not DER":  {pemfile.Block("CERTIFICATE REQUEST", good), "CSR for"},
 	} {
 		if _, err := ca.SignCSR(tc.der, idFoo, 0); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want it to mention %q", name, err, tc.want)
 		}
 	}
-	if _, err := ca.SignCSRPEM(pemBlock("CERTIFICATE", good), idFoo, 0); err == nil || !strings.Contains(err.Error(), "CERTIFICATE REQUEST") {
+	if _, err := ca.SignCSRPEM(pemfile.Block("CERTIFICATE", good), idFoo, 0); err == nil || !strings.Contains(err.Error(), "CERTIFICATE REQUEST") {
 		t.Errorf("SignCSRPEM of a wrong block: %v", err)
 	}
 	if _, err := ca.SignCSR(good, spiffeid.ID{}, 0); err == nil {
@@ -358,7 +359,7 @@ func TestFromPEM(t *testing.T) {
 		t.Fatal(err)
 	}
 	ikeyDER, _ := x509.MarshalPKCS8PrivateKey(ikey)
-	interPEM, ikeyPEM := pemBlock("CERTIFICATE", der), pemBlock("PRIVATE KEY", ikeyDER)
+	interPEM, ikeyPEM := pemfile.Block("CERTIFICATE", der), pemfile.Block("PRIVATE KEY", ikeyDER)
 	inter, err := FromPEM(td, interPEM, ikeyPEM, append(interPEM, certPEM...), certPEM, WithClock(clk.Now))
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,5 @@
-package identity
+// Package pemfile holds the PEM and file helpers that the CA and the ztunnel's identity share.
+package pemfile
 
 import (
 	"crypto"
@@ -9,20 +10,19 @@ import (
 	"path/filepath"
 )
 
-// RootCertFile is the trust bundle's file in an SVID directory (see README.md).
-const RootCertFile = "root-cert.pem"
-
-func publicKeyEqual(a, b crypto.PublicKey) bool {
+// PublicKeyEqual reports whether a and b are the same public key.
+func PublicKeyEqual(a, b crypto.PublicKey) bool {
 	ak, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && ak.Equal(b)
 }
 
-func pemBlock(typ string, der []byte) []byte {
+// Block encodes der as one PEM block of type typ.
+func Block(typ string, der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
 }
 
-// parseCertsPEM returns the CERTIFICATE blocks of data, at least one.
-func parseCertsPEM(data []byte) ([]*x509.Certificate, error) {
+// ParseCerts returns the CERTIFICATE blocks of data, at least one; other blocks are skipped.
+func ParseCerts(data []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	for {
 		var block *pem.Block
@@ -45,9 +45,9 @@ func parseCertsPEM(data []byte) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
-// writeFileAtomic writes data to a temporary file in the same folder and renames it over path, so
+// WriteAtomic writes data to a temporary file in the same folder and renames it over path, so
 // a reader sees the old file or the new one, never a part.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+func WriteAtomic(path string, data []byte, perm os.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
