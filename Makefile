@@ -23,8 +23,8 @@ opa-test:
 build: # static binaries: nothing under cmd/ needs cgo (filters.so is built by `make filters`)
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
 
-# The three scenarios of manifests/examples end to end on loopback (xdsserver, two ztunnels,
-# the embedded waypoint, the demo apps); SCENARIO=handson|bookinfo-lite|demo-strict plays one.
+# The four scenarios of manifests/examples end to end on loopback (xdsserver, two ztunnels,
+# the embedded waypoint, the demo apps); SCENARIO=handson|bookinfo-lite|demo-strict|traffic plays one.
 SCENARIO ?= all
 demo:
 	$(GO) run ./cmd/meshctl demo --scenario $(SCENARIO)
@@ -36,7 +36,9 @@ bench:
 	$(GO) test -run '^$$' -bench . ./filters/abihost/
 	$(GO) test -run '^$$' -bench NativeVsOPA -benchtime 5x ./policies/rego/
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./ztunnel/proxy/ ./ztunnel/hbone/
-	$(GO) test -run '^$$' -bench WaypointVsDirect -benchtime 3s ./cmd/waypoint/internal/app/
+	$(GO) test -run '^$$' -bench WaypointVsDirect -benchtime 3s ./filters/embedded/app/
+	$(GO) test -run '^$$' -bench Routes100VsOne -benchtime 3s ./filters/embedded/app/
+	$(GO) test -run '^$$' -bench Select -benchmem ./filters/embedded/router/
 	$(GO) test -run '^$$' -bench Translate ./xdsserver/wds/
 	$(GO) test -run '^$$' -bench OnePolicyPush -benchtime 30x ./xdsserver/server/
 

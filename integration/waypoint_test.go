@@ -190,9 +190,21 @@ func sendVia(socks, podIP, method, url, body string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
-// TestWaypointHandsonStep3: GET through the waypoint → 200 from handson-blue; POST and DELETE
-// from curl → 403 RBAC: access denied, and the waypoint's access log has Istio's details.
-func TestWaypointHandsonStep3(t *testing.T) {
+// handsonWaypoint is handson step 3 running on loopback: xdsserver (or its translators
+// in-process), two ztunnels, the embedded waypoint binary and handson-blue's app.
+type handsonWaypoint struct {
+	socks     string // the worker ztunnel's SOCKS5 listener
+	curl      string // the pod IPs of curl and curl-allow
+	curlAllow string
+	accessLog string
+	wp        *exec.Cmd
+	ztunnels  []*ztunnelProc
+}
+
+// startHandsonWaypoint starts handson step 3 with app serving handson-blue; extra are more
+// flags of the waypoint (a later flag wins over an earlier one).
+func startHandsonWaypoint(t *testing.T, app http.Handler, extra ...string) *handsonWaypoint {
+	t.Helper()
 	bins := buildXDSBinaries(t)
 	dir := t.TempDir()
 	bins["waypoint"] = buildWaypoint(t, filepath.Dir(bins["ztunnel"]))
@@ -213,7 +225,8 @@ func TestWaypointHandsonStep3(t *testing.T) {
 	meshctl(t, bins["meshctl"], "certs", "issue-from-mesh", "--dir", svids, "-f", config)
 
 	place := placementOf(t, config)
-	blue, curlPod := place.pod(t, "handson/handson-blue"), place.pod(t, "handson/curl")
+	blue := place.pod(t, "handson/handson-blue")
+	h := &handsonWaypoint{curl: place.pod(t, "handson/curl"), curlAllow: place.pod(t, "handson/curl-allow")}
 	wpIP := place.pod(t, "handson/handson-istio-waypoint")
 	nodeID := fmt.Sprintf("waypoint~%s~handson-istio-waypoint.handson~handson.svc.cluster.local", wpIP)
 
@@ -224,21 +237,22 @@ func TestWaypointHandsonStep3(t *testing.T) {
 		t.Logf("cmd/xdsserver does not serve the waypoint's ECDS/RDS resources (%v): serving wds + waypointxds translations of %s in-process instead", err, config)
 		xdsAddr = inProcessXDS(t, config)
 	}
-	serveHTTP(t, appAddrOf(blue, 8080), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "handson-blue: %s %s\n", r.Method, r.URL.Path)
-	}))
+	serveHTTP(t, appAddrOf(blue, 8080), app)
 	worker := startZtunnelXDS(t, bins["ztunnel"], "worker", n+".250", xdsAddr, svids)
-	startZtunnelXDS(t, bins["ztunnel"], "worker2", n+".251", xdsAddr, svids)
+	worker2 := startZtunnelXDS(t, bins["ztunnel"], "worker2", n+".251", xdsAddr, svids)
+	h.socks, h.ztunnels = worker.host+":15080", []*ztunnelProc{worker, worker2}
 
-	accessLog := filepath.Join(dir, "access.log")
+	h.accessLog = filepath.Join(dir, "access.log")
 	ready := n + ".252:15021"
-	wp := exec.Command(bins["waypoint"], "--xds-address", xdsAddr, "--node-id", nodeID, "--listen", wpIP+":15008",
-		"--svid-dir", svids, "--ready-listen", ready, "--access-log", accessLog, "--log-level", "debug")
+	args := []string{"--xds-address", xdsAddr, "--node-id", nodeID, "--listen", wpIP + ":15008",
+		"--svid-dir", svids, "--ready-listen", ready, "--access-log", h.accessLog, "--log-level", "debug"}
+	wp := exec.Command(bins["waypoint"], append(args, extra...)...)
 	out := &syncBuf{}
 	wp.Stdout, wp.Stderr = out, out
 	if err := wp.Start(); err != nil {
 		t.Fatal(err)
 	}
+	h.wp = wp
 	exited := make(chan struct{})
 	go func() { wp.Wait(); close(exited) }()
 	t.Cleanup(func() {
@@ -256,8 +270,18 @@ func TestWaypointHandsonStep3(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
+	return h
+}
 
-	socks, url := worker.host+":15080", "http://handson:8080/"
+// TestWaypointHandsonStep3: GET through the waypoint → 200 from handson-blue; POST and DELETE
+// from curl → 403 RBAC: access denied, and the waypoint's access log has Istio's details.
+func TestWaypointHandsonStep3(t *testing.T) {
+	h := startHandsonWaypoint(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "handson-blue: %s %s\n", r.Method, r.URL.Path)
+	}))
+	socks, curlPod, accessLog := h.socks, h.curl, h.accessLog
+
+	url := "http://handson:8080/"
 	if code, body, err := sendVia(socks, curlPod, "GET", url, ""); err != nil || code != 200 || !strings.Contains(body, "handson-blue: GET /") {
 		t.Fatalf("GET %s: %d %q %v, want 200 from handson-blue", url, code, body, err)
 	}

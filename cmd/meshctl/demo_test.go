@@ -24,12 +24,12 @@ func TestDemoUsage(t *testing.T) {
 // scenario on loopback and plays it; every check of every scenario must pass.
 func TestDemoAllScenarios(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds and runs the whole stack three times; skipped under -short")
+		t.Skip("builds and runs the whole stack four times; skipped under -short")
 	}
 	var out, errb bytes.Buffer
 	code := run([]string{"demo", "--scenario", "all"}, &out, &errb)
 	t.Logf("meshctl demo --scenario all (exit %d):\n%s%s", code, out.String(), errb.String())
-	for _, name := range []string{"handson", "demo-strict", "bookinfo-lite"} {
+	for _, name := range []string{"handson", "demo-strict", "bookinfo-lite", "traffic"} {
 		if !regexp.MustCompile(`(?m)^` + name + `: all \d+ checks passed$`).MatchString(out.String()) {
 			t.Errorf("%s did not pass", name)
 		}

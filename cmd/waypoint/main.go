@@ -1,4 +1,4 @@
-// Command waypoint is the embedded waypoint for machines without Envoy: it terminates HBONE, runs the goambient.authz Envoy Go filter through a host adapter on each HTTP request, and proxies allowed requests over HBONE, taking its config from xdsserver.
+// Command waypoint is the embedded waypoint for machines without Envoy (filters/embedded): it terminates HBONE, routes each HTTP request with the RDS, CDS and EDS xdsserver sends, runs the goambient.authz Envoy Go filter and the fault filter on it through the production host adapter, and proxies it over HBONE.
 package main
 
 import (
@@ -14,8 +14,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/goambient/goambient/cmd/waypoint/internal/app"
-	"github.com/goambient/goambient/cmd/waypoint/internal/authzhost"
+	"github.com/goambient/goambient/filters/embedded/app"
 	"github.com/goambient/goambient/ztunnel/identity"
 )
 
@@ -65,6 +64,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		defer f.Close()
 		al = f
 	}
+	h, err := app.AuthzHost(log.With("scope", "authz"))
+	if err != nil {
+		log.Error("authz filter", "error", err.Error())
+		return 1
+	}
 	var ids identity.Source
 	if *caAddr != "" {
 		tdID, err := spiffeid.TrustDomainFromString(*td)
@@ -85,7 +89,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	a, err := app.Start(ctx, app.Options{
 		XDSAddress: *xdsAddr, NodeID: *nodeID, Listen: *listen, ReadyListen: *readyListen, SVIDDir: *svidDir, Identity: ids,
 		TrustDomain: *td, ServiceAccount: *sa, AccessLog: al, Logger: log,
-		Host: authzhost.New(log.With("scope", "authz")),
+		Host: h,
 	})
 	if err != nil {
 		log.Error("cannot start", "error", err.Error())

@@ -22,6 +22,19 @@ type Set struct {
 	GatewayClasses  []*GatewayClass
 	Nodes           []*Node
 	Policies        policies.Objects
+	// Routing (routing.go).
+	HTTPRoutes       []*HTTPRoute
+	VirtualServices  []*VirtualService
+	DestinationRules []*DestinationRule
+	// Rejected are the routing objects that could not be read (the model keeps their
+	// previous version, as a validating webhook would have refused them).
+	Rejected []ObjectKey
+}
+
+// ObjectKey names an object of a kind.
+type ObjectKey struct {
+	Kind, Namespace, Name string
+	Origin                policies.Origin
 }
 
 // Append adds o's objects after s's.
@@ -38,12 +51,17 @@ func (s *Set) Append(o *Set) {
 	s.GatewayClasses = append(s.GatewayClasses, o.GatewayClasses...)
 	s.Nodes = append(s.Nodes, o.Nodes...)
 	s.Policies.Append(o.Policies)
+	s.HTTPRoutes = append(s.HTTPRoutes, o.HTTPRoutes...)
+	s.VirtualServices = append(s.VirtualServices, o.VirtualServices...)
+	s.DestinationRules = append(s.DestinationRules, o.DestinationRules...)
+	s.Rejected = append(s.Rejected, o.Rejected...)
 }
 
 // Len is the number of objects in the set.
 func (s *Set) Len() int {
 	return len(s.Namespaces) + len(s.ServiceAccounts) + len(s.Services) + len(s.Pods) + len(s.EndpointSlices) +
-		len(s.Gateways) + len(s.GatewayClasses) + len(s.Nodes) + len(s.Policies.AuthorizationPolicies) + len(s.Policies.PeerAuthentications)
+		len(s.Gateways) + len(s.GatewayClasses) + len(s.Nodes) + len(s.Policies.AuthorizationPolicies) + len(s.Policies.PeerAuthentications) +
+		len(s.HTTPRoutes) + len(s.VirtualServices) + len(s.DestinationRules)
 }
 
 // kinds maps "group/Kind" to the versions this package reads; other kinds are ignored.
@@ -144,6 +162,13 @@ func (s *Set) add(d policies.Document) (bool, error) {
 	}
 	if tm.Metadata.Name == "" {
 		return false, fail("metadata.name", "must not be empty")
+	}
+	if _, ok := routingKinds[group(tm.APIVersion)+"/"+tm.Kind]; ok {
+		err := s.addRouting(d, tm, fail)
+		if err != nil {
+			s.Rejected = append(s.Rejected, ObjectKey{Kind: tm.Kind, Namespace: tm.Metadata.Namespace, Name: tm.Metadata.Name, Origin: d.Origin})
+		}
+		return false, err
 	}
 	var obj any
 	switch tm.Kind {

@@ -16,6 +16,9 @@ type ObjectMeta struct {
 	Labels          map[string]string `json:"labels,omitempty"`
 	Annotations     map[string]string `json:"annotations,omitempty"`
 	OwnerReferences []OwnerReference  `json:"ownerReferences,omitempty"`
+	// CreationTimestamp (RFC 3339) orders routing objects for the same host, as istiod does;
+	// empty in files.
+	CreationTimestamp string `json:"creationTimestamp,omitempty"`
 }
 
 // Key is "namespace/name", or "name" for cluster-scoped objects.

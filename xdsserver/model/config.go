@@ -26,6 +26,10 @@ type Config struct {
 	// index does (pilot/pkg/serviceregistry/ambient/workloads.go), not sent to ztunnels with
 	// an invented address; a Service without a cluster IP (ExternalName) has no VIP.
 	FromCluster bool
+	// Previous is the mesh built before this one from the same source. A routing object
+	// (VirtualService, HTTPRoute, DestinationRule) whose new version is invalid keeps its
+	// valid version from Previous, as if a validating webhook had refused the change.
+	Previous *Mesh
 	// CaptureByNodeAgent says which pods are in the ambient mesh the way istiod decides it in
 	// a cluster: only the pods istio-cni's node agent has annotated with
 	// ambient.istio.io/redirection=enabled, which it writes once it has redirected the pod's

@@ -62,6 +62,7 @@ type Mesh struct {
 	Workloads       []*Workload // including the pods of waypoints
 	Waypoints       []*Waypoint
 	Policies        policies.Objects // valid AuthorizationPolicies and PeerAuthentications
+	Routing         *Routing         // VirtualServices, HTTPRoutes, DestinationRules (routing.go)
 
 	Errors   []error // objects that were left out, and why (*policies.Error)
 	Warnings []error // remarks on objects that were kept (*policies.Error)

@@ -7,6 +7,7 @@ import (
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	sfscommon "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/set_filter_state/v3"
+	fault "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	router "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	setfilterstate "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/set_filter_state/v3"
 	origdst "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
@@ -228,6 +229,9 @@ func serviceHCM(sp servicePort, ecds string) *hcm.HttpConnectionManager {
 					TypeUrls:     []string{golangConfigTypeURL},
 				}},
 			},
+			// Fault injection runs after authorization (a denied request is never delayed),
+			// each route carrying its own config, as in istiod's waypoint chains.
+			{Name: FaultFilter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: toAny(&fault.HTTPFault{})}},
 			routerFilter(),
 		},
 	}

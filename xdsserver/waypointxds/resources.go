@@ -1,7 +1,6 @@
 package waypointxds
 
 import (
-	"strconv"
 	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -11,7 +10,6 @@ import (
 	internalupstream "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/internal_upstream/v3"
 	rawbuffer "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	httpopts "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	metadatav3 "github.com/envoyproxy/go-control-plane/envoy/type/metadata/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -56,13 +54,7 @@ func internalAddress(listenerName, endpointID string) *core.Address {
 }
 
 func http2Options(allowConnect bool) map[string]*anypb.Any {
-	return map[string]*anypb.Any{httpProtocolOptions: toAny(&httpopts.HttpProtocolOptions{
-		UpstreamProtocolOptions: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig{
-			ProtocolConfig: &httpopts.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
-				Http2ProtocolOptions: &core.Http2ProtocolOptions{AllowConnect: allowConnect},
-			},
-		}},
-	})}
+	return map[string]*anypb.Any{httpProtocolOptions: toAny(http2ProtocolOptions(allowConnect))}
 }
 
 // mainInternalCluster reaches the main_internal listener (connect_terminate's route target).
@@ -108,23 +100,6 @@ func blackHoleCluster() *cluster.Cluster {
 	}
 }
 
-// serviceCluster is inbound-vip|<port>|http|<host>: EDS, endpoints reached through
-// connect_originate with the pod address passed in host metadata.
-func serviceCluster(sp servicePort) *cluster.Cluster {
-	c := &cluster.Cluster{
-		Name:                 sp.name,
-		ClusterDiscoveryType: &cluster.Cluster_Type{Type: cluster.Cluster_EDS},
-		EdsClusterConfig:     &cluster.Cluster_EdsClusterConfig{EdsConfig: ads(), ServiceName: sp.name},
-		ConnectTimeout:       durationpb.New(connectTimeout),
-		TransportSocket:      internalUpstream(OriginalDstMetadata),
-	}
-	switch sp.port.Protocol() {
-	case model.ProtocolHTTP2, model.ProtocolGRPC:
-		c.TypedExtensionProtocolOptions = http2Options(false)
-	}
-	return c
-}
-
 func internalEndpoint(addr interface{ String() string }, healthy bool) *endpoint.LbEndpoint {
 	id := addr.String()
 	health := core.HealthStatus_HEALTHY
@@ -140,35 +115,30 @@ func internalEndpoint(addr interface{ String() string }, healthy bool) *endpoint
 	}
 }
 
-// serviceRoute is the RDS route configuration of one service port: every request goes to the
-// service's cluster, and the authz filter is told which Service it is for. The per-route
-// config is keyed both by the filter's name in main_internal (the ECDS name; what Envoy looks
-// up) and by authzconfig.FilterName (the contract other readers use).
-func serviceRoute(sp servicePort, ecds string) (*route.RouteConfiguration, error) {
-	rc, err := authzconfig.EncodeRoute(&authzconfig.Route{Service: sp.svc.Name, ServiceNamespace: sp.svc.Namespace})
+// serviceRoute is the RDS route configuration of one service port: its routes (serviceRoutes),
+// and the authz filter told which Service it is for. The per-route config is keyed both by the
+// filter's name in main_internal (the ECDS name; what Envoy looks up) and by
+// authzconfig.FilterName (the contract other readers use).
+func serviceRoute(rc routeCtx, ecds string) (*route.RouteConfiguration, error) {
+	sp := rc.sp
+	ac, err := authzconfig.EncodeRoute(&authzconfig.Route{Service: sp.svc.Name, ServiceNamespace: sp.svc.Namespace})
 	if err == nil {
-		rc, err = repack(rc)
+		ac, err = repack(ac)
 	}
 	if err != nil {
 		return nil, err
 	}
 	perRoute := toAny(&golang.ConfigsPerRoute{PluginsConfig: map[string]*golang.RouterPlugin{
-		authzconfig.PluginName: {Override: &golang.RouterPlugin_Config{Config: rc}},
+		authzconfig.PluginName: {Override: &golang.RouterPlugin_Config{Config: ac}},
 	}})
 	return &route.RouteConfiguration{
-		Name:             sp.name,
-		ValidateClusters: wrapperspb.Bool(false),
+		Name:                           sp.name,
+		ValidateClusters:               wrapperspb.Bool(false),
+		MaxDirectResponseBodySizeBytes: wrapperspb.UInt32(maxDirectResponseBody),
 		VirtualHosts: []*route.VirtualHost{{
-			Name:    sp.svc.Hostname + ":" + strconv.FormatUint(uint64(sp.port.Port), 10),
-			Domains: []string{"*"},
-			Routes: []*route.Route{{
-				Name:  "default",
-				Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &route.Route_Route{Route: &route.RouteAction{
-					ClusterSpecifier: &route.RouteAction_Cluster{Cluster: sp.name},
-					Timeout:          durationpb.New(0),
-				}},
-			}},
+			Name:                 vhostName(sp.port.Port),
+			Domains:              []string{"*"},
+			Routes:               serviceRoutes(rc),
 			TypedPerFilterConfig: map[string]*anypb.Any{authzconfig.FilterName: perRoute, ecds: perRoute},
 		}},
 	}, nil

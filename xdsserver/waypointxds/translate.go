@@ -3,7 +3,6 @@ package waypointxds
 import (
 	"cmp"
 	"fmt"
-	"net/netip"
 	"slices"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -160,14 +159,16 @@ func translateWaypoint(mesh *model.Mesh, w *model.Waypoint, opts Options, r *Res
 	}
 	out.Clusters = []*cluster.Cluster{mainInternalCluster(), connectOriginateCluster(td), blackHoleCluster()}
 	for _, sp := range ports {
-		rc, err := serviceRoute(sp, ecds)
+		rc, err := serviceRoute(routeCtx{mesh: mesh, w: w, sp: sp}, ecds)
 		if err != nil {
 			r.warn(w, "service "+sp.svc.Key(), "route: %v", err)
 			continue
 		}
 		out.Routes = append(out.Routes, rc)
-		out.Clusters = append(out.Clusters, serviceCluster(sp))
-		out.Endpoints = append(out.Endpoints, serviceEndpoints(mesh, sp))
+		for _, u := range upstreams(mesh, sp) {
+			out.Clusters = append(out.Clusters, upstreamCluster(sp, u))
+			out.Endpoints = append(out.Endpoints, upstreamEndpoints(mesh, sp, u))
+		}
 	}
 	ext, err := extensionConfig(mesh, w, ecds)
 	if err != nil {
@@ -186,35 +187,4 @@ func translateWaypoint(mesh *model.Mesh, w *model.Waypoint, opts Options, r *Res
 
 func sortByName[T any](list []T, name func(T) string) {
 	slices.SortFunc(list, func(a, b T) int { return cmp.Compare(name(a), name(b)) })
-}
-
-// serviceEndpoints are the pods behind one service port, each an internal address of
-// connect_originate carrying podIP:targetPort in metadata, as Istio's endpoint builder does.
-func serviceEndpoints(mesh *model.Mesh, sp servicePort) *endpoint.ClusterLoadAssignment {
-	var lbs []*endpoint.LbEndpoint
-	for _, wl := range mesh.Workloads {
-		if len(wl.IPs) == 0 || !wl.Ambient {
-			continue // only HBONE-capable pods are reached through connect_originate
-		}
-		for _, ws := range wl.Services {
-			if ws.Service == nil || ws.Service.Key() != sp.svc.Key() {
-				continue
-			}
-			for _, pm := range ws.Ports {
-				if pm.ServicePort != sp.port.Port || pm.TargetPort == 0 {
-					continue
-				}
-				lbs = append(lbs, internalEndpoint(netip.AddrPortFrom(wl.IPs[0], uint16(pm.TargetPort)), wl.Healthy))
-			}
-		}
-	}
-	slices.SortFunc(lbs, func(a, b *endpoint.LbEndpoint) int {
-		return cmp.Compare(a.GetEndpoint().GetAddress().GetEnvoyInternalAddress().GetEndpointId(),
-			b.GetEndpoint().GetAddress().GetEnvoyInternalAddress().GetEndpointId())
-	})
-	cla := &endpoint.ClusterLoadAssignment{ClusterName: sp.name}
-	if len(lbs) > 0 {
-		cla.Endpoints = []*endpoint.LocalityLbEndpoints{{LbEndpoints: lbs}}
-	}
-	return cla
 }

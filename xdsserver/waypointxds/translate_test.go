@@ -106,6 +106,9 @@ func render(t *testing.T, m *model.Mesh, r *Resources) string {
 		Pods      map[string]string `json:"pods"`
 		Waypoints []wp              `json:"waypoints"`
 		Warnings  []string          `json:"warnings,omitempty"`
+		// The mesh's own problems: routing objects left out or only partly applied.
+		MeshErrors   []string `json:"mesh_errors,omitempty"`
+		MeshWarnings []string `json:"mesh_warnings,omitempty"`
 	}
 	out.Pods = r.Pods
 	keys := make([]string, 0, len(r.Waypoints))
@@ -156,6 +159,12 @@ func render(t *testing.T, m *model.Mesh, r *Resources) string {
 	for _, w := range r.Warnings {
 		out.Warnings = append(out.Warnings, w.Error())
 	}
+	for _, e := range m.Errors {
+		out.MeshErrors = append(out.MeshErrors, e.Error())
+	}
+	for _, w := range m.Warnings {
+		out.MeshWarnings = append(out.MeshWarnings, w.Error())
+	}
 	y, err := yaml.Marshal(out)
 	if err != nil {
 		t.Fatal(err)
@@ -196,6 +205,40 @@ func TestGoldensHaveInputs(t *testing.T) {
 	for _, o := range outs {
 		if _, err := os.Stat(strings.TrimSuffix(o, ".out.yaml") + ".in.yaml"); err != nil {
 			t.Errorf("%s has no input: delete it", o)
+		}
+	}
+}
+
+// TestTrafficInputsAreTheScenario: each testdata/traffic-*.in.yaml is the files of
+// manifests/examples/traffic its first line names, joined as they are, so that the goldens
+// are the scenario's resources (the seed's VirtualService verbatim).
+func TestTrafficInputsAreTheScenario(t *testing.T) {
+	ins, _ := filepath.Glob("testdata/traffic-*.in.yaml")
+	if len(ins) < 3 {
+		t.Fatalf("inputs: %v", ins)
+	}
+	for _, in := range ins {
+		b, err := os.ReadFile(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, rest, _ := strings.Cut(string(b), "\n")
+		list, ok := strings.CutPrefix(first, "# manifests/examples/traffic: ")
+		if !ok {
+			t.Errorf("%s: the first line does not name the scenario's files", in)
+			continue
+		}
+		list, _, _ = strings.Cut(list, " (")
+		var parts []string
+		for _, f := range strings.Split(list, " + ") {
+			p, err := os.ReadFile(filepath.Join("../../manifests/examples/traffic", f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts = append(parts, string(p))
+		}
+		if want := strings.Join(parts, "---\n"); rest != want {
+			t.Errorf("%s is not %s joined: rebuild it from the scenario", in, list)
 		}
 	}
 }

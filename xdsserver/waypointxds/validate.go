@@ -53,6 +53,10 @@ func Validate(r *Resources) error {
 // refs are the names a waypoint's resources refer to, by kind.
 type refs struct {
 	routes, clusters, eds, ecds, listeners, secrets map[string][]string // name → where
+	// lenient is set while walking a route configuration whose clusters Envoy does not
+	// check (validate_clusters false, the RDS default): a route to a missing cluster is then
+	// answered 503 (cluster_not_found) at run time, as istiod's routes to unknown hosts are.
+	lenient bool
 }
 
 func (r *refs) add(m map[string][]string, name, where string) { m[name] = append(m[name], where) }
@@ -123,6 +127,12 @@ func walk(m proto.Message, where string, rf *refs) []error {
 		}
 	}
 	collect(m, where, rf)
+	if rc, ok := m.(*route.RouteConfiguration); ok {
+		saved := rf.lenient
+		rf.lenient = rc.GetValidateClusters() != nil && !rc.GetValidateClusters().GetValue() ||
+			rc.GetValidateClusters() == nil && strings.HasPrefix(where, shortType(resource.RouteType))
+		defer func() { rf.lenient = saved }()
+	}
 	msg := m.ProtoReflect()
 	msg.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		path := where + "." + string(fd.Name())
@@ -203,11 +213,17 @@ func collect(m proto.Message, where string, rf *refs) {
 	case *hcm.Rds:
 		rf.add(rf.routes, x.GetRouteConfigName(), where)
 	case *route.RouteAction:
+		if rf.lenient {
+			return
+		}
 		if c := x.GetCluster(); c != "" {
 			rf.add(rf.clusters, c, where)
 		}
 		for _, wc := range x.GetWeightedClusters().GetClusters() {
 			rf.add(rf.clusters, wc.GetName(), where)
+		}
+		for _, mp := range x.GetRequestMirrorPolicies() {
+			rf.add(rf.clusters, mp.GetCluster(), where)
 		}
 	case *tcpproxy.TcpProxy:
 		if c := x.GetCluster(); c != "" {

@@ -55,6 +55,7 @@ type Source struct {
 	log   *slog.Logger
 	files map[string]*file // by path
 	now   func() time.Time
+	last  *model.Mesh // the last mesh built (its valid routing objects outlive invalid edits)
 }
 
 type file struct {
@@ -273,10 +274,13 @@ func (s *Source) build() (*model.Mesh, error) {
 		problems = append(problems, f.broken...)
 		problems = append(problems, f.errs...)
 	}
-	m, err := model.Build(all, s.opts.Model)
+	cfg := s.opts.Model
+	cfg.Previous = s.last // a routing object made invalid keeps its last valid version
+	m, err := model.Build(all, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("files source: %w", err)
 	}
+	s.last = m
 	m.Errors = append(problems, m.Errors...)
 	slices.SortStableFunc(m.Errors, func(a, b error) int {
 		x, y := originOf(a), originOf(b)

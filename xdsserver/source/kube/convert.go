@@ -89,6 +89,7 @@ func (c *converter) snapshot(l *listers) (*kubeobj.Set, []error, []*securityclie
 	each("PeerAuthentication", l.peerAuthentications, convertPeerAuthentication, func(o any) {
 		set.Policies.PeerAuthentications = append(set.Policies.PeerAuthentications, o.(*policies.PeerAuthentication))
 	})
+	c.eachRouting(l, each, set)
 	for k := range c.done {
 		if !seen[k] {
 			delete(c.done, k)

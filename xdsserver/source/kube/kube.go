@@ -71,6 +71,7 @@ type Source struct {
 	changed chan struct{} // capacity 1: a change is pending
 	conv    *converter
 	status  *statusWriter
+	last    *model.Mesh // the last mesh built (its valid routing objects outlive invalid edits)
 }
 
 // New returns a Source reading through the clients. It does not contact the cluster until Run.
@@ -93,6 +94,7 @@ type listers struct {
 	namespaces, serviceAccounts, services, pods, endpointSlices, nodes cache.Store
 	authorizationPolicies, peerAuthentications                         cache.Store
 	gateways, gatewayClasses                                           cache.Store
+	virtualServices, destinationRules, httpRoutes                      cache.Store // routing.go
 }
 
 // Run starts the informers, waits for their caches, pushes the mesh, then a new one after each
@@ -125,6 +127,7 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		"GatewayClass":        gf.Gateway().V1().GatewayClasses().Informer(),
 		"Node":                nodeInformer(kf),
 	}
+	maps.Copy(informers, routingInformers(isf, gf))
 	for kind, inf := range informers {
 		if err := inf.SetTransform(dropManagedFields); err != nil {
 			return fmt.Errorf("kubernetes source: %s informer: %w", kind, err)
@@ -140,7 +143,9 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		authorizationPolicies: informers["AuthorizationPolicy"].GetStore(),
 		peerAuthentications:   informers["PeerAuthentication"].GetStore(),
 		gateways:              informers["Gateway"].GetStore(), gatewayClasses: informers["GatewayClass"].GetStore(),
-		nodes: informers["Node"].GetStore(),
+		virtualServices: informers["VirtualService"].GetStore(), destinationRules: informers["DestinationRule"].GetStore(),
+		httpRoutes: informers["HTTPRoute"].GetStore(),
+		nodes:      informers["Node"].GetStore(),
 	}
 	kf.Start(ctx.Done())
 	isf.Start(ctx.Done())
@@ -214,10 +219,13 @@ func (s *Source) debounce(ctx context.Context) bool {
 // rebuild builds the mesh from the caches, pushes it, and writes the status conditions.
 func (s *Source) rebuild(ctx context.Context, l *listers, push func(*model.Mesh)) error {
 	set, problems, aps := s.conv.snapshot(l)
-	m, err := model.Build(set, s.opts.Model)
+	cfg := s.opts.Model
+	cfg.Previous = s.last // a routing object made invalid keeps its last valid version
+	m, err := model.Build(set, cfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes source: %w", err)
 	}
+	s.last = m
 	m.Errors = append(problems, m.Errors...)
 	for _, e := range m.Errors {
 		s.log.Warn("configuration error; object left out", "error", e)

@@ -2,6 +2,7 @@ package kube
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	networkingclient "istio.io/client-go/pkg/apis/networking/v1"
 	securityclient "istio.io/client-go/pkg/apis/security/v1"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
 	corev1 "k8s.io/api/core/v1"
@@ -33,6 +35,7 @@ import (
 
 	"github.com/goambient/goambient/xdsserver/model"
 	"github.com/goambient/goambient/xdsserver/source/files"
+	"github.com/goambient/goambient/xdsserver/waypointxds"
 	"github.com/goambient/goambient/xdsserver/wds"
 )
 
@@ -85,6 +88,12 @@ func objects(t *testing.T, paths ...string) (kube, istio, gw []runtime.Object) {
 				obj = &gwv1.Gateway{}
 			case "GatewayClass":
 				obj = &gwv1.GatewayClass{}
+			case "HTTPRoute":
+				obj = &gwv1.HTTPRoute{}
+			case "VirtualService":
+				obj = &networkingclient.VirtualService{}
+			case "DestinationRule":
+				obj = &networkingclient.DestinationRule{}
 			case "":
 				continue
 			default:
@@ -101,9 +110,12 @@ func objects(t *testing.T, paths ...string) (kube, istio, gw []runtime.Object) {
 				}
 				namespaces[o.Name] = o
 				kube = append(kube, o)
-			case *securityclient.AuthorizationPolicy, *securityclient.PeerAuthentication:
+			case *securityclient.AuthorizationPolicy, *securityclient.PeerAuthentication, *networkingclient.VirtualService, *networkingclient.DestinationRule:
+				if m, ok := obj.(metav1.Object); ok && m.GetNamespace() == "" {
+					m.SetNamespace("default") // kubectl's default namespace
+				}
 				istio = append(istio, obj)
-			case *gwv1.Gateway, *gwv1.GatewayClass:
+			case *gwv1.Gateway, *gwv1.GatewayClass, *gwv1.HTTPRoute:
 				gw = append(gw, obj)
 			default:
 				kube = append(kube, obj)
@@ -123,7 +135,7 @@ type cluster struct {
 	written chan struct{} // a status write was stored
 }
 
-const informerCount = 10
+const informerCount = 13
 
 func newCluster(kube, istio, gw []runtime.Object) *cluster {
 	c := &cluster{
@@ -141,6 +153,8 @@ func newCluster(kube, istio, gw []runtime.Object) *cluster {
 			_, err = c.gw.GatewayV1().Gateways(o.Namespace).Create(context.Background(), o, metav1.CreateOptions{})
 		case *gwv1.GatewayClass:
 			_, err = c.gw.GatewayV1().GatewayClasses().Create(context.Background(), o, metav1.CreateOptions{})
+		case *gwv1.HTTPRoute:
+			_, err = c.gw.GatewayV1().HTTPRoutes(cmp.Or(o.Namespace, "default")).Create(context.Background(), o, metav1.CreateOptions{})
 		}
 		if err != nil {
 			panic(err)
@@ -298,6 +312,8 @@ func TestSameAsFiles(t *testing.T) {
 		{"handson-waypoint", []string{"handson/mesh.yaml", "handson/k8s-gateway.yaml", "handson/L7-authorization-policy.yaml"}},
 		{"demo-strict", []string{"demo-strict/mesh.yaml", "demo-strict/authz-policy.yaml", "demo-strict/peer-authentication.yaml"}},
 		{"bookinfo-lite", []string{"bookinfo-lite/mesh.yaml", "bookinfo-lite/rbac.yaml", "bookinfo-lite/allow-nothing.yaml"}},
+		{"traffic-canary", []string{"traffic/mesh.yaml", "traffic/waypoint.yaml", "traffic/destination-rule.yaml", "traffic/virtual-service-canary.yaml"}},
+		{"traffic-delay", []string{"traffic/mesh.yaml", "traffic/waypoint.yaml", "traffic/virtual-service-delay.yaml"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var paths []string
@@ -318,6 +334,12 @@ func TestSameAsFiles(t *testing.T) {
 			}
 			if g, w := render(t, got), render(t, want); g != w {
 				t.Errorf("workload API differs from the files source's\n--- kube\n%s--- files\n%s", g, w)
+			}
+			if strings.HasPrefix(tc.name, "traffic") && len(got.Routing.Services) == 0 {
+				t.Error("no Service has routing")
+			}
+			if g, w := renderRouting(t, got), renderRouting(t, want); g != w {
+				t.Errorf("routing differs from the files source's\n--- kube\n%s--- files\n%s", g, w)
 			}
 			if len(got.Workloads) != len(want.Workloads) || len(got.Services) != len(want.Services) || len(got.Waypoints) != len(want.Waypoints) ||
 				len(got.Policies.AuthorizationPolicies) != len(want.Policies.AuthorizationPolicies) || len(got.Policies.PeerAuthentications) != len(want.Policies.PeerAuthentications) {
@@ -602,4 +624,39 @@ func TestMissingClient(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "clientsets are all required") {
 		t.Errorf("Run without clients: %v", err)
 	}
+}
+
+// renderRouting is what the waypoints route with: each waypoint's RDS route configurations
+// and CDS clusters, as protojson lines.
+func renderRouting(t *testing.T, m *model.Mesh) string {
+	t.Helper()
+	r := waypointxds.Translate(m, waypointxds.Options{})
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(r.Waypoints)) {
+		w := r.Waypoints[k]
+		var msgs []proto.Message
+		for _, x := range w.Routes {
+			msgs = append(msgs, x)
+		}
+		for _, x := range w.Clusters {
+			msgs = append(msgs, x)
+		}
+		for _, x := range w.Endpoints {
+			msgs = append(msgs, x)
+		}
+		for _, msg := range msgs {
+			js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var v any
+			if err := json.Unmarshal(js, &v); err != nil {
+				t.Fatal(err)
+			}
+			canon, _ := json.Marshal(v)
+			b.Write(canon)
+			b.WriteByte('\n')
+		}
+	}
+	return b.String()
 }

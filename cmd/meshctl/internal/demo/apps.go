@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // Reply is the chain app's answer: its name, address, and each upstream call's result
@@ -43,7 +44,7 @@ func chainApp(name, podIP, socks, upstream string) http.Handler {
 		rep := Reply{Name: name, Address: podIP}
 		if upstream != "" {
 			c := UpstreamCall{URI: upstream}
-			res := curl(r.Context(), socks, podIP, "", http.MethodGet, upstream, "")
+			res := curl(r.Context(), socks, podIP, "", http.MethodGet, upstream, "", "")
 			if res.Status == 0 {
 				c.Error = res.String()
 			} else {
@@ -60,21 +61,40 @@ func chainApp(name, podIP, socks, upstream string) http.Handler {
 	})
 }
 
-// httpbinApp answers GET /get with 200 and GET /status/N with N.
-func httpbinApp() http.Handler {
+// httpbinApp answers as httpbin does GET /get (200), /status/N (N) and /headers (the request's
+// headers as JSON, Host among them); /flaky answers 503 every other request (the first one
+// 503), for the retry step of the traffic scenario. The pod's name is in X-Pod.
+func httpbinApp(name string) http.Handler {
+	var flaky atomic.Int64
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Pod", name)
 		if s, ok := strings.CutPrefix(r.URL.Path, "/status/"); ok {
 			if code, err := strconv.Atoi(s); err == nil && code >= 100 && code < 600 {
 				w.WriteHeader(code)
 				return
 			}
 		}
-		if r.URL.Path == "/get" {
+		switch r.URL.Path {
+		case "/get":
 			w.Header().Set("Content-Type", "application/json")
 			fmt.Fprintf(w, "{\"url\": %q, \"origin\": %q}\n", r.URL.String(), r.RemoteAddr)
-			return
+		case "/headers":
+			h := map[string]string{"Host": r.Host}
+			for k, v := range r.Header {
+				h[k] = strings.Join(v, ",")
+			}
+			b, _ := json.MarshalIndent(map[string]any{"headers": h}, "", "  ")
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(append(b, '\n'))
+		case "/flaky":
+			if flaky.Add(1)%2 == 1 {
+				http.Error(w, name+" flaked", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintf(w, "%s: ok\n", name)
+		default:
+			http.NotFound(w, r)
 		}
-		http.NotFound(w, r)
 	})
 }
 

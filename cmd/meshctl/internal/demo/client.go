@@ -24,6 +24,7 @@ type Result struct {
 	Status int    // 0: no HTTP response
 	Body   string // the response body
 	Err    error  // why there was no response
+	Took   time.Duration
 }
 
 // Closed says whether the connection ended without an HTTP response the way a denial ends it
@@ -74,8 +75,9 @@ func oneLine(s string, n int) string {
 
 // curl does one request from the pod address from: through the SOCKS5 listener socks (the
 // pod's ztunnel) when socks is not empty, else straight to dial (a pod outside the mesh; dial
-// replaces the URL's host:port, as kube-proxy would).
-func curl(ctx context.Context, socks, from, dial, method, url, data string) Result {
+// replaces the URL's host:port, as kube-proxy would). reqID, when set, is sent as
+// x-request-id (the waypoint's access log carries it).
+func curl(ctx context.Context, socks, from, dial, method, url, data, reqID string) Result {
 	fwd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: callTimeout}
 	tr := &http.Transport{DisableKeepAlives: true}
 	if socks != "" {
@@ -107,13 +109,17 @@ func curl(ctx context.Context, socks, from, dial, method, url, data string) Resu
 	if data != "" {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
+	if reqID != "" {
+		req.Header.Set("X-Request-Id", reqID)
+	}
+	start := time.Now()
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
-		return Result{Err: err}
+		return Result{Err: err, Took: time.Since(start)}
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return Result{Status: resp.StatusCode, Body: string(b), Err: err}
+	return Result{Status: resp.StatusCode, Body: string(b), Err: err, Took: time.Since(start)}
 }
 
 // probeTLS connects to addr as a plaintext HTTP client and as a TLS client: it must get no

@@ -154,8 +154,15 @@ func (p *player) call(ctx context.Context, c Call) {
 	attempts := 0
 	for {
 		attempts++
-		res = curl(ctx, socks, from, dial, c.Method, c.URL, c.Data)
+		id := ""
+		if c.AccessLog != nil {
+			id = newRequestID()
+		}
+		res = curl(ctx, socks, from, dial, c.Method, c.URL, c.Data, id)
 		mismatch = check(c, res)
+		if mismatch == "" && c.AccessLog != nil {
+			mismatch = p.checkAccessLog(ctx, id, c.AccessLog)
+		}
 		if mismatch == "" || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
@@ -170,9 +177,15 @@ func (p *player) call(ctx context.Context, c Call) {
 			shown = fmt.Sprintf("%d %s; chain: %s", res.Status, httpText(res.Status), ch)
 		}
 	}
+	if c.AccessLog != nil && mismatch == "" {
+		shown += "; waypoint access log: " + fields(c.AccessLog)
+	}
 	p.w("  $ %-48s # from %s (%s, %s)\n      → %s\n", cmd, c.From, from, via, shown)
 	if attempts > 1 && mismatch == "" {
 		p.w("      (after %d attempts: the change took effect)\n", attempts)
+	}
+	if mismatch == "" && c.Sample != nil {
+		mismatch = p.sample(ctx, c, cmd, socks, from, dial)
 	}
 	if mismatch != "" {
 		p.fail("%s from %s: %s", cmd, c.From, mismatch)

@@ -2,10 +2,12 @@ package demo
 
 import (
 	"embed"
+	"encoding/json"
 	"fmt"
 	"path"
 	"slices"
 	"strings"
+	"time"
 
 	"sigs.k8s.io/yaml"
 )
@@ -62,7 +64,44 @@ type Call struct {
 	Closed    bool     `json:"closed,omitempty"` // no HTTP response (curl 000)
 	Body      string   `json:"body,omitempty"`   // a substring of the body
 	Chain     []string `json:"chain,omitempty"`  // demo app names along the call chain, each hop 200
+	// AccessLog are fields of the waypoint's access-log line for this request (found by its
+	// x-request-id; "" = absent): the call is retried until they match, like its status.
+	AccessLog map[string]string `json:"accesslog,omitempty"`
+	// Sample, once the call matched, repeats it and counts (see Sample).
+	Sample *Sample `json:"sample,omitempty"`
 }
+
+// Sample sends a call N (requests) times, Parallel at a time, each with the call's status, and counts
+// the requests whose waypoint access-log line has the Count fields: the count must be within
+// a binomial bound of Fraction·N, and each counted request must have taken at least AtLeast.
+// Without Count, every request must only get the call's status.
+type Sample struct {
+	N        int               `json:"requests"`           // "n" would be YAML 1.1's false
+	Parallel int               `json:"parallel,omitempty"` // 1 when 0
+	Count    map[string]string `json:"count,omitempty"`
+	Fraction float64           `json:"fraction,omitempty"`
+	AtLeast  Duration          `json:"atLeast,omitempty"`
+}
+
+// Duration is a time.Duration written as Go writes it ("2s", "150ms").
+type Duration struct{ time.Duration }
+
+// UnmarshalJSON reads "2s".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration: %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalJSON writes "2s".
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
 
 // Log is a line some component must have written, or a probe.
 type Log struct {
@@ -114,6 +153,23 @@ func (s *Scenario) validate() error {
 			if (c.Status == 0) == !c.Closed {
 				return fmt.Errorf("steps[%d].calls[%d]: exactly one of status and closed", i, j)
 			}
+			if (c.AccessLog != nil || c.Sample != nil) && !st.Waypoint && !s.waypointBefore(i) {
+				return fmt.Errorf("steps[%d].calls[%d]: accesslog and sample need the waypoint, started in this step or before", i, j)
+			}
+			if sm := c.Sample; sm != nil {
+				switch {
+				case sm.N < 1 || sm.N > 1000:
+					return fmt.Errorf("steps[%d].calls[%d].sample.requests: %d is not in 1..1000", i, j, sm.N)
+				case sm.Parallel < 0 || sm.Parallel > sm.N:
+					return fmt.Errorf("steps[%d].calls[%d].sample.parallel: %d is not in 0..requests", i, j, sm.Parallel)
+				case (sm.Count == nil) != (sm.Fraction == 0):
+					return fmt.Errorf("steps[%d].calls[%d].sample: count and fraction go together", i, j)
+				case sm.Fraction < 0 || sm.Fraction > 1:
+					return fmt.Errorf("steps[%d].calls[%d].sample.fraction: %v is not in 0..1", i, j, sm.Fraction)
+				case sm.AtLeast.Duration != 0 && sm.Count == nil:
+					return fmt.Errorf("steps[%d].calls[%d].sample.atLeast: needs count", i, j)
+				}
+			}
 		}
 		for j, l := range st.Logs {
 			n := 0
@@ -138,6 +194,11 @@ func (s *Scenario) validate() error {
 		}
 	}
 	return nil
+}
+
+// waypointBefore says whether a step before step i starts the waypoint.
+func (s *Scenario) waypointBefore(i int) bool {
+	return slices.ContainsFunc(s.Steps[:i], func(st Step) bool { return st.Waypoint })
 }
 
 // Checks is the number of results a run compares: calls and log lines.

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"sigs.k8s.io/yaml"
 )
 
 const examples = "../../../../manifests/examples"
@@ -21,7 +23,7 @@ var notChecked = map[string]string{
 
 func TestScenariosLoad(t *testing.T) {
 	names := Names()
-	if !slices.Equal(names, []string{"bookinfo-lite", "demo-strict", "handson"}) {
+	if !slices.Equal(names, []string{"bookinfo-lite", "demo-strict", "handson", "traffic"}) {
 		t.Fatalf("scenarios: %v", names)
 	}
 	for _, n := range names {
@@ -126,6 +128,16 @@ func checkSection(t *testing.T, name string, n int, text string, steps []Step) {
 			files = append(files, s.Patch.File)
 		}
 		calls = append(calls, s.Calls...)
+		for _, c := range s.Calls {
+			for k, v := range c.AccessLog {
+				access[k] = append(access[k], v)
+			}
+			if c.Sample != nil {
+				for k, v := range c.Sample.Count {
+					access[k] = append(access[k], v)
+				}
+			}
+		}
 		for _, l := range s.Logs {
 			logText = append(logText, l.All...)
 			if l.TLS != nil {
@@ -253,5 +265,46 @@ func TestFindModuleRoot(t *testing.T) {
 	}
 	if _, err := FindModuleRoot(t.TempDir()); err == nil {
 		t.Error("found a module root in an empty folder")
+	}
+}
+
+func TestSampleValidation(t *testing.T) {
+	base := "name: x\nnodes: [a]\nwaypoint: ns/w\nsteps:\n- {readme: 1, waypoint: true, calls: [{from: ns/p, url: 'http://s/', status: 200, sample: %s}]}\n"
+	for _, tc := range []struct {
+		sample string
+		ok     bool
+	}{
+		{"{requests: 40, parallel: 40, count: {response_flags: DI}, fraction: 0.5, atLeast: 2s}", true},
+		{"{requests: 20}", true},
+		{"{requests: 0}", false},
+		{"{requests: 5000}", false},
+		{"{requests: 10, parallel: 11}", false},
+		{"{requests: 10, fraction: 0.5}", false},
+		{"{requests: 10, count: {a: b}}", false},
+		{"{requests: 10, count: {a: b}, fraction: 1.5}", false},
+		{"{requests: 10, atLeast: 2s}", false},
+	} {
+		var sc Scenario
+		err := yaml.UnmarshalStrict([]byte(strings.Replace(base, "%s", tc.sample, 1)), &sc)
+		if err == nil {
+			err = sc.validate()
+		}
+		if (err == nil) != tc.ok {
+			t.Errorf("sample %s: %v, want ok=%v", tc.sample, err, tc.ok)
+		}
+	}
+	var sc Scenario
+	if err := yaml.UnmarshalStrict([]byte(strings.Replace(base, "%s", "{requests: 10, count: {a: b}, fraction: 0.5, atLeast: soon}", 1)), &sc); err == nil {
+		t.Error("atLeast: soon was accepted")
+	}
+}
+
+func TestBinomialBound(t *testing.T) {
+	lo, hi := binomialBound(40, 0.5)
+	if lo > 6 || lo < 5.5 || hi < 34 || hi > 34.5 {
+		t.Errorf("bound(40, 0.5) = [%v, %v], want about [5.8, 34.2]", lo, hi)
+	}
+	if lo, hi := binomialBound(20, 1); lo != 20 || hi != 20 {
+		t.Errorf("bound(20, 1) = [%v, %v], want exactly 20", lo, hi)
 	}
 }

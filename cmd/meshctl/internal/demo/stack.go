@@ -275,7 +275,7 @@ func (s *stack) startApps() error {
 		case "echo":
 			h = echoApp(w.Name)
 		case "httpbin":
-			h = httpbinApp()
+			h = httpbinApp(w.Name)
 		case "chain":
 			h = chainApp(w.Name, ip.String(), s.hosts[w.Node]+":15080", a.Upstream)
 		default:

@@ -1,0 +1,345 @@
+// Package server is the embedded waypoint's data path, Envoy's HTTP connection manager and router for it: it takes each HBONE CONNECT stream addressed to a service VIP:port, reads the HTTP/1.1 requests it carries, selects each one's route, runs the authorization filter and the fault filter, then answers locally (denials, faults, redirects, direct responses) or sends the request to an endpoint of the route's cluster over HBONE, with retries, timeouts and mirrors, writing one access-log line per request.
+package server
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/goambient/goambient/filters/authzconfig"
+	"github.com/goambient/goambient/filters/embedded/accesslog"
+	"github.com/goambient/goambient/filters/embedded/config"
+	"github.com/goambient/goambient/filters/embedded/host"
+	"github.com/goambient/goambient/filters/embedded/router"
+	"github.com/goambient/goambient/policies"
+	"github.com/goambient/goambient/ztunnel/hbone"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxRequestBody = 4 << 20
+	DefaultMaxMirrors     = 64
+)
+
+// Rand is the waypoint's one source of randomness (weighted clusters, fault and mirror
+// percentages, load balancing, retry back-off): tests give a seeded one.
+type Rand interface{ Uint64() uint64 }
+
+// Options configure a Server. Store, Host, Client and SVID are required.
+type Options struct {
+	Logger    *slog.Logger
+	Store     *config.Store
+	Host      *host.Host
+	AccessLog *accesslog.Logger // nil: none
+	// Client opens the HBONE streams to the endpoints.
+	Client *hbone.Client
+	// SVID returns the waypoint's own SVID: its client certificate towards the endpoints.
+	SVID func() (*x509svid.SVID, error)
+	// Rand is the source of randomness; a random-seeded one when nil.
+	Rand Rand
+	// MaxRequestBody is the largest request body buffered (for the filter, retries and
+	// mirrors; 413 above it).
+	MaxRequestBody int64
+	// MaxMirrors bounds the mirrored requests in flight; more are not mirrored.
+	MaxMirrors int
+	// Hostname is %HOSTNAME% in header values (the pod name).
+	Hostname string
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
+// Server is the hbone.Handler of the embedded waypoint.
+type Server struct {
+	o       Options
+	log     *slog.Logger
+	rnd     lockedRand
+	mirrors chan struct{} // tokens: mirrored requests in flight
+
+	requests, local, upstreamFailures, retried atomic.Int64
+}
+
+// lockedRand serialises a Rand (math/rand/v2 sources are not safe for concurrent use).
+type lockedRand struct {
+	mu sync.Mutex
+	r  Rand
+}
+
+func (l *lockedRand) next() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.r.Uint64()
+}
+
+type cryptoRand struct{}
+
+func (cryptoRand) Uint64() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+}
+
+// New returns a Server.
+func New(o Options) (*Server, error) {
+	if o.Store == nil || o.Host == nil || o.Client == nil || o.SVID == nil {
+		return nil, errors.New("server: Store, Host, Client and SVID are required")
+	}
+	if o.MaxRequestBody <= 0 {
+		o.MaxRequestBody = DefaultMaxRequestBody
+	}
+	if o.MaxMirrors <= 0 {
+		o.MaxMirrors = DefaultMaxMirrors
+	}
+	if o.Rand == nil {
+		o.Rand = cryptoRand{}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{o: o, log: log, rnd: lockedRand{r: o.Rand}, mirrors: make(chan struct{}, o.MaxMirrors)}, nil
+}
+
+// Stats are the server's counters.
+type Stats struct{ Requests, LocalReplies, UpstreamFailures, Retries int64 }
+
+// Stats returns the counters.
+func (s *Server) Stats() Stats {
+	return Stats{Requests: s.requests.Load(), LocalReplies: s.local.Load(), UpstreamFailures: s.upstreamFailures.Load(), Retries: s.retried.Load()}
+}
+
+// stream is what every request of one CONNECT stream shares.
+type stream struct {
+	vip    netip.AddrPort // the CONNECT's :authority
+	src    netip.AddrPort // the original source (forwarded: for=), else the peer's address
+	peer   string         // the peer's SPIFFE ID
+	hbPeer netip.AddrPort
+}
+
+// ServeHBONE accepts a CONNECT to a known service VIP:port and serves its HTTP/1.1 requests.
+func (s *Server) ServeHBONE(ctx context.Context, req *hbone.Request) hbone.Response {
+	if !req.Authority.Addr.IsValid() {
+		s.log.Info("connect refused: the authority is not a VIP:port", "authority", req.Authority.String(), "src.identity", req.Peer.String())
+		return hbone.Response{Status: http.StatusBadRequest}
+	}
+	snap := s.o.Store.Load()
+	if snap.State.ServiceByVIP(req.Authority.Addr.Addr()) == nil {
+		s.log.Info("connect refused: unknown service", "authority", req.Authority.String(), "src.identity", req.Peer.String())
+		return hbone.Response{Status: http.StatusServiceUnavailable}
+	}
+	st := &stream{vip: req.Authority.Addr, peer: req.Peer.String(), hbPeer: req.RemoteAddr, src: req.RemoteAddr}
+	if fwd, _ := hbone.ParseForwarded(req.Forwarded); fwd.IsValid() {
+		st.src = fwd
+	}
+	up, down := pipe()
+	go s.serveHTTP(ctx, down, st)
+	return hbone.Response{Status: http.StatusOK, Upstream: up}
+}
+
+// serveHTTP reads HTTP/1.1 requests from conn until the client is done or one asks to close.
+func (s *Server) serveHTTP(ctx context.Context, conn net.Conn, st *stream) {
+	defer conn.Close()
+	br := bufio.NewReaderSize(conn, 16<<10)
+	bw := bufio.NewWriterSize(conn, 16<<10)
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.ErrUnexpectedEOF) {
+				s.log.Info("not an HTTP/1.1 request; stream closed", "authority", st.vip.String(), "error", err.Error())
+				writeSimple(bw, http.StatusBadRequest, "Bad Request", true)
+				bw.Flush()
+			}
+			return
+		}
+		if req.ProtoMajor != 1 {
+			s.log.Info("HTTP/2 and other protocols are not served on a stream; closed", "authority", st.vip.String(), "proto", req.Proto)
+			return
+		}
+		keep := s.handle(ctx, req, bw, st)
+		if err := bw.Flush(); err != nil || !keep {
+			return
+		}
+	}
+}
+
+var requests = sync.Pool{New: func() any { return &host.Request{} }}
+
+// exchange is one request's state through the filters and the router.
+type exchange struct {
+	s     *Server
+	ctx   context.Context
+	req   *http.Request
+	hreq  *host.Request
+	bw    *bufio.Writer
+	st    *stream
+	e     *accesslog.Entry
+	body  []byte
+	keep  bool
+	snap  *config.Snapshot
+	vars  router.Vars
+	table *config.Table
+	rt    *router.Route
+	// cluster and weighted are the route's cluster, chosen when the route is (Envoy resolves
+	// weighted clusters with the route: %UPSTREAM_CLUSTER% names it even for a denied request).
+	cluster  string
+	weighted *router.Weighted
+}
+
+// handle answers one request; it reports whether the stream can carry another.
+func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer, st *stream) bool {
+	s.requests.Add(1)
+	x := &exchange{s: s, ctx: ctx, req: req, bw: bw, st: st, keep: !req.Close, snap: s.o.Store.Load()}
+	x.e = &accesslog.Entry{
+		StartTime: s.o.Now(), Method: req.Method, Path: req.RequestURI, Protocol: req.Proto, Authority: req.Host,
+		UserAgent: req.Header.Get("User-Agent"), XForwardedFor: req.Header.Get("X-Forwarded-For"),
+		DownstreamLocalAddress: st.vip.String(), DownstreamRemoteAddress: st.src.String(), PeerPrincipal: st.peer,
+		UpstreamServiceTime: -1,
+	}
+	defer func() {
+		x.e.Duration = s.o.Now().Sub(x.e.StartTime)
+		if s.o.AccessLog != nil {
+			s.o.AccessLog.Log(x.e)
+		}
+	}()
+	// Envoy's connection manager: a request id when the client sent none, the path normalised
+	// (normalize_path, Istio's BASE), before any filter or route sees them.
+	if req.Header.Get("X-Request-Id") == "" {
+		req.Header.Set("X-Request-Id", newUUID(s.rnd.next(), s.rnd.next()))
+	}
+	x.e.RequestID = req.Header.Get("X-Request-Id")
+	path, err := policies.NormalizePath(req.RequestURI)
+	if err != nil {
+		x.keep = false
+		return x.reply(http.StatusBadRequest, "Bad Request", "path_normalization_failed", 0, nil)
+	}
+	if i := strings.IndexByte(req.RequestURI, '?'); i >= 0 {
+		path += req.RequestURI[i:] // the query is kept as it came (Envoy normalises the path only)
+	}
+	hreq := requests.Get().(*host.Request)
+	defer requests.Put(hreq)
+	hreq.Reset(req.Method, path, req.Host, "http", req.Proto, req.Header)
+	x.hreq = hreq
+	x.vars = router.Vars{DownstreamRemoteAddress: st.src.String(), DownstreamLocalAddress: st.vip.String(), PeerURISAN: st.peer,
+		Hostname: s.o.Hostname, Protocol: req.Proto, RequestID: x.e.RequestID}
+
+	sv := x.snap.State.ServiceByVIP(st.vip.Addr())
+	if sv == nil {
+		return x.reply(http.StatusServiceUnavailable, "no healthy upstream", "cluster_not_found", accesslog.NoClusterFound, nil)
+	}
+	x.table = x.snap.Table(st.vip.Port(), sv.GetHostname())
+	if x.table == nil {
+		return x.reply(http.StatusNotFound, "", "route_not_found", accesslog.NoRouteFound, nil)
+	}
+	if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+		// As Envoy does: answer 100 Continue here and do not forward the expectation.
+		req.Header.Del("Expect")
+		hreq.Del("expect")
+		if req.ContentLength > s.o.MaxRequestBody {
+			x.keep = false
+			return x.reply(http.StatusRequestEntityTooLarge, "Payload Too Large", "request_payload_too_large", 0, nil)
+		}
+		if _, err := io.WriteString(bw, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil || bw.Flush() != nil {
+			return false
+		}
+	}
+	x.body, err = io.ReadAll(io.LimitReader(req.Body, s.o.MaxRequestBody+1))
+	req.Body.Close()
+	x.e.BytesReceived = int64(len(x.body))
+	if err != nil {
+		x.e.Flags |= accesslog.DownstreamConnectionTermination
+		x.e.ResponseCodeDetails = "downstream_remote_disconnect"
+		return false
+	}
+	if int64(len(x.body)) > s.o.MaxRequestBody {
+		x.keep = false
+		return x.reply(http.StatusRequestEntityTooLarge, "Payload Too Large", "request_payload_too_large", 0, nil)
+	}
+
+	// The route, then the filters in istiod's order: authorization, fault, router.
+	x.rt = x.table.Select(hreq)
+	authz := x.table.NoRoute
+	var extras *config.Extras
+	if x.rt != nil {
+		x.e.RouteName = x.rt.Name
+		extras = x.table.Extras(x.rt)
+		authz = extras.Authz
+		if x.rt.Action != nil {
+			x.cluster, x.weighted = x.rt.Action.Pick(s.rnd.next())
+			x.e.UpstreamCluster = x.cluster
+		}
+	}
+	if authz == nil {
+		// Fail closed: no filter config (yet) means no request passes.
+		return x.reply(http.StatusForbidden, "RBAC: access denied", "goambient_no_filter_config", 0, nil)
+	}
+	res := s.o.Host.Decode(ctx, authz, hreq, host.Conn{
+		PeerPrincipal: st.peer, PeerPrincipalKey: authzconfig.PeerPrincipalKey, RouteName: x.e.RouteName,
+		DownstreamRemoteAddress: st.src.String(), DownstreamLocalAddress: st.vip.String(), GRPC: isGRPC(req),
+	})
+	if !res.Continue {
+		lr := res.Reply
+		return x.localReply(lr.Status, lr.Body, lr.Details, 0, lr.Headers)
+	}
+	if x.rt == nil {
+		return x.reply(http.StatusNotFound, "", "route_not_found", accesslog.NoRouteFound, nil)
+	}
+	if f := extras.Fault; f != nil {
+		d := f.Decide(s.rnd.next)
+		if d.Delay > 0 {
+			x.e.Flags |= accesslog.DelayInjected
+			t := time.NewTimer(d.Delay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return false
+			}
+		}
+		if d.Abort {
+			x.e.Flags |= accesslog.FaultInjected
+			if f.GRPCStatus >= 0 && isGRPC(req) {
+				return x.localReply(200, "", faultDetails, 0, []host.Header{{Name: "content-type", Value: "application/grpc"},
+					{Name: "grpc-status", Value: fmt.Sprint(f.GRPCStatus)}, {Name: "grpc-message", Value: "fault filter abort"}})
+			}
+			return x.reply(f.HTTPStatus, "fault filter abort", faultDetails, 0, nil)
+		}
+	}
+	switch x.rt.Kind {
+	case router.ActionRedirect:
+		loc := x.rt.Location(hreq, "http")
+		return x.localReply(x.rt.Redirect.Status, "", "direct_response", 0, []host.Header{{Name: "location", Value: loc}})
+	case router.ActionDirect:
+		return x.reply(x.rt.Direct.Status, x.rt.Direct.Body, "direct_response", 0, nil)
+	}
+	return x.route()
+}
+
+const faultDetails = "fault_filter_abort"
+
+func isGRPC(r *http.Request) bool {
+	ct := r.Header.Get("Content-Type")
+	return ct == "application/grpc" || strings.HasPrefix(ct, "application/grpc+")
+}
+
+// newUUID is a version 4 UUID from two random numbers (Envoy's x-request-id).
+func newUUID(a, b uint64) string {
+	a = a&^(0xf<<12) | 4<<12         // version 4
+	b = b&^(0x3<<62) | uint64(2)<<62 // variant 10
+	return fmt.Sprintf("%08x-%04x-%04x-%04x-%012x", a>>32, (a>>16)&0xffff, a&0xffff, b>>48, b&0xffffffffffff)
+}

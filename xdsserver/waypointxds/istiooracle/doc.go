@@ -1,0 +1,4 @@
+// Package istiooracle holds tests that check the waypoint's routing translation and the routing
+// objects' validation against istiod's own code (istio.io/istio's pilot route translation and
+// validation webhook), which only tests import.
+package istiooracle
