@@ -10,8 +10,8 @@ import (
 // guard is a stream's downstream connection with the stream's one timer and its header-size
 // budget. The HTTP loop arms the timer for each phase (waiting for a request, reading its
 // headers); while perOp is set, every Read and Write arms it for their own duration (the
-// stream idle timeout). When the timer fires, the connection is closed, which ends whatever
-// read or write is blocked on it. Only the stream's HTTP loop reads and writes a guard.
+// stream idle timeout). When the timer fires, the connection is aborted (closed: whatever
+// read or write is blocked on it ends, and the HBONE stream is reset). Only the stream's HTTP loop reads and writes a guard.
 type guard struct {
 	net.Conn
 	t       *time.Timer
@@ -25,6 +25,10 @@ func newGuard(c net.Conn) *guard {
 	g := &guard{Conn: c, budget: -1}
 	g.t = time.AfterFunc(time.Hour, func() {
 		g.expired.Store(true)
+		if a, ok := c.(interface{ Abort() }); ok {
+			a.Abort()
+			return
+		}
 		c.Close()
 	})
 	g.t.Stop()

@@ -278,11 +278,7 @@ func (s *Server) serveHTTP(ctx context.Context, conn net.Conn, st *stream) {
 		}
 		g.perOp = lim.StreamIdleTimeout
 		keep := s.handle(ctx, req, bw, st)
-		err = bw.Flush()
 		g.perOp = 0
-		if err != nil {
-			return
-		}
 		if !keep {
 			linger(g, br)
 			return
@@ -347,8 +343,9 @@ type exchange struct {
 	weighted *router.Weighted
 }
 
-// handle answers one request; it reports whether the stream can carry another.
-func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer, st *stream) bool {
+// handle answers one request (its answer flushed); it reports whether the stream can carry
+// another.
+func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer, st *stream) (keep bool) {
 	s.requests.Add(1)
 	x := &exchange{s: s, ctx: ctx, req: req, bw: bw, st: st, keep: !req.Close, snap: s.o.Store.Load()}
 	x.e = &accesslog.Entry{
@@ -358,8 +355,13 @@ func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer
 		UpstreamServiceTime: -1,
 	}
 	defer func() {
+		if err := bw.Flush(); err != nil {
+			keep = false
+		}
 		if st.g != nil && st.g.expired.Load() {
 			s.timeouts.Add(1)
+			s.log.Info("stream idle: no progress reading the request or writing the answer for the stream idle timeout; stream reset",
+				"authority", st.vip.String(), "src.identity", st.peer)
 			x.e.Flags |= accesslog.StreamIdleTimeout
 			x.e.ResponseCodeDetails = "stream_idle_timeout"
 		}
