@@ -575,7 +575,6 @@ func TestAttackLogLines(t *testing.T) {
 type countHandler struct{ n *atomic.Int64 }
 
 func (h countHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
-func (h countHandler) Handle(context.Context, slog.Record) error  { h.n.Add(1); return nil }
-func (h countHandler) WithAttrs([]slog.Attr) slog.Handler          { return h }
-func (h countHandler) WithGroup(string) slog.Handler               { return h }
-
+func (h countHandler) Handle(context.Context, slog.Record) error    { h.n.Add(1); return nil }
+func (h countHandler) WithAttrs([]slog.Attr) slog.Handler           { return h }
+func (h countHandler) WithGroup(string) slog.Handler                { return h }
