@@ -63,6 +63,18 @@ func stacks() string {
 	return b.String()
 }
 
+// within waits up to 8 s for cond.
+func within(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(8 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 8 s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // streamsEnd waits until the waypoint serves no stream.
 func streamsEnd(t *testing.T, w *waypoint, what string) {
 	t.Helper()
@@ -226,7 +238,7 @@ func TestAttackRequestBody(t *testing.T) {
 	if got := f.blue.requests(); len(got) != 12 {
 		t.Errorf("handson-blue saw %v: no oversized request must reach it", got)
 	}
-	eventually(t, "the waypoint's streams to end", func() bool { return f.wp.Server.Stats().Streams == 0 })
+	within(t, "the waypoint's streams to end", func() bool { return f.wp.Server.Stats().Streams == 0 })
 	comesBack(t, base)
 }
 
@@ -292,7 +304,7 @@ func TestAttackRequestHeaders(t *testing.T) {
 	}
 	s.c.Close()
 	f.legit(t)
-	eventually(t, "the waypoint's streams to end", func() bool { return f.wp.Server.Stats().Streams == 0 })
+	within(t, "the waypoint's streams to end", func() bool { return f.wp.Server.Stats().Streams == 0 })
 	comesBack(t, base)
 }
 
@@ -343,7 +355,7 @@ func TestAttackSlowRequests(t *testing.T) {
 	if got := f.wp.Server.Stats().Timeouts - before; got < n {
 		t.Errorf("%d streams timed out, want %d", got, n)
 	}
-	eventually(t, "the waypoint's streams to end", func() bool { return f.wp.Server.Stats().Streams == 0 })
+	within(t, "the waypoint's streams to end", func() bool { return f.wp.Server.Stats().Streams == 0 })
 	comesBack(t, base)
 }
 
@@ -372,7 +384,7 @@ func TestAttackClientNotReading(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	eventually(t, "the waypoint's stream loop to end", func() bool { return f.wp.Server.Stats().Streams == 0 })
+	within(t, "the waypoint's stream loop to end", func() bool { return f.wp.Server.Stats().Streams == 0 })
 	f.legit(t)
 	si := 0
 	for _, e := range f.log.entries(t) {
@@ -441,7 +453,7 @@ func TestAttackMirrorFlood(t *testing.T) {
 	sink.mu.Unlock()
 	f.apply(t, fmt.Sprintf(mirrorSink, subsets))
 	warmTraffic(t, f)
-	eventually(t, "the warm-up's mirrors to end", func() bool { return f.wp.Server.Stats().Mirrors == 0 })
+	within(t, "the warm-up's mirrors to end", func() bool { return f.wp.Server.Stats().Mirrors == 0 })
 	base := measure()
 	const streams, reqs = 10, 8
 	var maxMirrors atomic.Int64
@@ -468,7 +480,7 @@ func TestAttackMirrorFlood(t *testing.T) {
 	if calls < 2 || calls > 10+streams*reqs {
 		t.Errorf("the sink got %d mirrored requests", calls)
 	}
-	eventually(t, "the mirrors to time out", func() bool {
+	within(t, "the mirrors to time out", func() bool {
 		sink.mu.Lock()
 		defer sink.mu.Unlock()
 		return sink.inflight == 0 && f.wp.Server.Stats().Mirrors == 0
@@ -478,7 +490,7 @@ func TestAttackMirrorFlood(t *testing.T) {
 		t.Fatalf("request after the flood = %d", code)
 	}
 	after.c.Close()
-	eventually(t, "the last mirror to end", func() bool { return f.wp.Server.Stats().Mirrors == 0 })
+	within(t, "the last mirror to end", func() bool { return f.wp.Server.Stats().Mirrors == 0 })
 	streamsEnd(t, f.waypoint, "the streams to end")
 	comesBack(t, base)
 	t.Logf("sink: %d mirrored requests of %d, at most %d at once", calls, 10+streams*reqs+1, most)
@@ -516,7 +528,7 @@ spec:
 		}
 		flood = append(flood, s)
 	}
-	eventually(t, "the delayed requests to be held", func() bool { return f.wp.Server.Stats().Streams == n })
+	within(t, "the delayed requests to be held", func() bool { return f.wp.Server.Stats().Streams == n })
 	during := f.client(t, "")
 	if code, body := during.do(t, "GET", "/", ""); code != 200 || !strings.HasPrefix(body, "appb-v1 ") {
 		t.Fatalf("request during the flood = %d %q", code, body)
