@@ -308,6 +308,38 @@ func TestAttackRequestHeaders(t *testing.T) {
 	comesBack(t, base)
 }
 
+// TestAttackUpstreamHeaders: MaxResponseHeaderBytes (8 KiB here) against a pod whose answers
+// carry a 4 MiB header: each is refused as a connection termination (503 UC) instead of being
+// read whole, on 10 streams at once; an answer with a 4 KiB header is served.
+func TestAttackUpstreamHeaders(t *testing.T) {
+	f, base := readyHandson(t, server.Limits{MaxResponseHeaderBytes: 8 << 10})
+	parallel(t, 10, func(int) error {
+		s := f.connect(t, "curl-allow")
+		defer s.c.Close()
+		r, err := s.try("GET", "/bigheader/4194304", "", nil)
+		if err != nil || r.code != 503 || !strings.Contains(r.body, "response headers over the limit") {
+			return fmt.Errorf("4 MiB answer header: %d %q %v, want 503", r.code, r.body, err)
+		}
+		return nil
+	})
+	s := f.connect(t, "curl-allow")
+	if r := s.send(t, "GET", "/bigheader/4096", "", nil); r.code != 200 || len(r.header.Get("X-Big")) != 4096 {
+		t.Fatalf("4 KiB answer header = %d, want 200 with the header", r.code)
+	}
+	s.c.Close()
+	uc := 0
+	for _, e := range f.log.entries(t) {
+		if hasFlag(e, "UC") {
+			uc++
+		}
+	}
+	if uc != 10 {
+		t.Errorf("%d access-log lines with UC, want 10", uc)
+	}
+	streamsEnd(t, f.waypoint, "the streams to end")
+	comesBack(t, base)
+}
+
 // TestAttackSlowRequests: RequestHeadersTimeout (300 ms here) against clients that start a
 // request and never finish its headers, IdleTimeout (600 ms) against streams that never send
 // a request or stay open after one: each stream is closed by the waypoint while a legitimate

@@ -223,7 +223,7 @@ type app struct {
 }
 
 // ServeHTTP answers GET /headers with the request's headers as JSON (httpbin's /headers, plus
-// the pod's name), /status/<code> with that code, /flaky... with 503 every other call, /delay/<ms>
+// the pod's name), /status/<code> with that code, /bigheader/<n> with a header of n bytes, /flaky... with 503 every other call, /delay/<ms>
 // after that long, anything else with "<pod> <METHOD> <path> <body length>".
 func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b, _ := io.ReadAll(r.Body)
@@ -263,6 +263,11 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		fmt.Fprintf(w, "%s ok", a.name)
+	case strings.HasPrefix(p, "/bigheader/"):
+		var n int
+		fmt.Sscanf(p, "/bigheader/%d", &n)
+		w.Header().Set("X-Big", strings.Repeat("h", n))
+		fmt.Fprintf(w, "%s big header %d", a.name, n)
 	case strings.HasPrefix(p, "/delay/"):
 		var ms int
 		fmt.Sscanf(p, "/delay/%d", &ms)

@@ -54,7 +54,9 @@ func (x *exchange) mirror(cluster string, out *http.Request, timeout time.Durati
 		}
 		var resp *http.Response
 		if err == nil {
+			conn.LimitRead(x.s.o.Limits.MaxResponseHeaderBytes)
 			resp, err = http.ReadResponse(conn.BR, cp)
+			conn.LimitRead(-1)
 		}
 		reusable := false
 		if err == nil {

@@ -31,15 +31,16 @@ import (
 
 // Defaults of Limits (Envoy's, or Istio's where Istio sets one; see ../README.md "Limits").
 const (
-	DefaultMaxRequestBody        = 4 << 20
-	DefaultMaxRequestHeaderBytes = 60 << 10 // Envoy max_request_headers_kb
-	DefaultMaxRequestHeaders     = 100      // Envoy max_headers_count
-	DefaultRequestHeadersTimeout = 60 * time.Second
-	DefaultIdleTimeout           = time.Hour       // Envoy common_http_protocol_options.idle_timeout
-	DefaultStreamIdleTimeout     = 5 * time.Minute // Envoy stream_idle_timeout
-	DefaultMaxMirrors            = 64
-	DefaultMirrorTimeout         = 15 * time.Second
-	DefaultFailureLogsPerSecond  = 5
+	DefaultMaxRequestBody         = 4 << 20
+	DefaultMaxRequestHeaderBytes  = 60 << 10 // Envoy max_request_headers_kb
+	DefaultMaxRequestHeaders      = 100      // Envoy max_headers_count
+	DefaultMaxResponseHeaderBytes = 60 << 10 // Envoy max_response_headers_kb
+	DefaultRequestHeadersTimeout  = 60 * time.Second
+	DefaultIdleTimeout            = time.Hour       // Envoy common_http_protocol_options.idle_timeout
+	DefaultStreamIdleTimeout      = 5 * time.Minute // Envoy stream_idle_timeout
+	DefaultMaxMirrors             = 64
+	DefaultMirrorTimeout          = 15 * time.Second
+	DefaultFailureLogsPerSecond   = 5
 	// delayedClose is how long a stream closed after a local reply keeps reading (and
 	// discarding, up to drainLimit) what the client still sends, so that the client reads the
 	// reply before the stream is reset (Envoy's delayed_close_timeout).
@@ -58,6 +59,10 @@ type Limits struct {
 	MaxRequestHeaderBytes int
 	// MaxRequestHeaders bounds the number of header fields of a request: 431.
 	MaxRequestHeaders int
+	// MaxResponseHeaderBytes bounds the bytes read for an upstream answer's status line and
+	// headers (plus what the connection's 16 KiB read buffer already held): the try fails as a
+	// connection termination (503 UC, retried as one).
+	MaxResponseHeaderBytes int
 	// RequestHeadersTimeout runs from a request's first byte to the end of its headers: the
 	// stream is closed when it passes.
 	RequestHeadersTimeout time.Duration
@@ -89,6 +94,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxRequestHeaders <= 0 {
 		l.MaxRequestHeaders = DefaultMaxRequestHeaders
+	}
+	if l.MaxResponseHeaderBytes <= 0 {
+		l.MaxResponseHeaderBytes = DefaultMaxResponseHeaderBytes
 	}
 	def(&l.RequestHeadersTimeout, DefaultRequestHeadersTimeout)
 	def(&l.IdleTimeout, DefaultIdleTimeout)
