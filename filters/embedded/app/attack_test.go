@@ -157,6 +157,7 @@ func readyHandson(t *testing.T, lim server.Limits) (*handson, usage) {
 	f := setup(t, wpConfig{limits: lim})
 	f.configure(t, true)
 	eventually(t, "readiness 200", func() bool { return f.ready() == http.StatusOK })
+	f.curlAddr() // allocated here: addrs is not safe for concurrent allocation
 	parallel(t, 10, func(int) error {
 		s := f.connect(t, "curl-allow")
 		defer s.c.Close()
@@ -439,6 +440,7 @@ func TestAttackClientNotReading(t *testing.T) {
 // warmTraffic sends 10 concurrent requests to appb (see readyHandson).
 func warmTraffic(t *testing.T, f *traffic) {
 	t.Helper()
+	f.a.of("appa") // allocated here: addrs is not safe for concurrent allocation
 	parallel(t, 10, func(int) error {
 		s := f.client(t, "")
 		defer s.c.Close()
