@@ -17,10 +17,11 @@ const (
 	FaultInjected                                     // FI
 	DownstreamConnectionTermination                   // DC
 	UpstreamRetryLimitExceeded                        // URX
+	StreamIdleTimeout                                 // SI
 	NoClusterFound                                    // NC
 )
 
-var flagNames = []string{"UH", "UT", "UF", "UC", "UO", "NR", "DI", "FI", "DC", "URX", "NC"}
+var flagNames = []string{"UH", "UT", "UF", "UC", "UO", "NR", "DI", "FI", "DC", "URX", "SI", "NC"}
 
 // String is the flags as Envoy prints them: short names joined by ",", "-" for none.
 func (f Flags) String() string {

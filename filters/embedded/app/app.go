@@ -47,6 +47,8 @@ type Options struct {
 	// Rand is the source of randomness (weighted clusters, fault and mirror percentages, load
 	// balancing, back-off); random when nil, seeded in tests.
 	Rand server.Rand
+	// Limits bound each stream's resources (server.Limits; its defaults when zero).
+	Limits server.Limits
 }
 
 // App is a running waypoint.
@@ -123,7 +125,7 @@ func Start(ctx context.Context, o Options) (*App, error) {
 	}
 	a.Server, err = server.New(server.Options{
 		Logger: log.With("scope", "waypoint"), Store: a.Store, Host: o.Host, AccessLog: al, Client: a.client, SVID: a.SVID,
-		Rand: o.Rand, Hostname: node.Pod,
+		Rand: o.Rand, Hostname: node.Pod, Limits: o.Limits,
 	})
 	if err != nil {
 		return fail(err)

@@ -47,7 +47,7 @@ const (
 	ecdsName   = "goambient.authz/handson/handson"
 )
 
-func setup(t testing.TB) *handson {
+func setup(t testing.TB, cfg ...wpConfig) *handson {
 	t.Helper()
 	tmpl, err := os.ReadFile("testdata/handson.yaml")
 	if err != nil {
@@ -57,7 +57,7 @@ func setup(t testing.TB) *handson {
 	p := newPKI(t, "handson/"+waypointSA)
 	h := &handson{m: buildMesh(t, a.render(string(tmpl)))}
 	h.blue, h.peers = startPod(t, p, "handson-blue", "handson", "handson", a.of("blue"), 8080)
-	h.waypoint = startWaypoint(t, a, p, "handson", waypointSA, waypointSA, 1)
+	h.waypoint = startWaypoint(t, a, p, "handson", waypointSA, waypointSA, 1, cfg...)
 	return h
 }
 

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/goambient/goambient/filters/embedded/config"
+	"github.com/goambient/goambient/filters/embedded/server"
 	capki "github.com/goambient/goambient/xdsserver/ca/pki"
 	"github.com/goambient/goambient/xdsserver/kubeobj"
 	"github.com/goambient/goambient/xdsserver/model"
@@ -215,10 +216,14 @@ type app struct {
 	mu    sync.Mutex
 	reqs  []string
 	calls int
+	// hang, when set, makes every request wait until its client goes away; inflight and
+	// maxInflight count such requests.
+	hang                  bool
+	inflight, maxInflight int
 }
 
 // ServeHTTP answers GET /headers with the request's headers as JSON (httpbin's /headers, plus
-// the pod's name), /status/<code> with that code, /flaky... with 503 every other call, /delay/<ms>
+// the pod's name), /status/<code> with that code, /bigheader/<n> with a header of n bytes, /flaky... with 503 every other call, /delay/<ms>
 // after that long, anything else with "<pod> <METHOD> <path> <body length>".
 func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b, _ := io.ReadAll(r.Body)
@@ -226,7 +231,19 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.reqs = append(a.reqs, r.Method+" "+r.URL.RequestURI())
 	a.calls++
 	n := a.calls
+	hang := a.hang
+	if hang {
+		a.inflight++
+		a.maxInflight = max(a.maxInflight, a.inflight)
+	}
 	a.mu.Unlock()
+	if hang {
+		<-r.Context().Done()
+		a.mu.Lock()
+		a.inflight--
+		a.mu.Unlock()
+		return
+	}
 	w.Header().Set("X-Pod", a.name)
 	switch p := r.URL.Path; {
 	case p == "/headers":
@@ -246,6 +263,11 @@ func (a *app) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		fmt.Fprintf(w, "%s ok", a.name)
+	case strings.HasPrefix(p, "/bigheader/"):
+		var n int
+		fmt.Sscanf(p, "/bigheader/%d", &n)
+		w.Header().Set("X-Big", strings.Repeat("h", n))
+		fmt.Fprintf(w, "%s big header %d", a.name, n)
 	case strings.HasPrefix(p, "/delay/"):
 		var ms int
 		fmt.Sscanf(p, "/delay/%d", &ms)
@@ -364,14 +386,29 @@ type waypoint struct {
 	ns, sa string // the waypoint's identity
 }
 
+// wpConfig is what a test changes in the waypoint: its limits, and a logger (nil: discarded,
+// or to stderr with -v).
+type wpConfig struct {
+	limits server.Limits
+	logger *slog.Logger
+}
+
 // startWaypoint starts the embedded waypoint for pod ns/pod (service account sa) with a
 // seeded random source.
-func startWaypoint(t testing.TB, a *addrs, p *pki, ns, pod, sa string, seed uint64) *waypoint {
+func startWaypoint(t testing.TB, a *addrs, p *pki, ns, pod, sa string, seed uint64, cfg ...wpConfig) *waypoint {
 	t.Helper()
 	w := &waypoint{a: a, p: p, cp: startCP(t), log: &syncBuf{}, ns: ns, sa: sa}
-	logger := slog.New(slog.DiscardHandler)
-	if testing.Verbose() {
+	var c wpConfig
+	if len(cfg) > 0 {
+		c = cfg[0]
+	}
+	logger := c.logger
+	switch {
+	case logger != nil:
+	case testing.Verbose():
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	default:
+		logger = slog.New(slog.DiscardHandler)
 	}
 	h, err := AuthzHost(logger)
 	if err != nil {
@@ -381,7 +418,7 @@ func startWaypoint(t testing.TB, a *addrs, p *pki, ns, pod, sa string, seed uint
 	wp, err := Start(context.Background(), Options{
 		XDSAddress: w.cp.addr, NodeID: fmt.Sprintf("waypoint~%s~%s.%s~%s.svc.cluster.local", ip, pod, ns, ns),
 		Listen: netip.AddrPortFrom(ip, 0).String(), ReadyListen: "127.0.0.1:0", SVIDDir: p.dir, ServiceAccount: sa,
-		AccessLog: w.log, Logger: logger, Host: h, Rand: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		AccessLog: w.log, Logger: logger, Host: h, Rand: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), Limits: c.limits,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -41,7 +41,7 @@ func scenario(file string) string {
 	return string(b)
 }
 
-func setupTraffic(t testing.TB, seed uint64) *traffic {
+func setupTraffic(t testing.TB, seed uint64, cfg ...wpConfig) *traffic {
 	t.Helper()
 	tmpl, err := os.ReadFile("testdata/traffic.yaml")
 	if err != nil {
@@ -52,7 +52,7 @@ func setupTraffic(t testing.TB, seed uint64) *traffic {
 	f := &traffic{tmpl: string(tmpl)}
 	f.v1, _ = startPod(t, p, "appb-v1", "default", "appb", a.of("appb-v1"), 8080)
 	f.v2, _ = startPod(t, p, "appb-v2", "default", "appb", a.of("appb-v2"), 8080)
-	f.waypoint = startWaypoint(t, a, p, "default", "waypoint", "waypoint", seed)
+	f.waypoint = startWaypoint(t, a, p, "default", "waypoint", "waypoint", seed, cfg...)
 	return f
 }
 

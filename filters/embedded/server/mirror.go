@@ -9,9 +9,6 @@ import (
 	"time"
 )
 
-// mirrorTimeout bounds a mirrored request when its route has no timeout.
-const mirrorTimeout = 15 * time.Second
-
 // mirror sends a copy of the request to a cluster in the background, as Envoy's request
 // mirror policy does: the copy keeps the Host (istiod disables the -shadow suffix), its
 // answer is discarded, it never changes the client's answer. At most MaxMirrors copies are in
@@ -31,7 +28,7 @@ func (x *exchange) mirror(cluster string, out *http.Request, timeout time.Durati
 		Header: out.Header.Clone(), Host: out.Host, ContentLength: out.ContentLength}
 	body := x.body
 	if timeout <= 0 {
-		timeout = mirrorTimeout
+		timeout = x.s.o.Limits.MirrorTimeout
 	}
 	src := x.st.src.String()
 	dial := x.dialer(c)
@@ -57,7 +54,9 @@ func (x *exchange) mirror(cluster string, out *http.Request, timeout time.Durati
 		}
 		var resp *http.Response
 		if err == nil {
+			conn.LimitRead(x.s.o.Limits.MaxResponseHeaderBytes)
 			resp, err = http.ReadResponse(conn.BR, cp)
+			conn.LimitRead(-1)
 		}
 		reusable := false
 		if err == nil {

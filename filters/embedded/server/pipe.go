@@ -53,6 +53,16 @@ func (c *pipeConn) Close() error {
 	return nil
 }
 
+// errAborted is what the relay reads from a stream the waypoint aborted (a timeout).
+var errAborted = errors.New("stream aborted by the waypoint")
+
+// Abort ends both directions with an error, not EOF: the HBONE relay reading the other end
+// resets the CONNECT stream rather than ending it cleanly, and stops relaying.
+func (c *pipeConn) Abort() {
+	c.w.CloseWithError(errAborted)
+	c.r.CloseWithError(io.ErrClosedPipe)
+}
+
 func (c *pipeConn) LocalAddr() net.Addr                { return pipeAddr{} }
 func (c *pipeConn) RemoteAddr() net.Addr               { return pipeAddr{} }
 func (c *pipeConn) SetDeadline(t time.Time) error      { return os.ErrNoDeadline }

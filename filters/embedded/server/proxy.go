@@ -199,7 +199,9 @@ func (x *exchange) tryOnce(ctx context.Context, c *upstream.Cluster, h *upstream
 	var resp *http.Response
 	if err == nil {
 		at.sent = true
+		conn.LimitRead(x.s.o.Limits.MaxResponseHeaderBytes)
 		resp, err = http.ReadResponse(conn.BR, out)
+		conn.LimitRead(-1)
 	}
 	if err != nil {
 		at.stop()
@@ -207,6 +209,10 @@ func (x *exchange) tryOnce(ctx context.Context, c *upstream.Cluster, h *upstream
 		at.conn = nil
 		if ctx.Err() != nil {
 			at.reset, at.timeout = router.PerTryTimeout, true
+			return at
+		}
+		if errors.Is(err, upstream.ErrReadLimit) {
+			at.reset, at.reason = router.ConnectionReset, upstream.ErrReadLimit.Error()
 			return at
 		}
 		if conn.Reused && mayRedo {

@@ -26,13 +26,92 @@ import (
 	"github.com/goambient/goambient/filters/embedded/router"
 	"github.com/goambient/goambient/policies"
 	"github.com/goambient/goambient/ztunnel/hbone"
+	"github.com/goambient/goambient/ztunnel/lograte"
 )
 
-// Defaults of Options.
+// Defaults of Limits (Envoy's, or Istio's where Istio sets one; see ../README.md "Limits").
 const (
-	DefaultMaxRequestBody = 4 << 20
-	DefaultMaxMirrors     = 64
+	DefaultMaxRequestBody         = 4 << 20
+	DefaultMaxRequestHeaderBytes  = 60 << 10 // Envoy max_request_headers_kb
+	DefaultMaxRequestHeaders      = 100      // Envoy max_headers_count
+	DefaultMaxResponseHeaderBytes = 60 << 10 // Envoy max_response_headers_kb
+	DefaultRequestHeadersTimeout  = 60 * time.Second
+	DefaultIdleTimeout            = time.Hour       // Envoy common_http_protocol_options.idle_timeout
+	DefaultStreamIdleTimeout      = 5 * time.Minute // Envoy stream_idle_timeout
+	DefaultMaxMirrors             = 64
+	DefaultMirrorTimeout          = 15 * time.Second
+	DefaultFailureLogsPerSecond   = 5
+	// delayedClose is how long a stream closed after a local reply keeps reading (and
+	// discarding, up to drainLimit) what the client still sends, so that the client reads the
+	// reply before the stream is reset (Envoy's delayed_close_timeout).
+	delayedClose = time.Second
+	drainLimit   = 1 << 20
 )
+
+// Limits bound what one client can make the waypoint hold on a stream. A zero field takes its
+// default; a negative timeout turns that timeout off.
+type Limits struct {
+	// MaxRequestBody is the largest request body buffered (for the filter, retries and
+	// mirrors): 413 above it, at once when the Content-Length says so.
+	MaxRequestBody int64
+	// MaxRequestHeaderBytes bounds the bytes read for a request line and its headers (plus
+	// what the stream's 16 KiB read buffer already held): 431 and the stream closed.
+	MaxRequestHeaderBytes int
+	// MaxRequestHeaders bounds the number of header fields of a request: 431.
+	MaxRequestHeaders int
+	// MaxResponseHeaderBytes bounds the bytes read for an upstream answer's status line and
+	// headers (plus what the connection's 16 KiB read buffer already held): the try fails as a
+	// connection termination (503 UC, retried as one).
+	MaxResponseHeaderBytes int
+	// RequestHeadersTimeout runs from a request's first byte to the end of its headers: the
+	// stream is closed when it passes.
+	RequestHeadersTimeout time.Duration
+	// IdleTimeout closes a stream on which no request has started for that long.
+	IdleTimeout time.Duration
+	// StreamIdleTimeout closes a stream when reading a request's body or writing its answer
+	// makes no progress for that long (a client that stops sending, or stops reading).
+	StreamIdleTimeout time.Duration
+	// MaxMirrors bounds the mirrored requests in flight; more are not mirrored.
+	MaxMirrors int
+	// MirrorTimeout bounds a mirrored request when its route has no timeout.
+	MirrorTimeout time.Duration
+	// FailureLogsPerSecond rate-limits the server's own log lines (refused streams, bad
+	// requests, timeouts); the rest are counted and reported as suppressed. Negative: no limit.
+	FailureLogsPerSecond float64
+}
+
+func (l Limits) withDefaults() Limits {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if l.MaxRequestBody <= 0 {
+		l.MaxRequestBody = DefaultMaxRequestBody
+	}
+	if l.MaxRequestHeaderBytes <= 0 {
+		l.MaxRequestHeaderBytes = DefaultMaxRequestHeaderBytes
+	}
+	if l.MaxRequestHeaders <= 0 {
+		l.MaxRequestHeaders = DefaultMaxRequestHeaders
+	}
+	if l.MaxResponseHeaderBytes <= 0 {
+		l.MaxResponseHeaderBytes = DefaultMaxResponseHeaderBytes
+	}
+	def(&l.RequestHeadersTimeout, DefaultRequestHeadersTimeout)
+	def(&l.IdleTimeout, DefaultIdleTimeout)
+	def(&l.StreamIdleTimeout, DefaultStreamIdleTimeout)
+	if l.MaxMirrors <= 0 {
+		l.MaxMirrors = DefaultMaxMirrors
+	}
+	if l.MirrorTimeout <= 0 {
+		l.MirrorTimeout = DefaultMirrorTimeout
+	}
+	if l.FailureLogsPerSecond == 0 {
+		l.FailureLogsPerSecond = DefaultFailureLogsPerSecond
+	}
+	return l
+}
 
 // Rand is the waypoint's one source of randomness (weighted clusters, fault and mirror
 // percentages, load balancing, retry back-off): tests give a seeded one.
@@ -50,11 +129,8 @@ type Options struct {
 	SVID func() (*x509svid.SVID, error)
 	// Rand is the source of randomness; a random-seeded one when nil.
 	Rand Rand
-	// MaxRequestBody is the largest request body buffered (for the filter, retries and
-	// mirrors; 413 above it).
-	MaxRequestBody int64
-	// MaxMirrors bounds the mirrored requests in flight; more are not mirrored.
-	MaxMirrors int
+	// Limits bound each stream's resources (defaults when zero).
+	Limits Limits
 	// Hostname is %HOSTNAME% in header values (the pod name).
 	Hostname string
 	// Now is the clock (time.Now when nil).
@@ -68,7 +144,7 @@ type Server struct {
 	rnd     lockedRand
 	mirrors chan struct{} // tokens: mirrored requests in flight
 
-	requests, local, upstreamFailures, retried atomic.Int64
+	requests, local, upstreamFailures, retried, timeouts, streams atomic.Int64
 }
 
 // lockedRand serialises a Rand (math/rand/v2 sources are not safe for concurrent use).
@@ -97,12 +173,7 @@ func New(o Options) (*Server, error) {
 	if o.Store == nil || o.Host == nil || o.Client == nil || o.SVID == nil {
 		return nil, errors.New("server: Store, Host, Client and SVID are required")
 	}
-	if o.MaxRequestBody <= 0 {
-		o.MaxRequestBody = DefaultMaxRequestBody
-	}
-	if o.MaxMirrors <= 0 {
-		o.MaxMirrors = DefaultMaxMirrors
-	}
+	o.Limits = o.Limits.withDefaults()
 	if o.Rand == nil {
 		o.Rand = cryptoRand{}
 	}
@@ -113,15 +184,24 @@ func New(o Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{o: o, log: log, rnd: lockedRand{r: o.Rand}, mirrors: make(chan struct{}, o.MaxMirrors)}, nil
+	log = slog.New(lograte.NewHandler(log.Handler(), o.Limits.FailureLogsPerSecond))
+	return &Server{o: o, log: log, rnd: lockedRand{r: o.Rand}, mirrors: make(chan struct{}, o.Limits.MaxMirrors)}, nil
 }
 
-// Stats are the server's counters.
-type Stats struct{ Requests, LocalReplies, UpstreamFailures, Retries int64 }
+// Stats are the server's counters (Requests to Timeouts) and gauges (Streams, Mirrors).
+type Stats struct {
+	Requests, LocalReplies, UpstreamFailures, Retries int64
+	// Timeouts counts streams closed by the idle, request-headers or stream idle timeout.
+	Timeouts int64
+	// Streams is the number of CONNECT streams being served; Mirrors the mirrored requests
+	// in flight.
+	Streams, Mirrors int64
+}
 
 // Stats returns the counters.
 func (s *Server) Stats() Stats {
-	return Stats{Requests: s.requests.Load(), LocalReplies: s.local.Load(), UpstreamFailures: s.upstreamFailures.Load(), Retries: s.retried.Load()}
+	return Stats{Requests: s.requests.Load(), LocalReplies: s.local.Load(), UpstreamFailures: s.upstreamFailures.Load(), Retries: s.retried.Load(),
+		Timeouts: s.timeouts.Load(), Streams: s.streams.Load(), Mirrors: int64(len(s.mirrors))}
 }
 
 // stream is what every request of one CONNECT stream shares.
@@ -130,6 +210,9 @@ type stream struct {
 	src    netip.AddrPort // the original source (forwarded: for=), else the peer's address
 	peer   string         // the peer's SPIFFE ID
 	hbPeer netip.AddrPort
+	g      *guard // set by the HTTP loop
+	// timedOut: a request's access-log line reported the stream's timeout (it is counted once)
+	timedOut bool
 }
 
 // ServeHBONE accepts a CONNECT to a known service VIP:port and serves its HTTP/1.1 requests.
@@ -152,18 +235,45 @@ func (s *Server) ServeHBONE(ctx context.Context, req *hbone.Request) hbone.Respo
 	return hbone.Response{Status: http.StatusOK, Upstream: up}
 }
 
-// serveHTTP reads HTTP/1.1 requests from conn until the client is done or one asks to close.
+// serveHTTP reads HTTP/1.1 requests from conn until the client is done or one asks to close,
+// within the stream's limits: the idle timeout while no request has started, the header
+// timeout, size and count while one is read, the stream idle timeout while its body is read
+// and its answer written.
 func (s *Server) serveHTTP(ctx context.Context, conn net.Conn, st *stream) {
-	defer conn.Close()
-	br := bufio.NewReaderSize(conn, 16<<10)
-	bw := bufio.NewWriterSize(conn, 16<<10)
+	lim := &s.o.Limits
+	g := newGuard(conn)
+	st.g = g
+	s.streams.Add(1)
+	defer s.streams.Add(-1)
+	defer g.Close()
+	br := bufio.NewReaderSize(g, 16<<10)
+	bw := bufio.NewWriterSize(g, 16<<10)
 	for {
+		g.arm(lim.IdleTimeout)
+		if _, err := br.Peek(1); err != nil {
+			if g.expired.Load() {
+				s.timeouts.Add(1)
+				s.log.Info("stream idle: no request for the idle timeout; closed", "authority", st.vip.String(), "src.identity", st.peer)
+			}
+			return
+		}
+		g.arm(lim.RequestHeadersTimeout)
+		g.setBudget(lim.MaxRequestHeaderBytes)
 		req, err := http.ReadRequest(br)
+		g.arm(0)
+		spent := g.spent
+		g.setBudget(-1)
 		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			switch {
+			case g.expired.Load():
+				s.timeouts.Add(1)
+				s.log.Info("request headers not complete within the timeout; stream closed", "authority", st.vip.String(), "src.identity", st.peer)
+			case spent:
+				s.log.Info("request headers over the limit; stream closed", "authority", st.vip.String(), "src.identity", st.peer, "limit", lim.MaxRequestHeaderBytes)
+				s.refuse(g, br, bw, http.StatusRequestHeaderFieldsTooLarge, "Request Header Fields Too Large")
+			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !errors.Is(err, io.ErrUnexpectedEOF):
 				s.log.Info("not an HTTP/1.1 request; stream closed", "authority", st.vip.String(), "error", err.Error())
-				writeSimple(bw, http.StatusBadRequest, "Bad Request", true)
-				bw.Flush()
+				s.refuse(g, br, bw, http.StatusBadRequest, "Bad Request")
 			}
 			return
 		}
@@ -171,11 +281,63 @@ func (s *Server) serveHTTP(ctx context.Context, conn net.Conn, st *stream) {
 			s.log.Info("HTTP/2 and other protocols are not served on a stream; closed", "authority", st.vip.String(), "proto", req.Proto)
 			return
 		}
+		if n := headerCount(req.Header); n > lim.MaxRequestHeaders {
+			s.log.Info("too many request headers; stream closed", "authority", st.vip.String(), "src.identity", st.peer, "headers", n, "limit", lim.MaxRequestHeaders)
+			s.refuse(g, br, bw, http.StatusRequestHeaderFieldsTooLarge, "Request Header Fields Too Large")
+			return
+		}
+		g.perOp = lim.StreamIdleTimeout
 		keep := s.handle(ctx, req, bw, st)
-		if err := bw.Flush(); err != nil || !keep {
+		// The access-log line is written by now (before the client can read the end of the
+		// answer, as the tests rely on); a stall on this last flush is counted here.
+		err = bw.Flush()
+		g.perOp = 0
+		if err != nil {
+			if g.expired.Load() && !st.timedOut {
+				s.timeouts.Add(1)
+				s.log.Info("stream idle: no progress writing the answer for the stream idle timeout; stream reset", "authority", st.vip.String(), "src.identity", st.peer)
+			}
+			return
+		}
+		if !keep {
+			linger(g, br)
 			return
 		}
 	}
+}
+
+// refuse answers a request that is not served (before an access-log entry exists) and ends
+// the stream.
+func (s *Server) refuse(g *guard, br *bufio.Reader, bw *bufio.Writer, status int, body string) {
+	s.local.Add(1)
+	g.perOp = s.o.Limits.StreamIdleTimeout
+	writeSimple(bw, status, body, true)
+	err := bw.Flush()
+	g.perOp = 0
+	if err == nil {
+		linger(g, br)
+	}
+}
+
+// linger ends a stream after an answer that closes it, as Envoy's delayed close does: our side
+// ends (the client reads the answer, then EOF) and what the client still sends is read and
+// dropped, up to drainLimit bytes and for at most delayedClose, so that the stream is not
+// reset under the answer. The caller closes g.
+func linger(g *guard, br *bufio.Reader) {
+	if cw, ok := g.Conn.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	g.arm(delayedClose)
+	_, _ = io.Copy(io.Discard, io.LimitReader(br, drainLimit))
+}
+
+// headerCount is the number of header fields of a request.
+func headerCount(h http.Header) int {
+	n := 0
+	for _, vs := range h {
+		n += len(vs)
+	}
+	return n
 }
 
 var requests = sync.Pool{New: func() any { return &host.Request{} }}
@@ -212,6 +374,14 @@ func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer
 		UpstreamServiceTime: -1,
 	}
 	defer func() {
+		if st.g != nil && st.g.expired.Load() {
+			st.timedOut = true
+			s.timeouts.Add(1)
+			s.log.Info("stream idle: no progress reading the request or writing the answer for the stream idle timeout; stream reset",
+				"authority", st.vip.String(), "src.identity", st.peer)
+			x.e.Flags |= accesslog.StreamIdleTimeout
+			x.e.ResponseCodeDetails = "stream_idle_timeout"
+		}
 		x.e.Duration = s.o.Now().Sub(x.e.StartTime)
 		if s.o.AccessLog != nil {
 			s.o.AccessLog.Log(x.e)
@@ -246,19 +416,20 @@ func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer
 	if x.table == nil {
 		return x.reply(http.StatusNotFound, "", "route_not_found", accesslog.NoRouteFound, nil)
 	}
+	if req.ContentLength > s.o.Limits.MaxRequestBody {
+		// Known too large before a byte of it is read (and never read: the stream closes).
+		x.keep = false
+		return x.reply(http.StatusRequestEntityTooLarge, "Payload Too Large", "request_payload_too_large", 0, nil)
+	}
 	if strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 		// As Envoy does: answer 100 Continue here and do not forward the expectation.
 		req.Header.Del("Expect")
 		hreq.Del("expect")
-		if req.ContentLength > s.o.MaxRequestBody {
-			x.keep = false
-			return x.reply(http.StatusRequestEntityTooLarge, "Payload Too Large", "request_payload_too_large", 0, nil)
-		}
 		if _, err := io.WriteString(bw, "HTTP/1.1 100 Continue\r\n\r\n"); err != nil || bw.Flush() != nil {
 			return false
 		}
 	}
-	x.body, err = io.ReadAll(io.LimitReader(req.Body, s.o.MaxRequestBody+1))
+	x.body, err = io.ReadAll(io.LimitReader(req.Body, s.o.Limits.MaxRequestBody+1))
 	req.Body.Close()
 	x.e.BytesReceived = int64(len(x.body))
 	if err != nil {
@@ -266,7 +437,7 @@ func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer
 		x.e.ResponseCodeDetails = "downstream_remote_disconnect"
 		return false
 	}
-	if int64(len(x.body)) > s.o.MaxRequestBody {
+	if int64(len(x.body)) > s.o.Limits.MaxRequestBody {
 		x.keep = false
 		return x.reply(http.StatusRequestEntityTooLarge, "Payload Too Large", "request_payload_too_large", 0, nil)
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"time"
 )
@@ -20,6 +21,7 @@ type Conn struct {
 	net.Conn
 	BR       *bufio.Reader
 	Reused   bool // taken from the idle pool (it may have been closed by the peer meanwhile)
+	budget   *budgetReader
 	h        *Host
 	key      string // who may reuse it (the downstream the tunnel was opened for)
 	requests uint32
@@ -28,6 +30,33 @@ type Conn struct {
 
 // ErrOverflow: a circuit breaker refused the request (Envoy's overflow, flag UO).
 var ErrOverflow = errors.New("overflow")
+
+// ErrReadLimit: BR has read as much from the connection as LimitRead allowed.
+var ErrReadLimit = errors.New("response headers over the limit")
+
+// LimitRead bounds what BR reads from the connection from now on to n bytes (an answer's
+// headers); n < 0 removes the bound. Past it, BR's reads fail with ErrReadLimit.
+func (c *Conn) LimitRead(n int) { c.budget.n = n }
+
+// budgetReader is a reader with an adjustable bound.
+type budgetReader struct {
+	r io.Reader
+	n int // < 0: none
+}
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	if b.n == 0 {
+		return 0, ErrReadLimit
+	}
+	if b.n > 0 && len(p) > b.n {
+		p = p[:b.n]
+	}
+	n, err := b.r.Read(p)
+	if b.n > 0 {
+		b.n -= n
+	}
+	return n, err
+}
 
 // Dialer opens a connection to a host.
 type Dialer func(ctx context.Context, h *Host) (net.Conn, error)
@@ -70,7 +99,8 @@ func (c *Cluster) Acquire(ctx context.Context, h *Host, key string, dial Dialer)
 		c.st.closed()
 		return nil, err
 	}
-	return &Conn{Conn: nc, BR: bufio.NewReaderSize(nc, 16<<10), h: h, key: key}, nil
+	br := &budgetReader{r: nc, n: -1}
+	return &Conn{Conn: nc, BR: bufio.NewReaderSize(br, 16<<10), budget: br, h: h, key: key}, nil
 }
 
 // takeIdle takes the most recent idle connection for key, and the expired ones to close.
