@@ -385,9 +385,8 @@ func TestAttackSlowRequests(t *testing.T) {
 	if t.Failed() {
 		t.FailNow()
 	}
-	if got := f.wp.Server.Stats().Timeouts - before; got < n {
-		t.Errorf("%d streams timed out, want %d", got, n)
-	}
+	// The timer aborts a stream before its loop counts it: the client can see the end first.
+	within(t, fmt.Sprintf("all %d streams counted as timed out", n), func() bool { return f.wp.Server.Stats().Timeouts-before >= n })
 	within(t, "the waypoint's streams to end", func() bool { return f.wp.Server.Stats().Streams == 0 })
 	comesBack(t, base)
 }
