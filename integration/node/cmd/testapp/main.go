@@ -1,0 +1,169 @@
+// Command testapp is the test node's application image: `testapp serve` answers every HTTP
+// request with "<name>: <method> <path>", and invoked as curl (the image's /usr/bin/curl) it
+// is the subset of curl the scenarios' READMEs use (-s, -S, -X, -d, -H, -o, -w '%{http_code}',
+// -m), exiting with curl's codes (7 refused, 28 timeout, 52 empty reply, 56 reset).
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if filepath.Base(os.Args[0]) == "curl" {
+		os.Exit(curl(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "curl" {
+		os.Exit(curl(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	listen := fs.String("listen", ":8080", "address to serve HTTP on")
+	name := fs.String("name", os.Getenv("APP_NAME"), "name said in every answer")
+	args := os.Args[1:]
+	if len(args) > 0 && args[0] == "serve" {
+		args = args[1:]
+	}
+	fs.Parse(args)
+	srv := &http.Server{
+		Addr:              *listen,
+		ReadHeaderTimeout: 10 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
+			fmt.Fprintf(w, "%s: %s %s\n", *name, r.Method, r.URL.Path)
+		}),
+	}
+	fmt.Fprintf(os.Stderr, "testapp %s serving on %s\n", *name, *listen)
+	if err := srv.ListenAndServe(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+// curl runs one request as curl does with the given arguments and returns curl's exit code.
+func curl(args []string, stdout, stderr io.Writer) int {
+	method, data, out, wfmt, url := "", "", "", "", ""
+	var headers []string
+	silent, showErr := false, false
+	maxTime := 30 * time.Second
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		next := func() string {
+			if i+1 < len(args) {
+				i++
+				return args[i]
+			}
+			return ""
+		}
+		switch {
+		case a == "-s" || a == "--silent":
+			silent = true
+		case a == "-S" || a == "--show-error":
+			showErr = true
+		case a == "-sS" || a == "-Ss":
+			silent, showErr = true, true
+		case a == "-X" || a == "--request":
+			method = next()
+		case a == "-d" || a == "--data":
+			data = next()
+		case a == "-H" || a == "--header":
+			headers = append(headers, next())
+		case a == "-o" || a == "--output":
+			out = next()
+		case a == "-w" || a == "--write-out":
+			wfmt = next()
+		case a == "-m" || a == "--max-time":
+			d, err := time.ParseDuration(next() + "s")
+			if err != nil {
+				fmt.Fprintln(stderr, "curl: bad --max-time")
+				return 2
+			}
+			maxTime = d
+		case strings.HasPrefix(a, "-"):
+			fmt.Fprintf(stderr, "curl: option %s: not supported by this test image\n", a)
+			return 2
+		default:
+			url = a
+		}
+	}
+	if url == "" {
+		fmt.Fprintln(stderr, "curl: no URL specified")
+		return 2
+	}
+	if !strings.Contains(url, "://") {
+		url = "http://" + url
+	}
+	if method == "" {
+		method = http.MethodGet
+		if data != "" {
+			method = http.MethodPost
+		}
+	}
+	req, err := http.NewRequest(method, url, strings.NewReader(data))
+	if err != nil {
+		fmt.Fprintln(stderr, "curl:", err)
+		return 3
+	}
+	if data != "" {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for _, h := range headers {
+		k, v, _ := strings.Cut(h, ":")
+		req.Header.Set(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
+	c := &http.Client{Timeout: maxTime, Transport: &http.Transport{DisableKeepAlives: true}}
+	code, status := 0, 0
+	resp, err := c.Do(req)
+	if err == nil {
+		status = resp.StatusCode
+		var w io.Writer = stdout
+		if out != "" && out != "-" {
+			if out == "/dev/null" {
+				w = io.Discard
+			} else if f, ferr := os.Create(out); ferr == nil {
+				defer f.Close()
+				w = f
+			}
+		}
+		_, err = io.Copy(w, resp.Body)
+		resp.Body.Close()
+	}
+	if err != nil {
+		code = exitCode(err)
+		if !silent || showErr {
+			fmt.Fprintf(stderr, "curl: (%d) %v\n", code, err)
+		}
+	}
+	if wfmt != "" {
+		fmt.Fprint(stdout, strings.ReplaceAll(strings.ReplaceAll(wfmt, "%{http_code}", fmt.Sprintf("%03d", status)), `\n`, "\n"))
+	}
+	return code
+}
+
+// exitCode maps a request's error to curl's exit code.
+func exitCode(err error) int {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return 7
+	case errors.As(err, &ne) && ne.Timeout():
+		return 28
+	case errors.Is(err, syscall.ECONNRESET):
+		return 56
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return 52
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return 6
+	}
+	return 56
+}
