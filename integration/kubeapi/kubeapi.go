@@ -154,7 +154,8 @@ type Options struct {
 	// in the serving certificate.
 	ServiceCIDR string
 	// KubeletClient gives the API server the administrator's client certificate for the
-	// kubelets' API (kubectl exec, logs), whose authentication is then by certificate only.
+	// kubelets' API (kubectl exec, logs), whose authentication is then by certificate only,
+	// reached at their InternalIP.
 	KubeletClient bool
 }
 
@@ -250,7 +251,9 @@ func startOnce(binDir, dir string, o Options) (*Server, error) {
 		"--profiling=false", "-v=1",
 	}
 	if o.KubeletClient {
-		apiArgs = append(apiArgs, "--kubelet-client-certificate="+files["admin.crt"], "--kubelet-client-key="+files["admin.key"])
+		apiArgs = append(apiArgs, "--kubelet-client-certificate="+files["admin.crt"], "--kubelet-client-key="+files["admin.key"],
+			// the node's address, not its name (which no DNS of the host knows)
+			"--kubelet-preferred-address-types=InternalIP")
 	}
 	api, err := startProc(filepath.Join(binDir, "kube-apiserver"), filepath.Join(dir, "kube-apiserver.log"), apiArgs...)
 	if err != nil {

@@ -98,9 +98,10 @@ func netnsSnapshot(undo func(string, func() error)) {
 	})
 }
 
-// chainsSnapshot registers the removal of the iptables chains named KUBE-* or CNI-* that
-// appear during the node's life (kubelet's and kube-proxy's, what kube-proxy --cleanup
-// leaves), with the rules of the built-in chains that jump to them.
+// chainsSnapshot registers the removal of the iptables chains named KUBE-*, CNI-* or ISTIO_*
+// that appear during the node's life (kubelet's and kube-proxy's, what kube-proxy --cleanup
+// leaves; the node agent's host rules when its pod did not end gracefully), with the rules of
+// the built-in chains that jump to them.
 func chainsSnapshot(undo func(string, func() error)) error {
 	tables := []string{"filter", "nat", "mangle"}
 	before := map[string]bool{}
@@ -123,7 +124,7 @@ func chainsSnapshot(undo func(string, func() error)) error {
 			}
 			ours := map[string]bool{}
 			for _, c := range chains {
-				if !before[t+"/"+c] && (strings.HasPrefix(c, "KUBE-") || strings.HasPrefix(c, "CNI-")) {
+				if !before[t+"/"+c] && (strings.HasPrefix(c, "KUBE-") || strings.HasPrefix(c, "CNI-") || strings.HasPrefix(c, "ISTIO_")) {
 					ours[c] = true
 				}
 			}
@@ -211,4 +212,41 @@ func cgroupSnapshot(undo func(string, func() error)) {
 		}
 		return errors.Join(errs...)
 	})
+}
+
+// ipsetSnapshot registers the removal of the ipsets named istio-* that appear during the
+// node's life (the node agent's istio-inpod-probes-v4, left when its pod did not end
+// gracefully).
+func ipsetSnapshot(undo func(string, func() error)) error {
+	list := func() (map[string]bool, error) {
+		out, err := exec.Command("ipset", "list", "-n").Output()
+		if err != nil {
+			return nil, fmt.Errorf("ipset list -n: %w", err)
+		}
+		m := map[string]bool{}
+		for _, s := range strings.Fields(string(out)) {
+			m[s] = true
+		}
+		return m, nil
+	}
+	before, err := list()
+	if err != nil {
+		return err
+	}
+	undo("ipsets", func() error {
+		now, err := list()
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for s := range now {
+			if !before[s] && strings.HasPrefix(s, "istio-") {
+				if err := run("ipset", "destroy", s); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		return errors.Join(errs...)
+	})
+	return nil
 }

@@ -77,29 +77,59 @@ const cniConfig = `{
 
 func (n *Node) startContainerd(ctx context.Context) error {
 	d := filepath.Join(n.Dir, "containerd")
-	for _, sub := range []string{"root", "state", "opt", "net.d", "ipam"} {
+	for _, sub := range []string{"root", "state", "opt", "net.d", "ipam", "bin"} {
 		if err := os.MkdirAll(filepath.Join(d, sub), 0o755); err != nil {
 			return err
 		}
 	}
 	n.Containerd = filepath.Join(d, "containerd.sock")
+	// The node's CNI plugins: Debian's, linked into a folder of the node's own, where Istio's
+	// install-cni adds its plugin.
+	plugins, err := filepath.Glob(filepath.Join(CNIBinDir, "*"))
+	if err != nil {
+		return err
+	}
+	for _, p := range plugins {
+		if err := os.Symlink(p, filepath.Join(n.CNIBinDir(), filepath.Base(p))); err != nil {
+			return err
+		}
+	}
 	cfg := fmt.Sprintf(containerdConfig, filepath.Join(d, "root"), filepath.Join(d, "state"), n.Containerd,
 		n.Containerd+".ttrpc", filepath.Join(d, "opt"), PauseImage, !hasCapSysResource(),
-		CNIBinDir, filepath.Join(d, "net.d"))
+		n.CNIBinDir(), n.CNIConfDir())
 	if err := os.WriteFile(filepath.Join(d, "config.toml"), []byte(cfg), 0o644); err != nil {
 		return err
 	}
 	cni := fmt.Sprintf(cniConfig, n.PodBridge, n.PodCIDR, n.PodGateway, filepath.Join(d, "ipam"))
-	if err := os.WriteFile(filepath.Join(d, "net.d", "10-goambient-node.conflist"), []byte(cni), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(n.CNIConfDir(), "10-goambient-node.conflist"), []byte(cni), 0o644); err != nil {
 		return err
 	}
-	if _, err := n.start("containerd", "containerd", []string{"--config", filepath.Join(d, "config.toml")}); err != nil {
+	// containerd, and so the pods, run in a PID namespace of their own whose /proc the pods'
+	// hostPath /proc shows: Istio's node agent opens /host/proc/1/ns/net (the host's network
+	// namespace, PID 1's), and on this VM the real PID 1 cannot be inspected even by root. PID 1
+	// is then containerd, in the host's network namespace. The node's folder is a shared mount
+	// first, so that what the kubelet mounts there (the pods' volumes) reaches containerd's
+	// mount namespace.
+	if err := run("mount", "--bind", n.Dir, n.Dir); err != nil {
+		return err
+	}
+	if err := run("mount", "--make-shared", n.Dir); err != nil {
+		return err
+	}
+	if _, err := n.start("containerd", "unshare", []string{"--pid", "--fork", "--mount-proc", "--propagation", "unchanged",
+		"--kill-child=SIGTERM", "containerd", "--config", filepath.Join(d, "config.toml")}); err != nil {
 		return err
 	}
 	return n.poll(ctx, "containerd", func(ctx context.Context) (bool, error) {
 		return exec.CommandContext(ctx, "ctr", "--address", n.Containerd, "version").Run() == nil, nil
 	})
 }
+
+// CNIBinDir is the node's CNI plugins' folder (containerd's bin_dir).
+func (n *Node) CNIBinDir() string { return filepath.Join(n.Dir, "containerd", "bin") }
+
+// CNIConfDir is the node's CNI configuration folder (containerd's conf_dir).
+func (n *Node) CNIConfDir() string { return filepath.Join(n.Dir, "containerd", "net.d") }
 
 // hasCapSysResource says whether this process has CAP_SYS_RESOURCE in its effective set.
 func hasCapSysResource() bool {

@@ -138,13 +138,28 @@ func (n *network) setUp(undo func(string, func() error)) error {
 			return run("iptables", append([]string{"-t", "mangle", "-D", chain}, logRule...)...)
 		})
 	}
-	// The Services' range belongs to the node: a packet to a Service address that kube-proxy
-	// has not translated (yet, or ever) gets an ICMP unreachable instead of the host's default
-	// route out of the machine.
-	if err := run("ip", "route", "add", "unreachable", n.ServiceCIDR); err != nil {
+	// The Services' range belongs to the node: routed to the node's bridge, which has no
+	// ports, instead of the host's default route out of the machine. kube-proxy's DNAT (nat
+	// PREROUTING for pods, OUTPUT for the host's own connections, which need a route to exist
+	// before it) sends Service traffic to its endpoints; a packet from a pod to a Service
+	// address kube-proxy has not translated (yet, or ever) is dropped here, not counted by the
+	// guard: it stays on the node.
+	if err := run("ip", "route", "add", n.ServiceCIDR, "dev", n.NodeBridge); err != nil {
 		return err
 	}
-	undo("route "+n.ServiceCIDR, func() error { return run("ip", "route", "del", "unreachable", n.ServiceCIDR) })
+	undo("route "+n.ServiceCIDR, func() error {
+		if _, err := net.InterfaceByName(n.NodeBridge); err != nil {
+			return nil // gone with the bridge
+		}
+		return run("ip", "route", "del", n.ServiceCIDR, "dev", n.NodeBridge)
+	})
+	untranslated := []string{"-i", n.PodBridge, "-o", n.NodeBridge, "-d", n.ServiceCIDR, "-m", "comment", "--comment", "goambient-untranslated-service-" + n.id, "-j", "DROP"}
+	if err := run("iptables", append([]string{"-t", "mangle", "-I", "FORWARD", "1"}, untranslated...)...); err != nil {
+		return err
+	}
+	undo("untranslated Service drop", func() error {
+		return run("iptables", append([]string{"-t", "mangle", "-D", "FORWARD"}, untranslated...)...)
+	})
 	return nil
 }
 

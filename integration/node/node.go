@@ -44,9 +44,18 @@ type Node struct {
 	// Started is when the bring-up began; ReadyAt, when the node was Ready.
 	Started, ReadyAt time.Time
 
-	mu    sync.Mutex
-	procs []*proc
-	undos []undoStep
+	mu       sync.Mutex
+	procs    []*proc
+	undos    []undoStep
+	preStops []undoStep
+}
+
+// BeforeStop registers fn to run at Stop while the node still runs (deleting what should end
+// gracefully, as the node agent's DaemonSet, whose pod then removes its own host rules).
+func (n *Node) BeforeStop(what string, fn func() error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.preStops = append(n.preStops, undoStep{what, fn})
 }
 
 type undoStep struct {
@@ -60,9 +69,9 @@ func Requirements() error {
 	if os.Geteuid() != 0 {
 		return errors.New("not root (the node needs containerd, runc, bridges and iptables)")
 	}
-	for _, tool := range []string{"ip", "iptables", "mount", "findmnt", "containerd", "containerd-shim-runc-v2", "runc", "ctr"} {
+	for _, tool := range []string{"ip", "iptables", "ipset", "mount", "findmnt", "unshare", "ldd", "containerd", "containerd-shim-runc-v2", "runc", "ctr"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s is not installed (apt-get install containerd runc iptables iproute2)", tool)
+			return fmt.Errorf("%s is not installed (apt-get install containerd runc iptables ipset iproute2)", tool)
 		}
 	}
 	for _, p := range []string{"bridge", "host-local", "loopback"} {
@@ -111,6 +120,9 @@ func Start(ctx context.Context, dir string, images []string) (n *Node, err error
 	netnsSnapshot(n.undo)
 	cgroupSnapshot(n.undo)
 	if err := chainsSnapshot(n.undo); err != nil {
+		return n, err
+	}
+	if err := ipsetSnapshot(n.undo); err != nil {
 		return n, err
 	}
 	n.undo("mounts under "+dir, func() error { return unmountUnder(dir) })
@@ -177,7 +189,9 @@ func (n *Node) WaitRollout(ctx context.Context, ns, what string) error {
 	if err != nil {
 		pods, _ := n.Kubectl(ctx, "-n", ns, "get", "pods", "-o", "wide")
 		events, _ := n.Kubectl(ctx, "-n", ns, "get", "events", "--sort-by=.lastTimestamp")
-		return fmt.Errorf("node: %s/%s: %w\n%s\npods:\n%s\nevents:\n%s", ns, what, err, out, pods, Last(events, 30))
+		logs, _ := n.Kubectl(ctx, "-n", ns, "logs", what, "--all-containers", "--tail=40")
+		prev, _ := n.Kubectl(ctx, "-n", ns, "logs", what, "--all-containers", "--tail=40", "--previous")
+		return fmt.Errorf("node: %s/%s: %w\n%s\npods:\n%s\nevents:\n%s\nlogs:\n%s\nprevious container's logs:\n%s", ns, what, err, out, pods, Last(events, 30), logs, prev)
 	}
 	return nil
 }
@@ -204,7 +218,7 @@ func (n *Node) undo(what string, fn func() error) {
 // (the ztunnel DaemonSet's /var/run/ztunnel) and containerd's shims and runc use whatever the
 // configuration says (/run/containerd/s, /run/containerd/runc), when they did not exist before.
 func (n *Node) hostDirs() error {
-	for _, d := range []string{"/run/ztunnel", "/run/containerd"} {
+	for _, d := range []string{"/run/ztunnel", "/run/containerd", "/run/istio-cni"} {
 		if _, err := os.Lstat(d); err == nil {
 			continue
 		}
@@ -218,6 +232,15 @@ func (n *Node) hostDirs() error {
 // could not be undone.
 func (n *Node) Stop() error {
 	var errs []error
+	n.mu.Lock()
+	preStops := n.preStops
+	n.preStops = nil
+	n.mu.Unlock()
+	for i := len(preStops) - 1; i >= 0; i-- {
+		if err := preStops[i].fn(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", preStops[i].what, err))
+		}
+	}
 	n.mu.Lock()
 	procs := n.procs
 	n.procs = nil

@@ -1,5 +1,6 @@
 // Command testapp is the test node's application image: `testapp serve` answers every HTTP
-// request with "<name>: <method> <path>", and invoked as curl (the image's /usr/bin/curl) it
+// request with "<name>: <method> <path>", `testapp idle` waits to be stopped (a client pod's
+// main process), and invoked as curl (the image's /usr/bin/curl) it
 // is the subset of curl the scenarios' READMEs use (-s, -S, -X, -d, -H, -o, -w '%{http_code}',
 // -m), exiting with curl's codes (7 refused, 28 timeout, 52 empty reply, 56 reset).
 package main
@@ -12,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -24,6 +26,12 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "curl" {
 		os.Exit(curl(os.Args[2:], os.Stdout, os.Stderr))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "idle" { // a client pod's main process: wait to be stopped
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+		<-sig
+		return
 	}
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	listen := fs.String("listen", ":8080", "address to serve HTTP on")
