@@ -33,10 +33,12 @@ func newScenario(t *testing.T, n *Node, name, ns string) *scenario {
 }
 
 // renderForNode rewrites a scenario's YAML for this node: every Pod runs the test application
-// image (serving on its container ports, else idle as a client with curl), on whatever node
-// the scheduler picks (there is one), never pulled. Everything else is applied as written.
+// image on whatever node the scheduler picks (there is one), never pulled: a container whose
+// image is curl is an idle client with curl; any other serves HTTP on its container port, or
+// on the target port of the Services that select it, calling the upstreams its annotation
+// demo/upstreams names. Everything else is applied as written.
 func renderForNode(in []byte) ([]byte, error) {
-	var out bytes.Buffer
+	var objs []map[string]any
 	for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(in), -1) {
 		if strings.TrimSpace(doc) == "" {
 			continue
@@ -45,24 +47,64 @@ func renderForNode(in []byte) ([]byte, error) {
 		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
 			return nil, err
 		}
-		if obj == nil {
-			continue
+		if obj != nil {
+			objs = append(objs, obj)
 		}
+	}
+	servicePort := func(ns string, labels map[string]any) any {
+		for _, o := range objs {
+			meta, _ := o["metadata"].(map[string]any)
+			spec, _ := o["spec"].(map[string]any)
+			if o["kind"] != "Service" || meta["namespace"] != ns {
+				continue
+			}
+			sel, _ := spec["selector"].(map[string]any)
+			match := len(sel) > 0
+			for k, v := range sel {
+				match = match && labels[k] == v
+			}
+			ports, _ := spec["ports"].([]any)
+			if match && len(ports) > 0 {
+				p := ports[0].(map[string]any)
+				if tp, ok := p["targetPort"]; ok {
+					return tp
+				}
+				return p["port"]
+			}
+		}
+		return nil
+	}
+	var out bytes.Buffer
+	for _, obj := range objs {
 		if obj["kind"] == "Pod" {
 			meta, _ := obj["metadata"].(map[string]any)
 			spec, _ := obj["spec"].(map[string]any)
+			labels, _ := meta["labels"].(map[string]any)
+			annotations, _ := meta["annotations"].(map[string]any)
 			delete(spec, "nodeName")
 			containers, _ := spec["containers"].([]any)
 			for _, c := range containers {
 				c := c.(map[string]any)
+				client := c["image"] == "curl"
 				c["image"], c["imagePullPolicy"] = AppImage, "Never"
-				ports, _ := c["ports"].([]any)
-				if len(ports) > 0 {
-					port := ports[0].(map[string]any)["containerPort"]
-					c["args"] = []any{"serve", fmt.Sprintf("--listen=:%v", port), fmt.Sprintf("--name=%v", meta["name"])}
-				} else {
+				if client {
 					c["args"] = []any{"idle"}
+					continue
 				}
+				port := servicePort(fmt.Sprint(meta["namespace"]), labels)
+				if ports, _ := c["ports"].([]any); len(ports) > 0 {
+					port = ports[0].(map[string]any)["containerPort"]
+				}
+				if port == nil {
+					return nil, fmt.Errorf("pod %v: no port to serve on", meta["name"])
+				}
+				args := []any{"serve", fmt.Sprintf("--listen=:%v", port), fmt.Sprintf("--name=%v", meta["name"])}
+				if ups, ok := annotations["demo/upstreams"].(string); ok {
+					for _, u := range strings.Split(ups, ",") {
+						args = append(args, "--upstream="+strings.TrimSpace(u))
+					}
+				}
+				c["args"] = args
 			}
 		}
 		b, err := yaml.Marshal(obj)
@@ -255,4 +297,115 @@ func TestHandson(t *testing.T) {
 	if strings.Contains(line, `"upstream_host":"10.`) {
 		t.Errorf("the denied request has an upstream host: %s", line)
 	}
+}
+
+// in returns the scenario acting in another namespace.
+func (s *scenario) in(ns string) *scenario { c := *s; c.ns = ns; return &c }
+
+// cleanup deletes, when the test ends, what the scenario's files declare except Namespaces
+// that already existed (default, istio-system), and the namespaces it created; it removes the
+// ambient label from default.
+func (s *scenario) cleanup(created []string, files ...string) {
+	s.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		if s.t.Failed() {
+			for _, w := range []string{"ds/ztunnel", "deploy/xdsserver", "ds/istio-cni-node"} {
+				out, _ := s.n.Kubectl(ctx, "-n", "istio-system", "logs", w, "--tail=40")
+				s.t.Logf("kubectl -n istio-system logs %s:\n%s", w, out)
+			}
+		}
+		for _, f := range files {
+			b, err := os.ReadFile(filepath.Join(s.dir, f))
+			if err != nil {
+				continue
+			}
+			for _, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(b), -1) {
+				var obj struct {
+					Kind     string `json:"kind"`
+					Metadata struct{ Name, Namespace string }
+				}
+				if yaml.Unmarshal([]byte(doc), &obj) != nil || obj.Kind == "" || obj.Kind == "Namespace" {
+					continue
+				}
+				args := []string{"delete", obj.Kind, obj.Metadata.Name, "--ignore-not-found", "--wait=false"}
+				if obj.Metadata.Namespace != "" {
+					args = append(args, "-n", obj.Metadata.Namespace)
+				}
+				s.n.Kubectl(ctx, args...)
+			}
+		}
+		s.n.Kubectl(ctx, "label", "namespace", "default", "istio.io/dataplane-mode-")
+		for _, ns := range created {
+			s.n.Kubectl(ctx, "delete", "namespace", ns, "--wait=true", "--timeout=2m")
+		}
+	})
+}
+
+// TestBookinfoLite plays manifests/examples/bookinfo-lite on the node: the call chain through
+// real pods, deny-by-default, then per-service ALLOW (peers as TestHandson).
+func TestBookinfoLite(t *testing.T) {
+	n := testNode(t)
+	s := newScenario(t, n, "bookinfo-lite", "default")
+	s.cleanup(nil, "rbac.yaml", "allow-nothing.yaml", "mesh.yaml")
+
+	t.Log("step 1 — mesh only")
+	s.apply("mesh.yaml")
+	s.waitEnrolled("web-api-1", "recommendation-1", "purchase-history-v1-1", "sleep-1", "notsleep-1")
+	s.expectCurl("sleep-1", "200", "http://web-api:8080/")
+	body, _ := s.curl("sleep-1", "http://web-api:8080/")
+	t.Logf("$ kubectl exec sleep-1 -- curl -s http://web-api:8080/\n    %s", body)
+	if strings.Count(body, `"code":200`) != 2 {
+		t.Errorf("the chain should answer 200 at both hops: %s", body)
+	}
+
+	t.Log("step 2 — allow-nothing")
+	s.apply("allow-nothing.yaml")
+	s.expectCurl("sleep-1", "000", "http://web-api:8080/")
+	s.waitLog("istio-system", "ds/ztunnel", "spiffe://cluster.local/ns/default/sa/sleep", "allow policies exist, but none allowed")
+
+	t.Log("step 3 — rbac along the chain")
+	s.apply("rbac.yaml")
+	s.expectCurl("sleep-1", "200", "http://web-api:8080/")
+	body, _ = s.curl("sleep-1", "http://web-api:8080/")
+	t.Logf("$ kubectl exec sleep-1 -- curl -s http://web-api:8080/\n    %s", body)
+	if strings.Count(body, `"code":200`) != 2 {
+		t.Errorf("the chain should answer 200 at both hops: %s", body)
+	}
+	s.expectCurl("notsleep-1", "000", "http://web-api:8080/")
+	s.expectCurl("sleep-1", "000", "http://recommendation:8080/")
+}
+
+// TestDemoStrict plays manifests/examples/demo-strict on the node: mesh-wide STRICT, a
+// principal allow-list, a pod outside the mesh refused, PERMISSIVE and back (peers as
+// TestHandson).
+func TestDemoStrict(t *testing.T) {
+	n := testNode(t)
+	s := newScenario(t, n, "demo-strict", "demo")
+	s.cleanup([]string{"demo", "non-mesh"}, "authz-policy.yaml", "peer-authentication.yaml", "mesh.yaml")
+	outside := s.in("non-mesh")
+
+	t.Log("step 1 — STRICT and the allow-list")
+	s.apply("mesh.yaml")
+	s.apply("peer-authentication.yaml")
+	s.apply("authz-policy.yaml")
+	s.waitEnrolled("frontend-1", "attacker", "backend-1")
+	if _, err := n.Kubectl(context.Background(), "-n", "non-mesh", "wait", "--for=condition=Ready", "pod/curl-test", "--timeout=3m"); err != nil {
+		t.Fatal(err)
+	}
+	s.expectCurl("frontend-1", "200", "http://backend.demo/status/200")
+	s.expectCurl("frontend-1", "200", "http://backend.demo/get")
+	s.expectCurl("attacker", "000", "http://backend.demo/get")
+	s.waitLog("istio-system", "ds/ztunnel", "spiffe://cluster.local/ns/demo/sa/attacker", "direction=\"inbound\"", "policy rejection")
+	outside.expectCurl("curl-test", "000", "http://backend.demo.svc.cluster.local/get")
+
+	t.Log("step 2 — the allow-list removed")
+	s.delete("authz-policy.yaml")
+	s.expectCurl("attacker", "200", "http://backend.demo/get")
+
+	t.Log("step 3 — PERMISSIVE, then STRICT again")
+	s.kubectl("-n", "istio-system", "patch", "peerauthentication", "default", "--type=merge", "-p", `{"spec":{"mtls":{"mode":"PERMISSIVE"}}}`)
+	outside.expectCurl("curl-test", "200", "http://backend.demo.svc.cluster.local/get")
+	s.kubectl("-n", "istio-system", "patch", "peerauthentication", "default", "--type=merge", "-p", `{"spec":{"mtls":{"mode":"STRICT"}}}`)
+	outside.expectCurl("curl-test", "000", "http://backend.demo.svc.cluster.local/get")
 }

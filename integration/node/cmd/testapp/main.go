@@ -1,11 +1,13 @@
 // Command testapp is the test node's application image: `testapp serve` answers every HTTP
-// request with "<name>: <method> <path>", `testapp idle` waits to be stopped (a client pod's
+// request with "<name>: <method> <path>" (with --upstream, JSON with each upstream call's
+// status, as the scenarios' fake-service; /status/N answers N, as httpbin), `testapp idle` waits to be stopped (a client pod's
 // main process), and invoked as curl (the image's /usr/bin/curl) it
 // is the subset of curl the scenarios' READMEs use (-s, -S, -X, -d, -H, -o, -w '%{http_code}',
 // -m), exiting with curl's codes (7 refused, 28 timeout, 52 empty reply, 56 reset).
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -36,24 +39,73 @@ func main() {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	listen := fs.String("listen", ":8080", "address to serve HTTP on")
 	name := fs.String("name", os.Getenv("APP_NAME"), "name said in every answer")
+	var upstreams []string
+	fs.Func("upstream", "an upstream URL called on every request (repeatable): the answer is then JSON with each call's status", func(u string) error {
+		upstreams = append(upstreams, u)
+		return nil
+	})
 	args := os.Args[1:]
 	if len(args) > 0 && args[0] == "serve" {
 		args = args[1:]
 	}
 	fs.Parse(args)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	srv := &http.Server{
 		Addr:              *listen,
 		ReadHeaderTimeout: 10 * time.Second,
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
-			fmt.Fprintf(w, "%s: %s %s\n", *name, r.Method, r.URL.Path)
-		}),
+		Handler:           handler(*name, upstreams, client),
 	}
 	fmt.Fprintf(os.Stderr, "testapp %s serving on %s\n", *name, *listen)
 	if err := srv.ListenAndServe(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+}
+
+// handler answers "<name>: <method> <path>"; /status/N answers N (as httpbin); with upstreams
+// it calls each and answers JSON naming itself and each call's status (500 when one failed).
+func handler(name string, upstreams []string, client *http.Client) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
+		if code, ok := strings.CutPrefix(r.URL.Path, "/status/"); ok {
+			if n, err := strconv.Atoi(code); err == nil && n >= 200 && n < 600 {
+				w.WriteHeader(n)
+				return
+			}
+		}
+		if len(upstreams) == 0 {
+			fmt.Fprintf(w, "%s: %s %s\n", name, r.Method, r.URL.Path)
+			return
+		}
+		type call struct {
+			URI  string          `json:"uri"`
+			Code int             `json:"code"`
+			Body json.RawMessage `json:"body,omitempty"`
+		}
+		resp := struct {
+			Name  string `json:"name"`
+			Calls []call `json:"upstream_calls"`
+		}{Name: name}
+		status := http.StatusOK
+		for _, u := range upstreams {
+			c := call{URI: u}
+			if res, err := client.Get(u); err == nil {
+				b, _ := io.ReadAll(io.LimitReader(res.Body, 1<<16))
+				res.Body.Close()
+				c.Code = res.StatusCode
+				if json.Valid(b) {
+					c.Body = b
+				}
+			}
+			if c.Code != http.StatusOK {
+				status = http.StatusInternalServerError
+			}
+			resp.Calls = append(resp.Calls, c)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		json.NewEncoder(w).Encode(resp)
+	})
 }
 
 // curl runs one request as curl does with the given arguments and returns curl's exit code.
