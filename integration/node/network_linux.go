@@ -130,7 +130,11 @@ func (n *network) setUp(undo func(string, func() error)) error {
 	// says what a pod tried to reach.
 	for _, g := range n.guards {
 		logRule := append(append([]string{}, g.spec...), "-m", "limit", "--limit", "10/min", "-j", "LOG", "--log-prefix", n.LogPrefix())
-		if err := run("iptables", append([]string{"-t", "mangle", "-I", g.chain, "1"}, logRule...)...); err != nil {
+		pos := "1" // just before the drop: in INPUT, after the node address's exception
+		if g.chain == "INPUT" {
+			pos = "2"
+		}
+		if err := run("iptables", append([]string{"-t", "mangle", "-I", g.chain, pos}, logRule...)...); err != nil {
 			return err
 		}
 		chain := g.chain
