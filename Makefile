@@ -2,7 +2,7 @@
 GO ?= go
 OPA := $(GO) tool opa
 
-.PHONY: test vet gotest opa-test bench fuzz build clean demo filters crds kube-bins images istiod-bin istiod-peer
+.PHONY: test vet gotest opa-test bench fuzz build clean demo filters crds kube-bins images istiod-bin istiod-peer demo-cluster
 
 test: filters vet gotest opa-test
 
@@ -90,3 +90,11 @@ istiod-peer:
 # waypoint image has a Dockerfile (manifests/images/waypoint-envoy.Dockerfile), built elsewhere.
 images: build
 	$(GO) run ./manifests/images --bin bin --out bin/images
+
+# A real single-node Kubernetes on this machine (integration/node: root, Debian's containerd,
+# runc and containernetworking-plugins; kubelet and the rest from the kube-bins cache), the
+# install bundle and Istio's istio-cni on it, then the scenarios through real pods with kubectl;
+# everything is torn down at the end (GOAMBIENT_NODE_KEEP=1 keeps the logs' folder).
+demo-cluster:
+	GOAMBIENT_KUBE_BIN_DIR=$$(integration/kube/tools/build.sh) GOAMBIENT_NODE=1 \
+		$(GO) test -count=1 -timeout 60m -v ./integration/node/

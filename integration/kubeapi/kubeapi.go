@@ -144,13 +144,31 @@ func Main(m *testing.M) int {
 	return code
 }
 
+// Options change where the API server listens, for a cluster whose pods reach it (a real
+// node, integration/node); the zero value is the loopback server of StartIn.
+type Options struct {
+	// Host is the address etcd and the API server bind (default: a random 127.x.y.z). The
+	// API server advertises it as the kubernetes Service's endpoint when it is not loopback.
+	Host string
+	// ServiceCIDR is --service-cluster-ip-range (default 10.96.0.0/16); its first address is
+	// in the serving certificate.
+	ServiceCIDR string
+	// KubeletClient gives the API server the administrator's client certificate for the
+	// kubelets' API (kubectl exec, logs), whose authentication is then by certificate only,
+	// reached at their InternalIP.
+	KubeletClient bool
+}
+
 // StartIn starts etcd and kube-apiserver from binDir, with their files in dir, on a random
 // loopback address with free ports, and waits until /readyz answers ok.
-func StartIn(binDir, dir string) (*Server, error) {
+func StartIn(binDir, dir string) (*Server, error) { return StartWith(binDir, dir, Options{}) }
+
+// StartWith is StartIn with options.
+func StartWith(binDir, dir string, o Options) (*Server, error) {
 	var err error
 	for range 3 { // a port taken between its choice and the server's bind: try other ports
 		var s *Server
-		if s, err = startOnce(binDir, dir); err == nil {
+		if s, err = startOnce(binDir, dir, o); err == nil {
 			return s, nil
 		}
 		if !errors.Is(err, errPortTaken) {
@@ -162,8 +180,26 @@ func StartIn(binDir, dir string) (*Server, error) {
 
 var errPortTaken = errors.New("address already in use")
 
-func startOnce(binDir, dir string) (*Server, error) {
-	host := fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(250), 1+rand.IntN(250), 1+rand.IntN(250))
+func startOnce(binDir, dir string, o Options) (*Server, error) {
+	host := o.Host
+	if host == "" {
+		host = fmt.Sprintf("127.%d.%d.%d", 1+rand.IntN(250), 1+rand.IntN(250), 1+rand.IntN(250))
+	}
+	serviceCIDR := o.ServiceCIDR
+	if serviceCIDR == "" {
+		serviceCIDR = "10.96.0.0/16"
+	}
+	_, svcNet, err := net.ParseCIDR(serviceCIDR)
+	if err != nil {
+		return nil, fmt.Errorf("kubeapi: service CIDR: %w", err)
+	}
+	apiVIP := append(net.IP(nil), svcNet.IP.To4()...)
+	apiVIP[3]++
+	// On loopback no kubelet reaches this address: the kubernetes Service gets no endpoint.
+	reconciler := "none"
+	if !net.ParseIP(host).IsLoopback() {
+		reconciler = "lease"
+	}
 	ports, err := FreePorts(host, 3)
 	if err != nil {
 		return nil, err
@@ -171,7 +207,7 @@ func startOnce(binDir, dir string) (*Server, error) {
 	etcdURL := fmt.Sprintf("http://%s:%d", host, ports[0])
 	peerURL := fmt.Sprintf("http://%s:%d", host, ports[1])
 	apiURL := fmt.Sprintf("https://%s:%d", host, ports[2])
-	p, err := newPKI(host)
+	p, err := newPKI(host, apiVIP)
 	if err != nil {
 		return nil, fmt.Errorf("kubeapi: credentials: %w", err)
 	}
@@ -199,22 +235,27 @@ func startOnce(binDir, dir string) (*Server, error) {
 		s.Stop()
 		return nil, fmt.Errorf("kubeapi: etcd: %w", err)
 	}
-	api, err := startProc(filepath.Join(binDir, "kube-apiserver"), filepath.Join(dir, "kube-apiserver.log"),
-		"--etcd-servers="+etcdURL,
-		"--bind-address="+host, "--advertise-address="+host, "--secure-port="+strconv.Itoa(ports[2]),
-		"--tls-cert-file="+files["serving.crt"], "--tls-private-key-file="+files["serving.key"],
-		"--client-ca-file="+files["ca.crt"],
+	apiArgs := []string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=" + host, "--advertise-address=" + host, "--secure-port=" + strconv.Itoa(ports[2]),
+		"--tls-cert-file=" + files["serving.crt"], "--tls-private-key-file=" + files["serving.key"],
+		"--client-ca-file=" + files["ca.crt"],
 		"--authorization-mode=Node,RBAC",
-		"--service-account-issuer="+Issuer,
-		"--service-account-key-file="+files["sa.key"],
-		"--service-account-signing-key-file="+files["sa.key"],
-		"--api-audiences="+strings.Join(Audiences, ","),
-		"--service-cluster-ip-range=10.96.0.0/16",
-		// No kubelet registers this address as the kubernetes Service's endpoint on loopback.
-		"--endpoint-reconciler-type=none",
+		"--service-account-issuer=" + Issuer,
+		"--service-account-key-file=" + files["sa.key"],
+		"--service-account-signing-key-file=" + files["sa.key"],
+		"--api-audiences=" + strings.Join(Audiences, ","),
+		"--service-cluster-ip-range=" + serviceCIDR,
+		"--endpoint-reconciler-type=" + reconciler,
 		"--allow-privileged=true", // the ztunnel DaemonSet is privileged-ish (capabilities)
 		"--profiling=false", "-v=1",
-	)
+	}
+	if o.KubeletClient {
+		apiArgs = append(apiArgs, "--kubelet-client-certificate="+files["admin.crt"], "--kubelet-client-key="+files["admin.key"],
+			// the node's address, not its name (which no DNS of the host knows)
+			"--kubelet-preferred-address-types=InternalIP")
+	}
+	api, err := startProc(filepath.Join(binDir, "kube-apiserver"), filepath.Join(dir, "kube-apiserver.log"), apiArgs...)
 	if err != nil {
 		s.Stop()
 		return nil, err

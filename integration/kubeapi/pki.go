@@ -24,7 +24,7 @@ type pki struct {
 	saKey                  *ecdsa.PrivateKey
 }
 
-func newPKI(host string) (*pki, error) {
+func newPKI(host string, extraIPs ...net.IP) (*pki, error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -62,8 +62,8 @@ func newPKI(host string) (*pki, error) {
 	if p.servingCert, p.servingKy, err = leaf(2, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "kube-apiserver"},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.ParseIP(host)},
-		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
+		IPAddresses: append([]net.IP{net.ParseIP(host)}, extraIPs...),
+		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
 	}); err != nil {
 		return nil, err
 	}
@@ -88,7 +88,7 @@ func (p *pki) write(dir string) (map[string]string, error) {
 	}
 	files := map[string][]byte{
 		"ca.crt": p.caPEM, "serving.crt": p.servingCert, "serving.key": p.servingKy,
-		"sa.key": pemBlock("EC PRIVATE KEY", saDER),
+		"sa.key": pemBlock("EC PRIVATE KEY", saDER), "admin.crt": p.adminCert, "admin.key": p.adminKey,
 	}
 	paths := map[string]string{}
 	for name, b := range files {

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the binaries the cluster tests run (kube-apiserver, kube-controller-manager, kubectl,
-# etcd) from this module's pinned versions, once per version, into a cache directory, and
+# etcd, and for the real node kubelet, kube-scheduler, kube-proxy) from this module's pinned versions, once per version, into a cache directory, and
 # prints that directory. A folder of the same versions that lacks a binary (one added since it
 # was built) gets only the missing ones.
 #   GOAMBIENT_CACHE   cache root (default ~/.cache/goambient); binaries land in kube-<version>/
 # A build takes ~13 CPU-minutes and ~3 GB of memory cold for the first three;
-# kube-controller-manager adds ~3 CPU-minutes to a cold build (see integration/README.md);
+# kube-controller-manager adds ~3 CPU-minutes to a cold build, the node's three (kubelet,
+# kube-scheduler, kube-proxy) more (see integration/README.md); builds run under nice -n 10;
 # later calls only check the files.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,8 +14,9 @@ cd "$here"
 kube=$(go list -m -f '{{.Version}}' k8s.io/kubernetes)
 etcd=$(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
 dir="${GOAMBIENT_CACHE:-$HOME/.cache/goambient}/kube-$kube"
-bins=(kube-apiserver kube-controller-manager kubectl etcd)
-pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl ./etcd)
+bins=(kube-apiserver kube-controller-manager kubectl etcd kubelet kube-scheduler kube-proxy)
+pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl ./etcd
+  k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy)
 
 same_version() { [ "$(cat "$dir/VERSION" 2>/dev/null)" = "kubernetes $kube etcd $etcd" ]; }
 missing=()
@@ -34,7 +36,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   mkdir -p "$(dirname "$dir")"
   tmp=$(mktemp -d "${dir}.tmp.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w$ld" -o "$tmp/" "${missing[@]}"
+  CGO_ENABLED=0 nice -n 10 go build -trimpath -ldflags "-s -w$ld" -o "$tmp/" "${missing[@]}"
   if same_version; then # add the missing binaries to the folder
     for b in "$tmp"/*; do mv "$b" "$dir/"; done
   else
