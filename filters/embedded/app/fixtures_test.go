@@ -422,7 +422,7 @@ func startWaypoint(t testing.TB, a *addrs, p *pki, ns, pod, sa string, seed uint
 	}
 	wp, err := Start(context.Background(), Options{
 		MetricsListen: metricsListen,
-		XDSAddress: w.cp.addr, NodeID: fmt.Sprintf("waypoint~%s~%s.%s~%s.svc.cluster.local", ip, pod, ns, ns),
+		XDSAddress:    w.cp.addr, NodeID: fmt.Sprintf("waypoint~%s~%s.%s~%s.svc.cluster.local", ip, pod, ns, ns),
 		Listen: netip.AddrPortFrom(ip, 0).String(), ReadyListen: "127.0.0.1:0", SVIDDir: p.dir, ServiceAccount: sa,
 		AccessLog: w.log, Logger: logger, Host: h, Rand: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), Limits: c.limits,
 	})
