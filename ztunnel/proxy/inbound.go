@@ -55,6 +55,13 @@ func (p *Proxy) serveHBONE(ctx context.Context, req *hbone.Request) hbone.Respon
 		e.SrcWorkload, e.SrcNamespace = sw.GetName(), sw.GetNamespace()
 	}
 	labels := metrics.Labels{Reporter: metrics.ReporterDestination, SourcePrincipal: req.Peer.String(), ConnectionSecurityPolicy: metrics.SecurityMutualTLS}
+	if !p.cfg.DisableBaggage {
+		// What the source says of itself, where the state knows no workload at its address
+		// (ztunnel's with_derived_source, then with_source over it).
+		if d, ok := parseBaggage(req.Baggage); ok {
+			d.fillSource(&labels)
+		}
+	}
 	fillSrcLabels(&labels, st.WorkloadByIP(src.Addr()))
 	fail := func(status int, err error, flag metrics.ResponseFlags) hbone.Response {
 		mc := p.metrics.Open(labels)
@@ -93,7 +100,13 @@ func (p *Proxy) serveHBONE(ctx context.Context, req *hbone.Request) hbone.Respon
 		return fail(http.StatusUnauthorized, denied, metrics.FlagDeny)
 	}
 	mc := p.metrics.Open(labels)
-	return hbone.Response{Status: http.StatusOK, Upstream: up, Done: func(res hbone.Result) {
+	var hdr http.Header
+	if !p.cfg.DisableBaggage {
+		if kv := baggageOf(dst); len(kv) > 0 {
+			hdr = http.Header{hbone.HeaderBaggage: {hbone.BaggageValue(kv)}}
+		}
+	}
+	return hbone.Response{Status: http.StatusOK, Upstream: up, Header: hdr, Done: func(res hbone.Result) {
 		denied := p.track(ic, false)
 		mc.Received(res.Received)
 		mc.Sent(res.Sent)
