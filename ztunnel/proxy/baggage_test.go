@@ -180,3 +180,52 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestInboundServiceGuess: the destination's reporter="destination" series names the Service as
+// Istio's ztunnel guesses it: the forwarded host among the workload's own Services, else the
+// Service whose target port the connection is for; a host naming another Service is not taken.
+func TestInboundServiceGuess(t *testing.T) {
+	pod := randomNet() + ".14"
+	startEcho(t, pod, 7091)
+	tp := startProxy(t, parseState(t, fmt.Sprintf(`workloads:
+- {uid: Kubernetes//Pod/b/app, name: app-1, namespace: b, serviceAccount: app, addresses: [%q], node: n1, tunnelProtocol: HBONE,
+   services: {b/one.b.svc.cluster.local: {ports: [{servicePort: 80, targetPort: 7091}]}, b/two.b.svc.cluster.local: {ports: [{servicePort: 81, targetPort: 7091}]}}}
+services:
+- {name: one, namespace: b, hostname: one.b.svc.cluster.local, addresses: [{address: 10.96.0.1}], ports: [{servicePort: 80, targetPort: 7091}]}
+- {name: two, namespace: b, hostname: two.b.svc.cluster.local, addresses: [{address: 10.96.0.2}], ports: [{servicePort: 81, targetPort: 7091}]}
+- {name: other, namespace: b, hostname: other.b.svc.cluster.local, addresses: [{address: 10.96.0.3}], ports: [{servicePort: 82, targetPort: 7091}]}
+`, pod)), nil)
+	c, err := hbone.NewClient(hbone.ClientConfig{Bundle: tp.ca.Bundle()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	svid, err := tp.ca.IssueSVID(spiffeid.RequireFromString("spiffe://cluster.local/ns/b/sa/client"), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, host := range []string{"two.b.svc.cluster.local", "", "other.b.svc.cluster.local"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ip := netip.MustParseAddr(pod)
+		conn, err := c.Dial(ctx, hbone.Target{
+			Source: svid, Address: netip.AddrPortFrom(ip, PortInboundHBONE), Authority: netip.AddrPortFrom(ip, 7091).String(),
+			Identities: []spiffeid.ID{spiffeid.RequireFromString("spiffe://cluster.local/ns/b/sa/app")},
+			SourceAddr: netip.MustParseAddrPort("10.9.9.9:40000"), Host: host,
+		})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Close()
+		eventually(t, "the inbound line", func() bool { return strings.Count(tp.logs.String(), "connection complete") >= i+1 })
+	}
+	s := tcpSeries(t, tp)
+	for _, want := range []string{"destination_service=two.b.svc.cluster.local", "destination_service=one.b.svc.cluster.local destination_service_name=one destination_service_namespace=b"} {
+		if !hasSeries(s, "reporter=destination "+want) {
+			t.Errorf("no series with %s; got:\n%v", want, s)
+		}
+	}
+	if hasSeries(s, "destination_service=other.b.svc.cluster.local") {
+		t.Error("a forwarded host naming another Service was taken")
+	}
+}

@@ -78,7 +78,12 @@ func (p *Proxy) serveHBONE(ctx context.Context, req *hbone.Request) hbone.Respon
 		return fail(http.StatusServiceUnavailable, fmt.Errorf("unknown destination %s", local), metrics.FlagConnect)
 	}
 	e.DstWorkload, e.DstNamespace, e.DstIdentity = dst.GetName(), dst.GetNamespace(), st.Identity(dst)
-	fillDstLabels(&labels, st, dst, nil)
+	_, fwdHost := hbone.ParseForwarded(req.Forwarded)
+	svc := guessInboundService(st, dst, fwdHost, req.Authority.Addr.Port())
+	if svc != nil {
+		e.DstService = svc.GetHostname()
+	}
+	fillDstLabels(&labels, st, dst, svc)
 	if !req.Authority.Addr.IsValid() || req.Authority.Addr.Addr() != local {
 		return fail(http.StatusBadRequest, accesslog.ErrIPMismatch, metrics.FlagConnect)
 	}
