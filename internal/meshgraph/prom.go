@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/goambient/goambient/internal/promtext"
 )
 
 // Row is one element of an instant vector.
@@ -104,4 +106,30 @@ func withProtocol(kind string, l map[string]string) map[string]string {
 		return withoutProtocol(l)
 	}
 	return l
+}
+
+// FromEndpoints reads each metrics URL (a component's /stats/prometheus) and builds the graph
+// from the counters (FromSamples).
+func FromEndpoints(ctx context.Context, c *http.Client, urls []string) (*Graph, error) {
+	var all []promtext.Sample
+	for _, u := range urls {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		s, err := promtext.Parse(io.LimitReader(resp.Body, maxAnswer))
+		resp.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", u, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("%s: %s", u, resp.Status)
+		}
+		all = append(all, s...)
+	}
+	return FromSamples(all), nil
 }
