@@ -116,7 +116,7 @@ func TestHTMLInChromium(t *testing.T) {
 	}
 	want := map[string]string{
 		"handson/curl>svc handson/handson>http":         "67% true 200:1 403:2",
-		"handson/curl-allow>svc handson/handson>tcp":   "- true ",
+		"handson/curl-allow>svc handson/handson>tcp":    "- true ",
 		"svc handson/handson>handson/handson-blue>http": "0% true 200:1",
 	}
 	for _, r := range rows {
