@@ -22,9 +22,10 @@ type Options struct {
 	// <Root>/bin/demo-graphs when empty.
 	GraphDir string
 	// Started, when set, is called once a scenario's stack runs, with its metrics endpoints;
-	// Played after its steps, before the stack stops (a test's Prometheus, for instance).
+	// Played after its steps, before the stack stops (a test's Prometheus, for instance), with
+	// a function that makes the last step's calls once more.
 	Started func(scenario string, targets []Target)
-	Played  func(scenario string)
+	Played  func(scenario string, replay func(context.Context) error)
 }
 
 // Report is the outcome of one scenario.
@@ -159,7 +160,7 @@ func play(ctx context.Context, sc *Scenario, root, dir string, bins *Binaries, o
 		w("  graph of %s written to %s\n", sc.Name, path)
 	}
 	if o.Played != nil {
-		o.Played(sc.Name)
+		o.Played(sc.Name, s.replay)
 	}
 	return r
 }
