@@ -4,6 +4,9 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/envoyproxy/envoy/contrib/golang/common/go/api"
 )
 
 // A stat name's labels come back whole through the stats_tags, hostile values included (cut
@@ -46,5 +49,27 @@ func TestFlagsString(t *testing.T) {
 		if got := FlagsString(bits); got != want {
 			t.Errorf("FlagsString(%#x) = %q, want %q", bits, got, want)
 		}
+	}
+}
+
+// countStore is a metric store for the benchmark: Envoy's counters are atomic adds too.
+type countStore struct{}
+
+type nopCounter struct{ n *int64 }
+
+func (c nopCounter) Increment(d int64) { *c.n += d }
+func (c nopCounter) Get() uint64       { return uint64(*c.n) }
+func (c nopCounter) Record(v uint64)   { *c.n = int64(v) }
+
+func (countStore) DefineCounterMetric(string) api.CounterMetric { return nopCounter{new(int64)} }
+func (countStore) DefineGaugeMetric(string) api.GaugeMetric     { return nopCounter{new(int64)} }
+
+// BenchmarkEnvoyRecord is the Envoy path's cost per request in Go (the label values, the
+// label-set lookup and 67 counter increments; each is a cgo call in Envoy, not counted here).
+func BenchmarkEnvoyRecord(b *testing.B) {
+	e := NewEnvoy(countStore{}, 0)
+	l := Labels{SourcePrincipal: "spiffe://cluster.local/ns/a/sa/b", DestinationService: "x.y.svc.cluster.local", ResponseCode: "200"}
+	for b.Loop() {
+		e.Record(&l, 3*time.Millisecond, 120, 2000)
 	}
 }

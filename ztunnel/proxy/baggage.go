@@ -35,12 +35,26 @@ func baggageOf(w *workloadapi.Workload) []hbone.KeyValue {
 	}
 	add("k8s.cluster.name", w.GetClusterId())
 	add("k8s.namespace.name", w.GetNamespace())
-	add("k8s."+strings.ToLower(w.GetWorkloadType().String())+".name", w.GetWorkloadName())
+	add(workloadKey(w.GetWorkloadType()), w.GetWorkloadName())
 	add("service.name", w.GetCanonicalName())
 	add("service.version", w.GetCanonicalRevision())
 	add("cloud.region", w.GetLocality().GetRegion())
 	add("cloud.availability_zone", w.GetLocality().GetZone())
 	return kv
+}
+
+// workloadKey is the baggage key of a workload's name: k8s.<its type, lower case>.name (the
+// enum's String goes through protobuf reflection, a few microseconds a connection).
+func workloadKey(t workloadapi.WorkloadType) string {
+	switch t {
+	case workloadapi.WorkloadType_CRONJOB:
+		return "k8s.cronjob.name"
+	case workloadapi.WorkloadType_POD:
+		return "k8s.pod.name"
+	case workloadapi.WorkloadType_JOB:
+		return "k8s.job.name"
+	}
+	return "k8s.deployment.name"
 }
 
 // derivedWorkload is what a peer's baggage says about its workload (ztunnel's DerivedWorkload).
