@@ -31,6 +31,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	caRoot := fs.String("ca-root", "", "with --ca-address: PEM root that verifies the CA (required with it)")
 	caToken := fs.String("ca-token-file", "", "with --ca-address: bearer token file (a projected istio-ca token), read on each request")
 	readyListen := fs.String("ready-listen", "", "listener for /healthz/ready (200 once the filter config and routes arrived); empty: none")
+	metricsListen := fs.String("metrics-listen", "", "Prometheus listener for /stats/prometheus (Istio's request metrics, reporter=waypoint), e.g. <podIP>:15020; empty: none")
 	accessLog := fs.String("access-log", "-", "access log file (JSON lines, Envoy's field names); - for stdout")
 	td := fs.String("trust-domain", "cluster.local", "trust domain of the mesh")
 	sa := fs.String("service-account", "", "the waypoint's service account when the workload API does not name it (default: the pod name)")
@@ -87,7 +88,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	a, err := app.Start(ctx, app.Options{
-		XDSAddress: *xdsAddr, NodeID: *nodeID, Listen: *listen, ReadyListen: *readyListen, SVIDDir: *svidDir, Identity: ids,
+		XDSAddress: *xdsAddr, NodeID: *nodeID, Listen: *listen, ReadyListen: *readyListen, MetricsListen: *metricsListen, SVIDDir: *svidDir, Identity: ids,
 		TrustDomain: *td, ServiceAccount: *sa, AccessLog: al, Logger: log,
 		Host: h,
 	})

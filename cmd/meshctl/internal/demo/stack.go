@@ -39,6 +39,7 @@ type stack struct {
 	hosts    map[string]string // node → loopback address of its ztunnel's own listeners
 	xds      *proc
 	xdsAddr  string
+	xdsHTTP  string // xdsserver's /metrics and /healthz/ready listener
 	ztunnels map[string]*proc
 	apps     []*http.Server
 	appAddrs []string
@@ -224,6 +225,7 @@ func (s *stack) start(ctx context.Context) error {
 		for _, l := range s.xds.out.since(0) {
 			if m := startedLine.FindStringSubmatch(l); m != nil {
 				s.xdsAddr, httpAddr = strings.Trim(m[1], `"`), strings.Trim(m[2], `"`)
+				s.xdsHTTP = httpAddr
 				return true
 			}
 		}
@@ -350,7 +352,8 @@ func (s *stack) launchWaypoint() error {
 	}
 	p, err := startProc("waypoint", filepath.Join(s.dir, "waypoint.log"), s.bins.Path["waypoint"],
 		"--xds-address", s.xdsAddr, "--node-id", s.wp.nodeID, "--listen", netip.AddrPortFrom(s.wp.ip, model.HBONEPort).String(),
-		"--svid-dir", s.svids, "--ready-listen", ready, "--access-log", s.accessLog)
+		"--svid-dir", s.svids, "--ready-listen", ready, "--access-log", s.accessLog,
+		"--metrics-listen", s.hosts[""]+":15020")
 	if err != nil {
 		return err
 	}
