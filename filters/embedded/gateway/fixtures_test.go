@@ -288,7 +288,7 @@ func setup(t testing.TB, lim Limits) *fixture {
 		t.Fatal(err)
 	}
 	f.g, err = Start(context.Background(), Options{
-		NodeID: "router~" + f.a.of("gateway").String() + "~gateway-istio-0.default~default.svc.cluster.local",
+		NodeID:   "router~" + f.a.of("gateway").String() + "~gateway-istio-0.default~default.svc.cluster.local",
 		Identity: identity.NewDirSource(dir, td), ServiceAccount: "gateway-istio", AccessLog: f.log,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Limits: lim,
 		ListenAddress: func(uint32) string { return "127.0.0.1:0" },
