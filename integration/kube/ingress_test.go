@@ -92,6 +92,18 @@ spec:
 	if _, err := e.s.Kubectl(ctx, "apply", "--server-side", "-f", objs); err != nil {
 		t.Fatal(err)
 	}
+	// The cluster is shared: the objects go with the test (other tests compare the whole
+	// cluster's mesh with the files source's, which would miss the Secrets).
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := e.s.Kubectl(ctx, "delete", "--ignore-not-found", "-f", objs); err != nil {
+			t.Error(err)
+		}
+		for _, name := range []string{"opssec-cert", "later-cert"} {
+			e.s.Kube.CoreV1().Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{})
+		}
+	})
 	gw, err := gwclient.NewForConfig(e.s.Config)
 	if err != nil {
 		t.Fatal(err)
