@@ -15,13 +15,16 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/goambient/goambient/filters/embedded/gateway"
 	"github.com/goambient/goambient/ztunnel/identity"
+	"github.com/goambient/goambient/ztunnel/xds"
 )
 
 type gatewayFlags struct {
 	xdsAddr, nodeID, svidDir, caAddr, caRoot, caToken, readyListen, td, sa string
+	xdsRoot, xdsToken                                                      string
 }
 
 // runGateway runs the embedded ingress gateway: its listeners on the node id's IP (each xDS
@@ -47,11 +50,22 @@ func runGateway(f gatewayFlags, al io.Writer, log *slog.Logger, stderr io.Writer
 		defer g.Close()
 		ids = g
 	}
+	if f.xdsToken != "" && f.xdsRoot == "" {
+		fmt.Fprintln(stderr, "waypoint: --xds-token-file needs --xds-root (a token never goes in clear)")
+		return 2
+	}
+	var creds credentials.TransportCredentials
+	if f.xdsRoot != "" {
+		if creds, err = xds.TLSCredentials(f.xdsRoot, ""); err != nil {
+			fmt.Fprintln(stderr, "waypoint: --xds-root:", err)
+			return 2
+		}
+	}
 	ip := strings.Split(f.nodeID, "~")[1]
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	g, err := gateway.Start(ctx, gateway.Options{
-		XDSAddress: f.xdsAddr, NodeID: f.nodeID, Identity: ids, TrustDomain: f.td, ServiceAccount: cmpOr(f.sa, pod),
+		XDSAddress: f.xdsAddr, XDSCredentials: creds, XDSTokenFile: f.xdsToken, NodeID: f.nodeID, Identity: ids, TrustDomain: f.td, ServiceAccount: cmpOr(f.sa, pod),
 		AccessLog: al, Logger: log,
 		ListenAddress: func(port uint32) string { return net.JoinHostPort(ip, strconv.FormatUint(uint64(port), 10)) },
 	})

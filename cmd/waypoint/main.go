@@ -36,6 +36,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	td := fs.String("trust-domain", "cluster.local", "trust domain of the mesh")
 	sa := fs.String("service-account", "", "the waypoint's service account when the workload API does not name it (default: the pod name)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	xdsRoot := fs.String("xds-root", "", "ingress gateway (router~ node id) only: PEM root verifying the control plane's TLS listener; --xds-address is then that listener (its TLS certificates are served only there)")
+	xdsToken := fs.String("xds-token-file", "", "ingress gateway only, with --xds-root: bearer token file authenticating the Gateway")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -67,7 +69,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if strings.HasPrefix(*nodeID, "router~") { // an ingress Gateway (class istio): gateway.go
 		return runGateway(gatewayFlags{xdsAddr: *xdsAddr, nodeID: *nodeID, svidDir: *svidDir, caAddr: *caAddr, caRoot: *caRoot,
-			caToken: *caToken, readyListen: *readyListen, td: *td, sa: *sa}, al, log, stderr)
+			caToken: *caToken, readyListen: *readyListen, td: *td, sa: *sa, xdsRoot: *xdsRoot, xdsToken: *xdsToken}, al, log, stderr)
+	}
+	if *xdsRoot != "" || *xdsToken != "" {
+		fmt.Fprintln(stderr, "waypoint: --xds-root and --xds-token-file are for an ingress gateway (a router~ node id)")
+		return 2
 	}
 	h, err := app.AuthzHost(log.With("scope", "authz"))
 	if err != nil {

@@ -177,7 +177,8 @@ func ingressRoute(mesh *model.Mesh, g *model.IngressGateway, name string, port u
 			hosts[h.Hostname] = append(hosts[h.Hostname], h.Rules...)
 		}
 	}
-	ctx := routeCtx{mesh: mesh, w: &model.Waypoint{Namespace: g.Namespace, Name: g.Name}, sp: servicePort{port: model.ServicePort{Port: port}}}
+	ctx := routeCtx{mesh: mesh, w: &model.Waypoint{Namespace: g.Namespace, Name: g.Name}, sp: servicePort{port: model.ServicePort{Port: port}},
+		tls: len(ls) > 0 && ls[0].Protocol == "HTTPS"}
 	p := strconv.FormatUint(uint64(port), 10)
 	for _, h := range slices.Sorted(maps.Keys(hosts)) {
 		vh := &route.VirtualHost{Name: h + ":" + p, Domains: []string{h, h + ":*"}}

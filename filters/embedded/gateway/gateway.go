@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/net/netutil"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/goambient/goambient/filters/embedded/accesslog"
 	"github.com/goambient/goambient/ztunnel/hbone"
@@ -53,8 +54,13 @@ func (l Limits) withDefaults() Limits {
 
 // Options configure a gateway.
 type Options struct {
-	XDSAddress string // the control plane's plaintext ADS; empty: configured only by Store().Apply (tests)
-	NodeID     string // router~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local
+	XDSAddress string // the control plane's ADS; empty: configured only by Store().Apply (tests)
+	// XDSCredentials and XDSTokenFile, when set, secure the ADS stream (the control plane's
+	// TLS listener, with a token authenticating this Gateway): the only way its TLS
+	// certificates are served. Without them only plain HTTP listeners are served.
+	XDSCredentials credentials.TransportCredentials
+	XDSTokenFile   string
+	NodeID         string // router~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local
 	// Identity supplies the gateway's SVID (a CA, or identity.NewDirSource).
 	Identity       identity.Source
 	TrustDomain    string // cluster.local when empty
@@ -148,7 +154,7 @@ func Start(ctx context.Context, o Options) (*Gateway, error) {
 	g.store = NewStore(log.With("scope", "config"), td.Name(), g.reconcile)
 	if o.XDSAddress != "" {
 		g.xc, err = xds.New(xds.Options{Address: o.XDSAddress, NodeID: o.NodeID, NodeOnEveryRequest: true, Types: Types,
-			Apply: g.store.Apply, Logger: log.With("scope", "xds")})
+			Apply: g.store.Apply, Logger: log.With("scope", "xds"), Credentials: o.XDSCredentials, TokenFile: o.XDSTokenFile})
 		if err != nil {
 			return fail(err)
 		}
