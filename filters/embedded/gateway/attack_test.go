@@ -170,3 +170,25 @@ func TestAttackH2Streams(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestAttackUpstreamHeaders: an upstream answering with headers over MaxResponseHeader is not
+// read whole: the request is answered 503 (UF) and the gateway keeps serving.
+func TestAttackUpstreamHeaders(t *testing.T) {
+	f := setup(t, Limits{MaxResponseHeader: 16 << 10})
+	c := plainClient()
+	small := func() {
+		t.Helper()
+		if code, _, _ := get(t, c, f.url(t, 80, "http", "/bigheader/1000"), "appa.opssec.in"); code != 200 {
+			t.Errorf("an answer with 1 kB of headers: %d", code)
+		}
+	}
+	small() // the pooled upstream connection and the client's exist from here on
+	base := runtime.NumGoroutine()
+	for range 10 {
+		if code, body, _ := get(t, c, f.url(t, 80, "http", "/bigheader/100000"), "appa.opssec.in"); code != 503 || !strings.Contains(body, "connection_failure") {
+			t.Errorf("an answer with 100 kB of headers: %d %q, want 503", code, body)
+		}
+	}
+	small()
+	goroutinesBack(t, base)
+}

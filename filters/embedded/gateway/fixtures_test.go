@@ -187,6 +187,12 @@ func startPeer(t testing.TB, ca *capki.CA, name, sa string, ip netip.Addr, autho
 	hs := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		w.Header().Set("x-app", name)
+		if strings.HasPrefix(r.URL.Path, "/bigheader/") {
+			var n int
+			fmt.Sscanf(r.URL.Path, "/bigheader/%d", &n)
+			w.Header().Set("x-big", strings.Repeat("h", n))
+			return
+		}
 		if strings.HasPrefix(r.URL.Path, "/status/") {
 			var code int
 			fmt.Sscanf(r.URL.Path, "/status/%d", &code)

@@ -37,7 +37,7 @@ type Limits struct {
 	RequestTimeout       time.Duration // a whole request: reading its body and writing the answer (5 min)
 	MaxConcurrentStreams int           // HTTP/2 streams per connection (100)
 	MaxUpstreamPerHost   int           // HBONE streams to one upstream host (256); more wait for one
-	MaxResponseHeader    int64         // an upstream answer's headers (60 KiB); 502 above
+	MaxResponseHeader    int64         // an upstream answer's headers (60 KiB); 503 (UF) above
 }
 
 func (l Limits) withDefaults() Limits {
