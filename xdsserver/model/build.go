@@ -56,6 +56,7 @@ func Build(in *kubeobj.Set, cfg Config) (*Mesh, error) {
 	b.selectServices(in.EndpointSlices)
 	b.buildPolicies(in.Policies)
 	b.buildRouting(in)
+	b.buildIngress(in)
 	b.implicitNamespaces()
 	return b.finish(), nil
 }

@@ -63,6 +63,7 @@ type Mesh struct {
 	Waypoints       []*Waypoint
 	Policies        policies.Objects // valid AuthorizationPolicies and PeerAuthentications
 	Routing         *Routing         // VirtualServices, HTTPRoutes, DestinationRules (routing.go)
+	Ingress         *Ingress         // ingress Gateways (class istio) and their HTTPRoutes (ingress.go)
 
 	Errors   []error // objects that were left out, and why (*policies.Error)
 	Warnings []error // remarks on objects that were kept (*policies.Error)

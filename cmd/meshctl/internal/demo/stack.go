@@ -50,6 +50,9 @@ type stack struct {
 	wpErr      error        // why the embedded waypoint is not available
 	wpReadyURL string
 	accessLog  string
+
+	gw     *gatewayInfo // the ingress gateway (gateway.go), when the scenario has one
+	gwProc *proc
 }
 
 // waypointInfo is the waypoint pod as xdsserver's model names and places it.
@@ -118,6 +121,11 @@ func newStack(sc *Scenario, root, dir string, bins *Binaries, out io.Writer) (*s
 		}
 		if s.wp == nil {
 			return nil, fmt.Errorf("the model has no waypoint pod for Gateway %s", sc.Waypoint)
+		}
+	}
+	if sc.Gateway != "" {
+		if err := s.planGateway(m); err != nil {
+			return nil, err
 		}
 	}
 	return s, nil
@@ -383,6 +391,9 @@ func (s *stack) poll(ctx context.Context, d time.Duration, what string, p *proc,
 
 // stop stops everything started, in reverse order.
 func (s *stack) stop() {
+	if s.gwProc != nil {
+		s.gwProc.stop(3 * time.Second)
+	}
 	if s.wpProc != nil {
 		s.wpProc.stop(3 * time.Second)
 	}
@@ -415,6 +426,9 @@ func (s *stack) procs() []*proc {
 	}
 	if s.wpProc != nil {
 		out = append(out, s.wpProc)
+	}
+	if s.gwProc != nil {
+		out = append(out, s.gwProc)
 	}
 	return out
 }
