@@ -103,7 +103,7 @@ func TestIstioSemantics(t *testing.T) {
 		{"no token passes, no payload", get("/", nil), 0, "", false},
 		{"valid", get("/x?y=1", bearer(valid)), 0, "", true},
 		{"valid in access_token", get("/x?access_token="+valid, nil), 0, "", true},
-		{"forged signature", get("/", bearer(jwttest.SignWith(jwttest.Forger(), iss.Iss, map[string]any{"sub": "alice", "aud": "app"}))), 401, "Jwt verification fails", false},
+		{"forged signature", get("/", bearer(jwttest.SignWith(jwttest.Forger("key-1"), iss.Iss, map[string]any{"sub": "alice", "aud": "app"}))), 401, "Jwt verification fails", false},
 		{"expired", get("/", bearer(iss.Sign(map[string]any{"sub": "a", "aud": "app", "exp": time.Now().Add(-2 * time.Minute).Unix()}))), 401, "Jwt is expired", false},
 		{"expired within the clock skew", get("/", bearer(iss.Sign(map[string]any{"sub": "a", "aud": "app", "exp": time.Now().Add(-30 * time.Second).Unix()}))), 0, "", true},
 		{"not yet valid", get("/", bearer(iss.Sign(map[string]any{"sub": "a", "aud": "app", "nbf": time.Now().Add(5 * time.Minute).Unix()}))), 401, "Jwt not yet valid", false},

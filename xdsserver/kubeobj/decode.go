@@ -66,16 +66,17 @@ func (s *Set) Len() int {
 
 // kinds maps "group/Kind" to the versions this package reads; other kinds are ignored.
 var kinds = map[string][]string{
-	"/Namespace":                             {"v1"},
-	"/ServiceAccount":                        {"v1"},
-	"/Service":                               {"v1"},
-	"/Pod":                                   {"v1"},
-	"/Node":                                  {"v1"},
-	"discovery.k8s.io/EndpointSlice":         {"v1"},
-	"gateway.networking.k8s.io/Gateway":      {"v1", "v1beta1"},
-	"gateway.networking.k8s.io/GatewayClass": {"v1", "v1beta1"},
-	"security.istio.io/AuthorizationPolicy":  nil, // read by the policies package
-	"security.istio.io/PeerAuthentication":   nil,
+	"/Namespace":                              {"v1"},
+	"/ServiceAccount":                         {"v1"},
+	"/Service":                                {"v1"},
+	"/Pod":                                    {"v1"},
+	"/Node":                                   {"v1"},
+	"discovery.k8s.io/EndpointSlice":          {"v1"},
+	"gateway.networking.k8s.io/Gateway":       {"v1", "v1beta1"},
+	"gateway.networking.k8s.io/GatewayClass":  {"v1", "v1beta1"},
+	"security.istio.io/AuthorizationPolicy":   nil, // read by the policies package
+	"security.istio.io/PeerAuthentication":    nil,
+	"security.istio.io/RequestAuthentication": nil,
 }
 
 // ErrSyntax marks a file that is not valid YAML as a whole (for example while it is being written).

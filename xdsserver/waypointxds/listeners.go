@@ -1,6 +1,7 @@
 package waypointxds
 
 import (
+	"slices"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -219,8 +220,8 @@ func serviceHCM(sp servicePort, ecds string) *hcm.HttpConnectionManager {
 		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
 			ConfigSource: ads(), RouteConfigName: sp.name,
 		}},
-		HttpFilters: []*hcm.HttpFilter{
-			{
+		HttpFilters: append(slices.Clone(sp.pre),
+			&hcm.HttpFilter{
 				// Envoy asks ECDS for the resource named as the filter. Without it (not yet
 				// received, or rejected) the chain answers 500: fail closed.
 				Name: ecds,
@@ -231,9 +232,9 @@ func serviceHCM(sp servicePort, ecds string) *hcm.HttpConnectionManager {
 			},
 			// Fault injection runs after authorization (a denied request is never delayed),
 			// each route carrying its own config, as in istiod's waypoint chains.
-			{Name: FaultFilter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: toAny(&fault.HTTPFault{})}},
+			&hcm.HttpFilter{Name: FaultFilter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: toAny(&fault.HTTPFault{})}},
 			routerFilter(),
-		},
+		),
 	}
 }
 

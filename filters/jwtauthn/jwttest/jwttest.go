@@ -96,13 +96,14 @@ func SignWith(k *jose.JSONWebKey, iss string, claims map[string]any) string {
 	return s
 }
 
-// Forger is a key that no issuer publishes, with the same kid as the issuer's first key.
-func Forger() *jose.JSONWebKey {
+// Forger is a key that no issuer publishes, under the key id kid (an issuer's, to forge its
+// tokens).
+func Forger(kid string) *jose.JSONWebKey {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		panic(err)
 	}
-	return &jose.JSONWebKey{Key: k, KeyID: "key-1", Algorithm: string(jose.ES256)}
+	return &jose.JSONWebKey{Key: k, KeyID: kid, Algorithm: string(jose.ES256)}
 }
 
 // Hits is how many JWKS requests were served.
