@@ -225,7 +225,10 @@ func TestJWKSDownSlowGarbage(t *testing.T) {
 	}{
 		{"garbage", func(w http.ResponseWriter, r *http.Request) bool { _, _ = w.Write([]byte("<html>nope")); return true }},
 		{"error status", func(w http.ResponseWriter, r *http.Request) bool { w.WriteHeader(500); return true }},
-		{"no usable key", func(w http.ResponseWriter, r *http.Request) bool { _, _ = w.Write([]byte(`{"keys":[{"kty":"XX"}]}`)); return true }},
+		{"no usable key", func(w http.ResponseWriter, r *http.Request) bool {
+			_, _ = w.Write([]byte(`{"keys":[{"kty":"XX"}]}`))
+			return true
+		}},
 		{"too large", func(w http.ResponseWriter, r *http.Request) bool {
 			_, _ = w.Write([]byte(`{"keys":[` + strings.Repeat(" ", MaxJWKSBytes) + `]}`))
 			return true
