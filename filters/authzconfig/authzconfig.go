@@ -44,6 +44,10 @@ type Config struct {
 	// AuthorizationPolicies of the mesh that can apply at this waypoint. Empty means no
 	// policy: every request is allowed, as in Istio.
 	Policies string `json:"policies,omitempty"`
+	// MeshConfig is a mesh config (what meshconfig.Parse reads) holding the extensionProviders
+	// the CUSTOM policies among Policies name. Empty: no provider (a matching CUSTOM rule
+	// denies, as istiod does for a provider it cannot find).
+	MeshConfig string `json:"meshConfig,omitempty"`
 }
 
 // Route is the per-route config (typed_per_filter_config on a service's virtual host): which

@@ -17,9 +17,9 @@ import (
 // config, as istiod reads it.
 const ConfigMapKey = "mesh"
 
-// DefaultTimeout is Envoy's ext_authz timeout when the provider sets none (istiod leaves it to
-// Envoy, whose default is 200ms).
-const DefaultTimeout = 200 * time.Millisecond
+// DefaultTimeout is the ext_authz timeout when the provider sets none: istiod's 600s
+// (timeoutOrDefault), not Envoy's 200ms.
+const DefaultTimeout = 600 * time.Second
 
 // Kind says which protocol a provider speaks.
 type Kind int
