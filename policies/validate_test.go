@@ -50,8 +50,8 @@ func TestExamplesLoadUnchanged(t *testing.T) {
 	for _, e := range errs {
 		t.Error(e)
 	}
-	if n := len(objs.AuthorizationPolicies); n != 8 {
-		t.Errorf("want the 8 AuthorizationPolicies of the examples, got %d", n)
+	if n := len(objs.AuthorizationPolicies); n != 9 {
+		t.Errorf("want the 9 AuthorizationPolicies of the examples, got %d", n)
 	}
 	if n := len(objs.RequestAuthentications); n != 1 {
 		t.Errorf("want the jwt scenario's RequestAuthentication, got %d", n)

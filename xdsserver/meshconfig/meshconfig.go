@@ -4,6 +4,7 @@ package meshconfig
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -84,6 +85,30 @@ type Config struct {
 	RootNamespace string
 	TrustDomain   string
 	Providers     map[string]*Provider // by name
+	// Source are the valid providers as written, by name (to pass a subset on).
+	Source map[string]*meshv1alpha1.MeshConfig_ExtensionProvider
+}
+
+// Subset is a mesh config (JSON) holding the named providers that exist, in name order; ""
+// when none does.
+func (c *Config) Subset(names []string) (string, error) {
+	if c == nil {
+		return "", nil
+	}
+	var mc meshv1alpha1.MeshConfig
+	seen := map[string]bool{}
+	slices.Sort(names)
+	for _, n := range names {
+		if p, ok := c.Source[n]; ok && !seen[n] {
+			seen[n] = true
+			mc.ExtensionProviders = append(mc.ExtensionProviders, p)
+		}
+	}
+	if len(mc.ExtensionProviders) == 0 {
+		return "", nil
+	}
+	b, err := protojson.Marshal(&mc)
+	return string(b), err
 }
 
 // Error is one problem with the mesh config, naming where it came from and the field.
@@ -121,7 +146,8 @@ func Parse(data []byte, origin string) (*Config, []error) {
 
 // FromProto validates a decoded MeshConfig.
 func FromProto(mc *meshv1alpha1.MeshConfig, origin string) (*Config, []error) {
-	c := &Config{RootNamespace: mc.GetRootNamespace(), TrustDomain: mc.GetTrustDomain(), Providers: map[string]*Provider{}}
+	c := &Config{RootNamespace: mc.GetRootNamespace(), TrustDomain: mc.GetTrustDomain(), Providers: map[string]*Provider{},
+		Source: map[string]*meshv1alpha1.MeshConfig_ExtensionProvider{}}
 	var errs []error
 	fail := func(field, format string, args ...any) {
 		errs = append(errs, &Error{Origin: origin, Field: field, Reason: fmt.Sprintf(format, args...)})
@@ -183,6 +209,7 @@ func FromProto(mc *meshv1alpha1.MeshConfig, origin string) (*Config, []error) {
 		}
 		p.Name = ep.GetName()
 		c.Providers[p.Name] = p
+		c.Source[p.Name] = ep
 	}
 	return c, errs
 }

@@ -55,6 +55,7 @@ func Build(in *kubeobj.Set, cfg Config) (*Mesh, error) {
 	b.bindWaypoints()
 	b.selectServices(in.EndpointSlices)
 	b.buildPolicies(in.Policies)
+	b.buildMeshConfig(in.ConfigMaps)
 	b.buildRouting(in)
 	b.implicitNamespaces()
 	return b.finish(), nil

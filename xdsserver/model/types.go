@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/goambient/goambient/policies"
+	"github.com/goambient/goambient/xdsserver/meshconfig"
 )
 
 // Labels, annotations and names the model reads, as Istio spells them.
@@ -63,6 +64,8 @@ type Mesh struct {
 	Waypoints       []*Waypoint
 	Policies        policies.Objects // valid AuthorizationPolicies and PeerAuthentications
 	Routing         *Routing         // VirtualServices, HTTPRoutes, DestinationRules (routing.go)
+	// MeshConfig is the istio ConfigMap's mesh config (extensionProviders); nil when none.
+	MeshConfig *meshconfig.Config
 
 	Errors   []error // objects that were left out, and why (*policies.Error)
 	Warnings []error // remarks on objects that were kept (*policies.Error)

@@ -225,3 +225,16 @@ func authnClusters(mesh *model.Mesh, w *model.Waypoint, ports []servicePort) []*
 	}
 	return jwksClusters(ras)
 }
+
+// customProviders is the mesh config the authz filter needs: the extensionProviders the CUSTOM
+// policies among aps name (a name with no provider is left to the filter, which denies what
+// such a policy matches, as istiod does).
+func customProviders(mesh *model.Mesh, aps []*policies.AuthorizationPolicy) (string, error) {
+	var names []string
+	for _, ap := range aps {
+		if ap.Spec.GetAction() == securityv1beta1.AuthorizationPolicy_CUSTOM {
+			names = append(names, ap.Spec.GetProvider().GetName())
+		}
+	}
+	return mesh.MeshConfig.Subset(names)
+}

@@ -147,7 +147,12 @@ func serviceRoute(rc routeCtx, ecds string) (*route.RouteConfiguration, error) {
 // extensionConfig is the ECDS resource of the waypoint's authz filter: its identity and the
 // AuthorizationPolicies that can apply there.
 func extensionConfig(mesh *model.Mesh, w *model.Waypoint, name string) (*core.TypedExtensionConfig, error) {
-	pol, err := policies.MarshalAuthorizationPolicies(Applicable(mesh, w))
+	aps := Applicable(mesh, w)
+	pol, err := policies.MarshalAuthorizationPolicies(aps)
+	if err != nil {
+		return nil, err
+	}
+	mc, err := customProviders(mesh, aps)
 	if err != nil {
 		return nil, err
 	}
@@ -158,6 +163,7 @@ func extensionConfig(mesh *model.Mesh, w *model.Waypoint, name string) (*core.Ty
 		RootNamespace: mesh.RootNamespace,
 		TrustDomain:   mesh.TrustDomain,
 		Policies:      string(pol),
+		MeshConfig:    mc,
 	})
 	if err != nil {
 		return nil, err
