@@ -118,11 +118,26 @@ type Result struct {
 	// dynamic metadata. Empty when no token was verified.
 	Payloads map[string]any
 	Reply    *Reply // non-nil: answer this instead of going on
+	edits    []edit
 }
 
-// Decode verifies the request's tokens against the first matching rule's requirement, changes
-// its headers as the providers say (token removed unless forward, payload and claims to
-// headers) and returns the metadata, or the 401 to send. ctx bounds any JWKS fetch.
+// Apply makes the header changes of the verified tokens' providers: the token's header
+// removed unless forward, the payload and claims copied to headers. The embedded waypoint
+// applies them after the CUSTOM check, which in istiod's chain (ext_authz before jwt_authn)
+// sees the request as it came.
+func (res Result) Apply(r Request) {
+	for _, e := range res.edits {
+		if e.del {
+			r.Del(e.name)
+		} else {
+			r.Set(e.name, e.value)
+		}
+	}
+}
+
+// Decode verifies the request's tokens against the first matching rule's requirement and
+// returns the metadata and the header changes to Apply, or the 401 to send. ctx bounds any
+// JWKS fetch.
 func (f *Filter) Decode(ctx context.Context, r Request) Result {
 	if f.bypass && r.Method() == http.MethodOptions {
 		if _, ok := r.Header("origin"); ok {
@@ -152,7 +167,7 @@ func (f *Filter) Decode(ctx context.Context, r Request) Result {
 		return Result{Reply: f.deny(r, st)}
 	}
 	v.apply()
-	return Result{Payloads: v.payloads}
+	return Result{Payloads: v.payloads, edits: v.edits}
 }
 
 // deny is Envoy's reply for a failed status: 401 with a WWW-Authenticate challenge, or 403

@@ -137,7 +137,12 @@ func TestIstioSemantics(t *testing.T) {
 	}
 
 	r := get("/", bearer(valid))
-	pl := f.Decode(context.Background(), r).Payloads["payload"].(map[string]any)
+	res := f.Decode(context.Background(), r)
+	if _, kept := r.h["authorization"]; !kept {
+		t.Fatal("Decode changed the request; Apply should")
+	}
+	res.Apply(r)
+	pl := res.Payloads["payload"].(map[string]any)
 	if pl["sub"] != "alice" || pl["iss"] != iss.Iss || pl["org"].(map[string]any)["team"] != "a" {
 		t.Fatalf("payload %v", pl)
 	}
@@ -161,9 +166,11 @@ func TestLocationsAndHeaders(t *testing.T) {
 	tok := iss.Sign(map[string]any{"sub": "bob", "org": map[string]any{"team": "blue"}})
 
 	r := get("/", map[string]string{"x-jwt": "Token " + tok})
-	if res := f.Decode(context.Background(), r); res.Reply != nil || res.Payloads == nil {
+	res := f.Decode(context.Background(), r)
+	if res.Reply != nil || res.Payloads == nil {
 		t.Fatalf("from header: %+v", res)
 	}
+	res.Apply(r)
 	if r.h["x-jwt"] == "" || r.h["x-sub"] != "bob" || r.h["x-team"] != "blue" || r.h["x-jwt-payload"] == "" {
 		t.Fatalf("headers %v", r.h)
 	}

@@ -142,6 +142,7 @@ type verification struct {
 	done     map[[2]string]status
 	payloads map[string]any
 	passed   []passed
+	edits    []edit
 }
 
 type passed struct {
@@ -167,8 +168,8 @@ func (v *verification) check(p *provider, t token) status {
 	return st
 }
 
-// apply records the passed tokens' payloads and changes the request's headers, once the
-// requirement is satisfied.
+// apply records the passed tokens' payloads and the header changes their providers ask for,
+// once the requirement is satisfied.
 func (v *verification) apply() {
 	for _, ps := range v.passed {
 		p := ps.p
@@ -179,15 +180,21 @@ func (v *verification) apply() {
 			v.payloads[p.metadataKey] = p.normalize(ps.payload)
 		}
 		if !p.forward && ps.t.header != "" {
-			v.r.Del(ps.t.header)
+			v.edits = append(v.edits, edit{name: ps.t.header, del: true})
 		}
 		if p.payloadHeader != "" {
-			v.r.Set(p.payloadHeader, b64(ps.raw))
+			v.edits = append(v.edits, edit{name: p.payloadHeader, value: b64(ps.raw)})
 		}
 		for _, ch := range p.claimHeaders {
 			if val, found := claimValue(ps.payload, ch.claim); found {
-				v.r.Set(ch.header, val)
+				v.edits = append(v.edits, edit{name: ch.header, value: val})
 			}
 		}
 	}
+}
+
+// edit is one header change: a removal or a value set.
+type edit struct {
+	name, value string
+	del         bool
 }

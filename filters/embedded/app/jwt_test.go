@@ -1,14 +1,18 @@
 package app
 
 import (
+	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
 	jose "github.com/go-jose/go-jose/v4"
 
+	"github.com/goambient/goambient/filters/extauthz/opaserver"
 	"github.com/goambient/goambient/filters/jwtauthn/jwttest"
 )
 
@@ -80,6 +84,60 @@ func TestJWTScenario(t *testing.T) {
 				if _, fwd := s.Headers["Authorization"]; fwd {
 					t.Error("the token was forwarded upstream (forwardOriginalToken is false)")
 				}
+			}
+			es := f.log.entries(t)
+			if got := logField(es[len(es)-1], "response_code_details"); got != c.details {
+				t.Errorf("response_code_details %q, want %q", got, c.details)
+			}
+		})
+	}
+}
+
+// TestJWTScenarioCustom is the scenario's CUSTOM step through the embedded waypoint: /admin/*
+// goes to OPA (opaserver: Envoy's Authorization API on OPA's Go API, with the scenario's Rego
+// policy, on loopback), which lets alice in and answers others with its own 403; other paths
+// never reach OPA.
+func TestJWTScenarioCustom(t *testing.T) {
+	t.Parallel()
+	rego := jwtFile(t, "opa-policy.rego")
+	opa, err := opaserver.New(context.Background(), rego, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = opa.Serve(l) }()
+	t.Cleanup(opa.Stop)
+	mc := strings.NewReplacer("opa.default.svc.cluster.local", "127.0.0.1", "9191", strconv.Itoa(l.Addr().(*net.TCPAddr).Port)).
+		Replace(jwtFile(t, "mesh-config.yaml"))
+
+	f := setupTraffic(t, 2)
+	f.apply(t, strings.Join([]string{jwtFile(t, "request-authentication.yaml"), jwtFile(t, "require-jwt.yaml"), mc, jwtFile(t, "custom-admin.yaml")}, "\n---\n"))
+	alice := demoToken(t, map[string]any{"sub": "alice", "aud": "appb", "groups": []string{"admins"}})
+	bob := demoToken(t, map[string]any{"sub": "bob", "aud": "appb", "groups": []string{"admins"}})
+	for _, c := range []struct {
+		name, token, path string
+		status            int
+		body, details     string
+	}{
+		{"alice on /admin", alice, "/admin/headers", 200, "", "via_upstream"},
+		{"bob on /admin: OPA's 403", bob, "/admin/headers", 403, "opa: admin is for alice", "ext_authz_denied"},
+		{"no token on /admin: OPA's 403", "", "/admin/headers", 403, "opa: admin is for alice", "ext_authz_denied"},
+		{"bob elsewhere", bob, "/headers", 200, "", "via_upstream"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			hdr := map[string]string{}
+			if c.token != "" {
+				hdr["Authorization"] = "Bearer " + c.token
+			}
+			r := f.client(t, "").send(t, "GET", c.path, "", hdr)
+			if r.code != c.status || c.body != "" && r.body != c.body {
+				t.Fatalf("%d %q, want %d %q", r.code, r.body, c.status, c.body)
+			}
+			if c.status == 403 && r.header.Get("X-Opa-Decision") != "denied" {
+				t.Errorf("OPA's header is missing: %v", r.header)
 			}
 			es := f.log.entries(t)
 			if got := logField(es[len(es)-1], "response_code_details"); got != c.details {

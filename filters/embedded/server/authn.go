@@ -13,13 +13,14 @@ import (
 const grpcUnauthenticated = 16
 
 // authenticate runs the chain's jwt_authn filter: the verified payloads as dynamic metadata
-// for the authz filter, or (done) the local reply it sent and whether the stream goes on.
-func (s *Server) authenticate(ctx context.Context, x *exchange, req *http.Request) (md map[string]map[string]any, done, keep bool) {
+// for the authz filter and the header changes to apply once it let the request go on, or
+// (done) the local reply it sent and whether the stream goes on.
+func (s *Server) authenticate(ctx context.Context, x *exchange, req *http.Request) (md map[string]map[string]any, res jwtauthn.Result, done, keep bool) {
 	j := x.table.JWT
 	if j == nil {
-		return nil, false, false
+		return nil, res, false, false
 	}
-	res := j.Decode(ctx, x.hreq)
+	res = j.Decode(ctx, x.hreq)
 	if r := res.Reply; r != nil {
 		hdr := make([]host.Header, 0, len(r.Headers)+3)
 		for _, h := range r.Headers {
@@ -36,10 +37,10 @@ func (s *Server) authenticate(ctx context.Context, x *exchange, req *http.Reques
 				host.Header{Name: "grpc-status", Value: strconv.Itoa(code)}, host.Header{Name: "grpc-message", Value: body})
 			status, body = http.StatusOK, ""
 		}
-		return nil, true, x.localReply(status, body, r.Details, 0, hdr)
+		return nil, res, true, x.localReply(status, body, r.Details, 0, hdr)
 	}
 	if res.Payloads != nil {
 		md = map[string]map[string]any{jwtauthn.Name: res.Payloads}
 	}
-	return md, false, false
+	return md, res, false, false
 }

@@ -460,7 +460,7 @@ func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer
 		return x.reply(http.StatusForbidden, "RBAC: access denied", "goambient_no_filter_config", 0, nil)
 	}
 	// istiod's waypoint chain: jwt_authn (RequestAuthentication) before the authz filter.
-	metadata, done, keep := s.authenticate(ctx, x, req)
+	metadata, authn, done, keep := s.authenticate(ctx, x, req)
 	if done {
 		return keep
 	}
@@ -473,6 +473,7 @@ func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer
 		lr := res.Reply
 		return x.localReply(lr.Status, lr.Body, lr.Details, 0, lr.Headers)
 	}
+	authn.Apply(hreq) // after the CUSTOM check, which sees the token (ext_authz runs before jwt_authn in istiod's chain)
 	if x.rt == nil {
 		return x.reply(http.StatusNotFound, "", "route_not_found", accesslog.NoRouteFound, nil)
 	}

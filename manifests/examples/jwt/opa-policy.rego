@@ -11,7 +11,7 @@ token := t if {
 }
 
 claims := payload if {
-	[valid, _, payload] := io.jwt.decode_verify(token, {"cert": jwks, "iss": "https://issuer.goambient.local"})
+	[valid, _, payload] := io.jwt.decode_verify(token, {"cert": jwks, "iss": "https://issuer.goambient.local", "aud": "appb"})
 	valid
 }
 
