@@ -37,9 +37,19 @@ const (
 // naming its Gateway (in its namespace), its GatewayClass (from the root namespace), or the
 // Service (in the Service's namespace). Selector policies apply to workloads, not waypoints.
 func ApplicableRequestAuthentications(mesh *model.Mesh, w *model.Waypoint, svc *model.Service) []*policies.RequestAuthentication {
-	root := cmp.Or(mesh.RootNamespace, "istio-system")
+	var svcNS, svcName string
+	if svc != nil {
+		svcNS, svcName = svc.Namespace, svc.Name
+	}
+	return RequestAuthenticationsAt(mesh.Policies.RequestAuthentications, mesh.RootNamespace, w.Namespace, w.Name, w.Class, svcNS, svcName)
+}
+
+// RequestAuthenticationsAt is ApplicableRequestAuthentications on names: the waypoint Gateway
+// ns/name of class class, the Service svcNS/svc ("" for none), the root namespace root.
+func RequestAuthenticationsAt(ras []*policies.RequestAuthentication, root, ns, name, class, svcNS, svc string) []*policies.RequestAuthentication {
+	root = cmp.Or(root, "istio-system")
 	var out []*policies.RequestAuthentication
-	for _, ra := range mesh.Policies.RequestAuthentications {
+	for _, ra := range ras {
 		refs := ra.Spec.GetTargetRefs()
 		if r := ra.Spec.GetTargetRef(); r != nil {
 			refs = append(refs[:len(refs):len(refs)], r)
@@ -48,11 +58,11 @@ func ApplicableRequestAuthentications(mesh *model.Mesh, w *model.Waypoint, svc *
 			var applies bool
 			switch ref.GetKind() {
 			case "Gateway":
-				applies = ref.GetGroup() == "gateway.networking.k8s.io" && ra.Namespace == w.Namespace && ref.GetName() == w.Name
+				applies = ref.GetGroup() == "gateway.networking.k8s.io" && ra.Namespace == ns && ref.GetName() == name
 			case "GatewayClass":
-				applies = ref.GetGroup() == "gateway.networking.k8s.io" && ra.Namespace == root && ref.GetName() == w.Class
+				applies = ref.GetGroup() == "gateway.networking.k8s.io" && ra.Namespace == root && ref.GetName() == class
 			case "Service":
-				applies = (ref.GetGroup() == "" || ref.GetGroup() == "core") && svc != nil && ra.Namespace == svc.Namespace && ref.GetName() == svc.Name
+				applies = (ref.GetGroup() == "" || ref.GetGroup() == "core") && svc != "" && ra.Namespace == svcNS && ref.GetName() == svc
 			}
 			if applies {
 				out = append(out, ra)
@@ -68,6 +78,16 @@ func ApplicableRequestAuthentications(mesh *model.Mesh, w *model.Waypoint, svc *
 // present (OR with allow_missing), payload_in_metadata "payload"; jwksUri as a remote JWKS
 // through the cluster outbound|<port>||<host> (istiod's remote mode), inline jwks as local JWKS.
 func jwtFilter(ras []*policies.RequestAuthentication) (*hcm.HttpFilter, error) {
+	cfg, err := JWTConfig(ras)
+	if cfg == nil || err != nil {
+		return nil, err
+	}
+	return &hcm.HttpFilter{Name: JWTFilter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: toAny(cfg)}}, nil
+}
+
+// JWTConfig is the jwt_authn config of ras, as jwtFilter puts it in a chain (nil when ras have
+// no rule).
+func JWTConfig(ras []*policies.RequestAuthentication) (*jwtv3.JwtAuthentication, error) {
 	var rules []*securityv1beta1.JWTRule
 	for _, ra := range ras {
 		rules = append(rules, ra.Spec.GetJwtRules()...)
@@ -145,7 +165,7 @@ func jwtFilter(ras []*policies.RequestAuthentication) (*hcm.HttpFilter, error) {
 		Providers:           providers,
 		BypassCorsPreflight: true,
 	}
-	return &hcm.HttpFilter{Name: JWTFilter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: toAny(cfg)}}, nil
+	return cfg, nil
 }
 
 // JWKSClusterName is the cluster a remote JWKS is fetched through: istiod's
