@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,13 @@ var (
 func providerClients() *extauthz.Clients {
 	clientsOnce.Do(func() { clients = extauthz.NewClients(nil) })
 	return clients
+}
+
+// SetProviderDialer sets how ext_authz providers are reached by the clients made from now on
+// (the embedded waypoint sets one that reaches a mesh Service's pods over HBONE); nil, the
+// default, dials the provider's host:port directly, as Envoy's cluster would resolve it.
+func SetProviderDialer(d func(ctx context.Context, address string) (net.Conn, error)) {
+	providerClients().SetDial(d)
 }
 
 // providers parses the mesh config's ext_authz providers; a provider that does not validate

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"net"
 	"strings"
 	"sync"
 
@@ -75,9 +76,11 @@ type Client interface {
 	Close() error
 }
 
-// Options tune a client. The provider is reached directly at its host:port.
+// Options tune a client.
 type Options struct {
 	Log *slog.Logger
+	// Dial opens a connection to the provider's host:port; nil dials it directly.
+	Dial func(ctx context.Context, address string) (net.Conn, error)
 }
 
 // New returns the client of p.
@@ -123,12 +126,18 @@ func headerMatch(patterns []string, name string) bool {
 	return false
 }
 
-// Clients holds one Client per provider, made on first use and kept across config updates
-// while the provider's config is unchanged (a provider's connections outlive an xDS push).
+// MaxClients bounds the clients a Clients keeps; beyond it the oldest is closed (a config that
+// still used it then sees its checks fail, and statusOnError or failOpen decide).
+const MaxClients = 64
+
+// Clients holds one Client per provider config, made on first use and kept across config
+// updates (a provider's connections outlive an xDS push; a config still running checks keeps a
+// working client when a newer config changes the provider).
 type Clients struct {
-	mu  sync.Mutex
-	log *slog.Logger
-	m   map[string]clientEntry
+	mu   sync.Mutex
+	log  *slog.Logger
+	dial func(ctx context.Context, address string) (net.Conn, error)
+	m    []clientEntry // oldest first
 }
 
 type clientEntry struct {
@@ -137,25 +146,33 @@ type clientEntry struct {
 }
 
 // NewClients returns an empty set.
-func NewClients(log *slog.Logger) *Clients {
-	return &Clients{log: log, m: map[string]clientEntry{}}
+func NewClients(log *slog.Logger) *Clients { return &Clients{log: log} }
+
+// SetDial sets how the clients made from now on reach their providers (nil: directly).
+func (cs *Clients) SetDial(d func(ctx context.Context, address string) (net.Conn, error)) {
+	cs.mu.Lock()
+	cs.dial = d
+	cs.mu.Unlock()
 }
 
 // Get returns the client of p.
 func (cs *Clients) Get(p *meshconfig.Provider) (Client, error) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if e, ok := cs.m[p.Name]; ok && sameProvider(e.p, p) {
-		return e.c, nil
+	for _, e := range cs.m {
+		if e.p.Name == p.Name && sameProvider(e.p, p) {
+			return e.c, nil
+		}
 	}
-	c, err := New(p, Options{Log: cs.log})
+	c, err := New(p, Options{Log: cs.log, Dial: cs.dial})
 	if err != nil {
 		return nil, err
 	}
-	if old, ok := cs.m[p.Name]; ok {
-		_ = old.c.Close()
+	if len(cs.m) == MaxClients {
+		_ = cs.m[0].c.Close()
+		cs.m = cs.m[1:]
 	}
-	cs.m[p.Name] = clientEntry{p: p, c: c}
+	cs.m = append(cs.m, clientEntry{p: p, c: c})
 	return c, nil
 }
 

@@ -23,9 +23,12 @@ type grpcClient struct {
 }
 
 func newGRPC(p *meshconfig.Provider, o Options) (*grpcClient, error) {
-	conn, err := grpc.NewClient("passthrough:///"+p.Address(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxAnswer)))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxAnswer))}
+	if o.Dial != nil {
+		opts = append(opts, grpc.WithContextDialer(o.Dial))
+	}
+	conn, err := grpc.NewClient("passthrough:///"+p.Address(), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("extauthz: provider %s: %w", p.Name, err)
 	}

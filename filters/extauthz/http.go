@@ -18,9 +18,13 @@ type httpClient struct {
 }
 
 func newHTTP(p *meshconfig.Provider, o Options) *httpClient {
+	dial := (&net.Dialer{Timeout: p.Timeout}).DialContext
+	if o.Dial != nil {
+		dial = func(ctx context.Context, _, address string) (net.Conn, error) { return o.Dial(ctx, address) }
+	}
 	return &httpClient{p: p, c: &http.Client{
 		Transport: &http.Transport{
-			Proxy: nil, DialContext: (&net.Dialer{Timeout: p.Timeout}).DialContext,
+			Proxy: nil, DialContext: dial,
 			MaxIdleConnsPerHost: 16, IdleConnTimeout: 60 * time.Second, MaxResponseHeaderBytes: MaxAnswer,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
