@@ -13,7 +13,7 @@ import (
 
 	"github.com/goambient/goambient/filters/authzconfig"
 	"github.com/goambient/goambient/filters/extauthz"
-	"github.com/goambient/goambient/xdsserver/meshconfig"
+	"github.com/goambient/goambient/policies/meshconfig"
 )
 
 // clients are the ext_authz clients of the process, one per provider name, kept across config

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/goambient/goambient/xdsserver/meshconfig"
+	"github.com/goambient/goambient/policies/meshconfig"
 )
 
 // Bounds of a check.

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/goambient/goambient/xdsserver/meshconfig"
+	"github.com/goambient/goambient/policies/meshconfig"
 )
 
 type grpcClient struct {

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/goambient/goambient/xdsserver/meshconfig"
+	"github.com/goambient/goambient/policies/meshconfig"
 )
 
 type httpClient struct {

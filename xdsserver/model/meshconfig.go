@@ -4,8 +4,8 @@ import (
 	"errors"
 
 	"github.com/goambient/goambient/policies"
+	"github.com/goambient/goambient/policies/meshconfig"
 	"github.com/goambient/goambient/xdsserver/kubeobj"
-	"github.com/goambient/goambient/xdsserver/meshconfig"
 )
 
 // buildMeshConfig reads the mesh config of the `istio` ConfigMap in the root namespace (key

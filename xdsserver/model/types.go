@@ -6,7 +6,7 @@ import (
 	"slices"
 
 	"github.com/goambient/goambient/policies"
-	"github.com/goambient/goambient/xdsserver/meshconfig"
+	"github.com/goambient/goambient/policies/meshconfig"
 )
 
 // Labels, annotations and names the model reads, as Istio spells them.
