@@ -330,3 +330,60 @@ func TestCompileRefuses(t *testing.T) {
 		t.Fatal("a provider without keys compiled")
 	}
 }
+
+// TestIstioTwoProviders is istiod's config for two jwtRules (what waypointxds emits, see
+// xdsserver/waypointxds/testdata/jwt.out.yaml): OR{P0, P1, AND{OR{P0, missing}, OR{P1,
+// missing}}}, both providers reading the Authorization header. A token of either issuer is
+// accepted (the outer OR), no token passes, a token of a third issuer or a forged one is 401.
+func TestIstioTwoProviders(t *testing.T) {
+	a, b, c := jwttest.New("https://a.test"), jwttest.New("https://b.test"), jwttest.New("https://c.test")
+	pa, pb := local(a), local(b)
+	for _, p := range []*jwtv3.JwtProvider{pa, pb} {
+		p.PayloadInMetadata = "payload"
+	}
+	name := func(n string) *jwtv3.JwtRequirement {
+		return &jwtv3.JwtRequirement{RequiresType: &jwtv3.JwtRequirement_ProviderName{ProviderName: n}}
+	}
+	orMissing := func(n string) *jwtv3.JwtRequirement {
+		return &jwtv3.JwtRequirement{RequiresType: &jwtv3.JwtRequirement_RequiresAny{RequiresAny: &jwtv3.JwtRequirementOrList{
+			Requirements: []*jwtv3.JwtRequirement{name(n), {RequiresType: &jwtv3.JwtRequirement_AllowMissing{AllowMissing: &emptypb.Empty{}}}}}}}
+	}
+	cfg := &jwtv3.JwtAuthentication{
+		Providers: map[string]*jwtv3.JwtProvider{"origins-0": pa, "origins-1": pb},
+		Rules: []*jwtv3.RequirementRule{{
+			Match: &route.RouteMatch{PathSpecifier: &route.RouteMatch_Prefix{Prefix: "/"}},
+			RequirementType: &jwtv3.RequirementRule_Requires{Requires: &jwtv3.JwtRequirement{RequiresType: &jwtv3.JwtRequirement_RequiresAny{
+				RequiresAny: &jwtv3.JwtRequirementOrList{Requirements: []*jwtv3.JwtRequirement{
+					name("origins-0"), name("origins-1"),
+					{RequiresType: &jwtv3.JwtRequirement_RequiresAll{RequiresAll: &jwtv3.JwtRequirementAndList{
+						Requirements: []*jwtv3.JwtRequirement{orMissing("origins-0"), orMissing("origins-1")}}}},
+				}},
+			}}},
+		}},
+	}
+	f := compile(t, cfg, Options{})
+	for _, tc := range []struct {
+		name   string
+		h      map[string]string
+		status int
+		iss    string
+	}{
+		{"issuer a", bearer(a.Sign(map[string]any{"sub": "x"})), 0, "https://a.test"},
+		{"issuer b", bearer(b.Sign(map[string]any{"sub": "x"})), 0, "https://b.test"},
+		{"no token", nil, 0, ""},
+		{"issuer c", bearer(c.Sign(map[string]any{"sub": "x"})), 401, ""},
+		{"forged a", bearer(jwttest.SignWith(jwttest.Forger("key-1"), "https://a.test", map[string]any{"sub": "x"})), 401, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := f.Decode(context.Background(), get("/", tc.h))
+			if tc.status == 0 && res.Reply != nil || tc.status != 0 && (res.Reply == nil || res.Reply.Status != tc.status) {
+				t.Fatalf("reply %+v, want status %d", res.Reply, tc.status)
+			}
+			if tc.iss != "" {
+				if p, _ := res.Payloads["payload"].(map[string]any); p["iss"] != tc.iss {
+					t.Fatalf("payload %v", res.Payloads)
+				}
+			}
+		})
+	}
+}
