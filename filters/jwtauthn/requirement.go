@@ -95,22 +95,34 @@ func (pr providerReq) verify(v *verification) status {
 }
 
 // verify: any child passing passes; else, with allow_missing, only missing tokens pass; else
-// the first error that is not a missing token.
+// the most telling error, as Envoy's requires_any reports it: a failure of the token's own
+// provider (bad signature, expired, keys not fetched) before another provider's "issuer is not
+// configured", before "missing".
 func (a *anyReq) verify(v *verification) status {
-	first := jwtMissed
+	best := jwtMissed
 	for _, r := range a.reqs {
 		st := r.verify(v)
 		if st == ok {
 			return ok
 		}
-		if first == jwtMissed && st != jwtMissed {
-			first = st
+		if rank(st) > rank(best) {
+			best = st
 		}
 	}
-	if first == jwtMissed && a.allowMissing {
+	if best == jwtMissed && a.allowMissing {
 		return ok
 	}
-	return first
+	return best
+}
+
+func rank(st status) int {
+	switch st {
+	case jwtMissed:
+		return 0
+	case jwtUnknownIssuer:
+		return 1
+	}
+	return 2
 }
 
 func (a allReq) verify(v *verification) status {

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 
@@ -144,5 +146,94 @@ func TestJWTScenarioCustom(t *testing.T) {
 				t.Errorf("response_code_details %q, want %q", got, c.details)
 			}
 		})
+	}
+}
+
+// TestJWTRemoteJWKS: a RequestAuthentication with a jwksUri through the embedded waypoint
+// (peer: jwttest.Issuer, a JWKS endpoint on loopback whose keys the test rotates, and a second
+// one that stalls). The keys are fetched once and cached; a token signed with a rotated key is
+// accepted once the waypoint refetches (at most every 5 s); a stalled issuer fails its tokens
+// with 401 after the rule's timeout, while requests without a token are answered at once.
+func TestJWTRemoteJWKS(t *testing.T) {
+	t.Parallel()
+	iss := jwttest.New("https://issuer.test")
+	srv := httptest.NewServer(iss)
+	t.Cleanup(srv.Close)
+	stalled := jwttest.New("https://stalled.test")
+	release := make(chan struct{})
+	stalled.Override(func(w http.ResponseWriter, r *http.Request) bool {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		return true
+	})
+	srv2 := httptest.NewServer(stalled)
+	t.Cleanup(srv2.Close)
+	t.Cleanup(func() { close(release) })
+
+	ra := `apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: remote}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+  jwtRules:
+  - {issuer: "https://issuer.test", jwksUri: "` + srv.URL + `/jwks"}
+  - {issuer: "https://stalled.test", jwksUri: "` + srv2.URL + `/jwks", timeout: 1s}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: any-principal}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}]
+  rules: [{from: [{source: {requestPrincipals: ["*"]}}]}]
+`
+	f := setupTraffic(t, 3)
+	f.apply(t, ra)
+	eventually(t, "the jwt_authn filter", func() bool {
+		tb := f.wp.Store.Load().Tables[appbAll]
+		return tb != nil && tb.JWT != nil
+	})
+	get := func(tok string) response {
+		hdr := map[string]string{}
+		if tok != "" {
+			hdr["Authorization"] = "Bearer " + tok
+		}
+		return f.client(t, "").send(t, "GET", "/headers", "", hdr)
+	}
+	for i := range 3 {
+		if r := get(iss.Sign(map[string]any{"sub": "a"})); r.code != 200 {
+			t.Fatalf("token %d: %d %q", i, r.code, r.body)
+		}
+	}
+	if h := iss.Hits(); h != 1 {
+		t.Fatalf("%d JWKS fetches for 3 tokens, want 1 (cached)", h)
+	}
+	iss.Rotate(true)
+	fresh := iss.Sign(map[string]any{"sub": "a"})
+	eventually(t, "a token of the rotated key to be accepted", func() bool { return get(fresh).code == 200 })
+	if r := get(jwttest.SignWith(jwttest.Forger("key-1"), "https://issuer.test", map[string]any{"sub": "a"})); r.code != 401 {
+		t.Fatalf("a token of the withdrawn key id: %d %q", r.code, r.body)
+	}
+
+	done := make(chan response, 1)
+	go func() {
+		hdr := map[string]string{"Authorization": "Bearer " + stalled.Sign(map[string]any{"sub": "a"})}
+		r, err := f.client(t, "").try("GET", "/headers", "", hdr)
+		if err != nil {
+			r.body = err.Error()
+		}
+		done <- r
+	}()
+	if r := get(""); r.code != 403 {
+		t.Fatalf("no token while an issuer stalls: %d %q", r.code, r.body)
+	}
+	select {
+	case r := <-done:
+		if r.code != 401 || r.body != "Jwks remote fetch is failed" {
+			t.Fatalf("a token of the stalled issuer: %d %q", r.code, r.body)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a token of the stalled issuer waited beyond its timeout")
 	}
 }
