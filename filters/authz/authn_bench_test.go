@@ -19,6 +19,7 @@ import (
 	"github.com/goambient/goambient/filters/jwtauthn"
 	"github.com/goambient/goambient/filters/jwtauthn/jwttest"
 	"github.com/goambient/goambient/policies"
+	"github.com/goambient/goambient/policies/extprovider"
 	"github.com/goambient/goambient/xdsserver/waypointxds"
 )
 
@@ -39,7 +40,7 @@ type authnBench struct {
 func newAuthnBench(b *testing.B, withOPA bool) *authnBench {
 	b.Helper()
 	files := []string{jwtScenario + "require-jwt.yaml"}
-	mc := ""
+	var providers []extprovider.Provider
 	if withOPA {
 		rego, err := os.ReadFile(jwtScenario + "opa-policy.rego")
 		if err != nil {
@@ -65,12 +66,13 @@ func newAuthnBench(b *testing.B, withOPA bool) *authnBench {
 		if err := yaml.Unmarshal(raw, &cm); err != nil {
 			b.Fatal(err)
 		}
-		mc = strings.NewReplacer("opa.default.svc.cluster.local", "127.0.0.1", "9191", strconv.Itoa(l.Addr().(*net.TCPAddr).Port)).Replace(cm.Data["mesh"])
+		mc := strings.NewReplacer("opa.default.svc.cluster.local", "127.0.0.1", "9191", strconv.Itoa(l.Addr().(*net.TCPAddr).Port)).Replace(cm.Data["mesh"])
+		providers = providersOf(b, mc)
 		files = append(files, jwtScenario+"custom-admin.yaml")
 	}
 	ab := &authnBench{h: envoytest.NewHost(nil)}
 	a, err := authzconfig.EncodeConfig(&authzconfig.Config{Namespace: "default", Gateway: "waypoint", GatewayClass: "istio-waypoint",
-		Policies: policyFiles(b, files...), MeshConfig: mc})
+		Policies: policyFiles(b, files...), Providers: providers})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -63,7 +63,7 @@ func (Parser) Parse(a *anypb.Any, callbacks api.ConfigCallbackHandler) (any, err
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("%s: %w", authzconfig.PluginName, errors.Join(errs...))
 	}
-	clients, _, err := providers(c.MeshConfig)
+	clients, err := providers(c.Providers)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", authzconfig.PluginName, err)
 	}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/goambient/goambient/filters/authzconfig"
 	"github.com/goambient/goambient/filters/extauthz"
-	"github.com/goambient/goambient/policies/meshconfig"
+	"github.com/goambient/goambient/policies/extprovider"
 )
 
 // clients are the ext_authz clients of the process, one per provider name, kept across config
@@ -35,25 +35,28 @@ func SetProviderDialer(d func(ctx context.Context, address string) (net.Conn, er
 	providerClients().SetDial(d)
 }
 
-// providers parses the mesh config's ext_authz providers; a provider that does not validate
-// refuses the whole config (Envoy keeps the last good one).
-func providers(meshConfig string) (map[string]extauthz.Client, map[string]*meshconfig.Provider, error) {
-	if meshConfig == "" {
-		return nil, nil, nil
+// providers makes the clients of the providers the translator passed on; one that does not
+// validate refuses the whole config (Envoy keeps the last good one).
+func providers(ps []extprovider.Provider) (map[string]extauthz.Client, error) {
+	if len(ps) == 0 {
+		return nil, nil
 	}
-	mc, errs := meshconfig.Parse([]byte(meshConfig), "plugin_config.meshConfig")
-	if len(errs) > 0 {
-		return nil, nil, errors.Join(errs...)
-	}
-	cs := map[string]extauthz.Client{}
-	for name, p := range mc.Providers {
+	cs := make(map[string]extauthz.Client, len(ps))
+	for i := range ps {
+		p := &ps[i]
+		if err := p.Validate(); err != nil {
+			return nil, err
+		}
+		if _, dup := cs[p.Name]; dup {
+			return nil, errors.New("provider " + p.Name + ": given twice")
+		}
 		c, err := providerClients().Get(p)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		cs[name] = c
+		cs[p.Name] = c
 	}
-	return cs, mc.Providers, nil
+	return cs, nil
 }
 
 // custom consults the CUSTOM rule's provider, as Envoy's ext_authz filter runs before the RBAC

@@ -16,6 +16,8 @@ import (
 	"github.com/goambient/goambient/filters/authzconfig"
 	"github.com/goambient/goambient/filters/envoytest"
 	"github.com/goambient/goambient/filters/extauthz/opaserver"
+	"github.com/goambient/goambient/policies/extprovider"
+	"github.com/goambient/goambient/policies/meshconfig"
 )
 
 // oauthStyle is an HTTP ext_authz server in oauth2-proxy's manner (its reverse-proxy mode with
@@ -100,7 +102,7 @@ func customFixture(t *testing.T) (*envoytest.Host, any, *oauthStyle) {
 
 	h := envoytest.NewHost(nil)
 	a, err := authzconfig.EncodeConfig(&authzconfig.Config{Namespace: "shop", Gateway: "waypoint", GatewayClass: "istio-waypoint",
-		Policies: policyFiles(t, "testdata/custom/policies.yaml"), MeshConfig: mesh})
+		Policies: policyFiles(t, "testdata/custom/policies.yaml"), Providers: providersOf(t, mesh)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,4 +197,18 @@ func TestCustom(t *testing.T) {
 	if n := runtime.NumGoroutine(); n > base+30 {
 		t.Errorf("%d goroutines after the checks, %d before", n, base)
 	}
+}
+
+// providersOf is what the translator passes the filter: the mesh config's providers.
+func providersOf(t testing.TB, mesh string) []extprovider.Provider {
+	t.Helper()
+	mc, errs := meshconfig.Parse([]byte(mesh), "mesh")
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	var out []extprovider.Provider
+	for _, p := range mc.Providers {
+		out = append(out, *p)
+	}
+	return out
 }

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/goambient/goambient/policies/meshconfig"
+	"github.com/goambient/goambient/policies/extprovider"
 )
 
 // Bounds of a check.
@@ -84,14 +84,14 @@ type Options struct {
 }
 
 // New returns the client of p.
-func New(p *meshconfig.Provider, o Options) (Client, error) {
+func New(p *extprovider.Provider, o Options) (Client, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	switch p.Kind {
-	case meshconfig.GRPC:
+	case extprovider.GRPC:
 		return newGRPC(p, o)
-	case meshconfig.HTTP:
+	case extprovider.HTTP:
 		return newHTTP(p, o), nil
 	}
 	return nil, errors.New("extauthz: provider " + p.Name + ": unknown kind")
@@ -99,7 +99,7 @@ func New(p *meshconfig.Provider, o Options) (Client, error) {
 
 // onError is Envoy's answer when the provider could not be asked: failure_mode_allow lets the
 // request through, else status_on_error (403 unless set).
-func onError(p *meshconfig.Provider, err error) Result {
+func onError(p *extprovider.Provider, err error) Result {
 	if p.FailOpen {
 		return Result{Allowed: true, Err: err, Details: DetailsError}
 	}
@@ -141,7 +141,7 @@ type Clients struct {
 }
 
 type clientEntry struct {
-	p *meshconfig.Provider
+	p *extprovider.Provider
 	c Client
 }
 
@@ -156,7 +156,7 @@ func (cs *Clients) SetDial(d func(ctx context.Context, address string) (net.Conn
 }
 
 // Get returns the client of p.
-func (cs *Clients) Get(p *meshconfig.Provider) (Client, error) {
+func (cs *Clients) Get(p *extprovider.Provider) (Client, error) {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	for _, e := range cs.m {
@@ -176,7 +176,7 @@ func (cs *Clients) Get(p *meshconfig.Provider) (Client, error) {
 	return c, nil
 }
 
-func sameProvider(a, b *meshconfig.Provider) bool {
+func sameProvider(a, b *extprovider.Provider) bool {
 	return a.Kind == b.Kind && a.Address() == b.Address() && a.Timeout == b.Timeout && a.FailOpen == b.FailOpen &&
 		a.StatusOnError == b.StatusOnError && a.PathPrefix == b.PathPrefix && strings.Join(a.IncludeRequestHeadersInCheck, ",") == strings.Join(b.IncludeRequestHeadersInCheck, ",") &&
 		strings.Join(a.HeadersToUpstreamOnAllow, ",") == strings.Join(b.HeadersToUpstreamOnAllow, ",") &&

@@ -13,16 +13,16 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/goambient/goambient/policies/meshconfig"
+	"github.com/goambient/goambient/policies/extprovider"
 )
 
 type grpcClient struct {
-	p    *meshconfig.Provider
+	p    *extprovider.Provider
 	conn *grpc.ClientConn
 	c    authv3.AuthorizationClient
 }
 
-func newGRPC(p *meshconfig.Provider, o Options) (*grpcClient, error) {
+func newGRPC(p *extprovider.Provider, o Options) (*grpcClient, error) {
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxAnswer))}
 	if o.Dial != nil {

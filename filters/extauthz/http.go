@@ -9,15 +9,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/goambient/goambient/policies/meshconfig"
+	"github.com/goambient/goambient/policies/extprovider"
 )
 
 type httpClient struct {
-	p *meshconfig.Provider
+	p *extprovider.Provider
 	c *http.Client
 }
 
-func newHTTP(p *meshconfig.Provider, o Options) *httpClient {
+func newHTTP(p *extprovider.Provider, o Options) *httpClient {
 	dial := (&net.Dialer{Timeout: p.Timeout}).DialContext
 	if o.Dial != nil {
 		dial = func(ctx context.Context, _, address string) (net.Conn, error) { return o.Dial(ctx, address) }

@@ -3,14 +3,14 @@ package meshconfig
 
 import (
 	"fmt"
-	"net"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
+
+	"github.com/goambient/goambient/policies/extprovider"
 	"sigs.k8s.io/yaml"
 )
 
@@ -22,93 +22,23 @@ const ConfigMapKey = "mesh"
 // (timeoutOrDefault), not Envoy's 200ms.
 const DefaultTimeout = 600 * time.Second
 
-// Kind says which protocol a provider speaks.
-type Kind int
+// Kind, Provider and the protocols are extprovider's (the filter's side of the contract).
+type (
+	Kind     = extprovider.Kind
+	Provider = extprovider.Provider
+)
 
 // The ext_authz protocols.
 const (
-	HTTP Kind = iota + 1 // envoyExtAuthzHttp: Envoy's HTTP ext_authz protocol
-	GRPC                 // envoyExtAuthzGrpc: envoy.service.auth.v3.Authorization/Check
+	HTTP = extprovider.HTTP
+	GRPC = extprovider.GRPC
 )
-
-func (k Kind) String() string {
-	if k == GRPC {
-		return "envoyExtAuthzGrpc"
-	}
-	return "envoyExtAuthzHttp"
-}
-
-// Provider is one validated ext_authz extension provider.
-type Provider struct {
-	Name    string
-	Kind    Kind
-	Service string // host name as written ("ns/host" allowed as in istiod; the host is after "/")
-	Port    uint16
-	Timeout time.Duration
-	// PathPrefix (HTTP only) is prepended to the request's path in the check request.
-	PathPrefix string
-	FailOpen   bool
-	// StatusOnError is the status returned when the provider cannot be reached (403 when unset,
-	// Envoy's default).
-	StatusOnError int
-	// IncludeRequestHeadersInCheck (HTTP) lists the request headers sent to the provider
-	// (Envoy always adds :method, :path, host and content-length as the protocol needs).
-	IncludeRequestHeadersInCheck []string
-	// IncludeAdditionalHeadersInCheck (HTTP) are headers added to the check request.
-	IncludeAdditionalHeadersInCheck map[string]string
-	// HeadersToUpstreamOnAllow (HTTP) are the provider's answer headers copied onto the request.
-	HeadersToUpstreamOnAllow []string
-	// HeadersToDownstreamOnAllow (HTTP) are the provider's answer headers added to the response.
-	HeadersToDownstreamOnAllow []string
-	// HeadersToDownstreamOnDeny (HTTP) are the provider's answer headers sent back on a deny
-	// (all of them when empty, as Envoy).
-	HeadersToDownstreamOnDeny []string
-	// MaxRequestBytes > 0 sends the request body, up to that many bytes.
-	MaxRequestBytes     uint32
-	AllowPartialMessage bool
-	PackAsBytes         bool
-}
-
-// Host is the provider's host name without a "namespace/" qualifier.
-func (p *Provider) Host() string {
-	if _, h, ok := strings.Cut(p.Service, "/"); ok {
-		return h
-	}
-	return p.Service
-}
-
-// Address is host:port.
-func (p *Provider) Address() string { return net.JoinHostPort(p.Host(), strconv.Itoa(int(p.Port))) }
 
 // Config is the mesh config's parts goambient uses.
 type Config struct {
 	RootNamespace string
 	TrustDomain   string
 	Providers     map[string]*Provider // by name
-	// Source are the valid providers as written, by name (to pass a subset on).
-	Source map[string]*meshv1alpha1.MeshConfig_ExtensionProvider
-}
-
-// Subset is a mesh config (JSON) holding the named providers that exist, in name order; ""
-// when none does.
-func (c *Config) Subset(names []string) (string, error) {
-	if c == nil {
-		return "", nil
-	}
-	var mc meshv1alpha1.MeshConfig
-	seen := map[string]bool{}
-	slices.Sort(names)
-	for _, n := range names {
-		if p, ok := c.Source[n]; ok && !seen[n] {
-			seen[n] = true
-			mc.ExtensionProviders = append(mc.ExtensionProviders, p)
-		}
-	}
-	if len(mc.ExtensionProviders) == 0 {
-		return "", nil
-	}
-	b, err := protojson.Marshal(&mc)
-	return string(b), err
 }
 
 // Error is one problem with the mesh config, naming where it came from and the field.
@@ -146,8 +76,7 @@ func Parse(data []byte, origin string) (*Config, []error) {
 
 // FromProto validates a decoded MeshConfig.
 func FromProto(mc *meshv1alpha1.MeshConfig, origin string) (*Config, []error) {
-	c := &Config{RootNamespace: mc.GetRootNamespace(), TrustDomain: mc.GetTrustDomain(), Providers: map[string]*Provider{},
-		Source: map[string]*meshv1alpha1.MeshConfig_ExtensionProvider{}}
+	c := &Config{RootNamespace: mc.GetRootNamespace(), TrustDomain: mc.GetTrustDomain(), Providers: map[string]*Provider{}}
 	var errs []error
 	fail := func(field, format string, args ...any) {
 		errs = append(errs, &Error{Origin: origin, Field: field, Reason: fmt.Sprintf(format, args...)})
@@ -209,7 +138,6 @@ func FromProto(mc *meshv1alpha1.MeshConfig, origin string) (*Config, []error) {
 		}
 		p.Name = ep.GetName()
 		c.Providers[p.Name] = p
-		c.Source[p.Name] = ep
 	}
 	return c, errs
 }

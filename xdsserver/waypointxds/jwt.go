@@ -19,6 +19,7 @@ import (
 	securityv1beta1 "istio.io/api/security/v1beta1"
 
 	"github.com/goambient/goambient/policies"
+	"github.com/goambient/goambient/policies/extprovider"
 	"github.com/goambient/goambient/xdsserver/model"
 )
 
@@ -246,15 +247,25 @@ func authnClusters(mesh *model.Mesh, w *model.Waypoint, ports []servicePort) []*
 	return jwksClusters(ras)
 }
 
-// customProviders is the mesh config the authz filter needs: the extensionProviders the CUSTOM
-// policies among aps name (a name with no provider is left to the filter, which denies what
-// such a policy matches, as istiod does).
-func customProviders(mesh *model.Mesh, aps []*policies.AuthorizationPolicy) (string, error) {
+// customProviders are the providers the authz filter needs: the mesh config's
+// extensionProviders the CUSTOM policies among aps name, by name (a name with no provider is
+// left to the filter, which denies what such a policy matches, as istiod does).
+func customProviders(mesh *model.Mesh, aps []*policies.AuthorizationPolicy) []extprovider.Provider {
+	if mesh.MeshConfig == nil {
+		return nil
+	}
 	var names []string
 	for _, ap := range aps {
 		if ap.Spec.GetAction() == securityv1beta1.AuthorizationPolicy_CUSTOM {
 			names = append(names, ap.Spec.GetProvider().GetName())
 		}
 	}
-	return mesh.MeshConfig.Subset(names)
+	slices.Sort(names)
+	var out []extprovider.Provider
+	for _, n := range slices.Compact(names) {
+		if p := mesh.MeshConfig.Providers[n]; p != nil {
+			out = append(out, *p)
+		}
+	}
+	return out
 }

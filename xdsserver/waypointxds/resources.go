@@ -152,10 +152,7 @@ func extensionConfig(mesh *model.Mesh, w *model.Waypoint, name string) (*core.Ty
 	if err != nil {
 		return nil, err
 	}
-	mc, err := customProviders(mesh, aps)
-	if err != nil {
-		return nil, err
-	}
+
 	c, err := golangConfig(&authzconfig.Config{
 		Namespace:     w.Namespace,
 		Gateway:       w.Name,
@@ -163,7 +160,7 @@ func extensionConfig(mesh *model.Mesh, w *model.Waypoint, name string) (*core.Ty
 		RootNamespace: mesh.RootNamespace,
 		TrustDomain:   mesh.TrustDomain,
 		Policies:      string(pol),
-		MeshConfig:    mc,
+		Providers:     customProviders(mesh, aps),
 	})
 	if err != nil {
 		return nil, err
