@@ -92,7 +92,7 @@ type header struct {
 
 var securityVersions = []string{"security.istio.io/v1", "security.istio.io/v1beta1"}
 
-// Load reads AuthorizationPolicy and PeerAuthentication objects from multi-document YAML or
+// Load reads AuthorizationPolicy, PeerAuthentication and RequestAuthentication objects from multi-document YAML or
 // JSON. Other kinds are ignored. Each invalid object is reported as an *Error and left out;
 // the valid ones are returned.
 func Load(data []byte, file string) (Objects, []error) {
@@ -166,7 +166,7 @@ func (os *Objects) add(d Document) []error {
 	if err := json.Unmarshal(d.JSON, &h); err != nil {
 		return []error{&Error{Origin: d.Origin, Reason: "not a Kubernetes object: " + err.Error()}}
 	}
-	if h.Kind != "AuthorizationPolicy" && h.Kind != "PeerAuthentication" {
+	if h.Kind != "AuthorizationPolicy" && h.Kind != "PeerAuthentication" && h.Kind != "RequestAuthentication" {
 		return nil
 	}
 	if h.Metadata.Namespace == "" {
@@ -205,6 +205,15 @@ func (os *Objects) add(d Document) []error {
 			return errs
 		}
 		os.PeerAuthentications = append(os.PeerAuthentications, p)
+	case "RequestAuthentication":
+		p := &RequestAuthentication{APIVersion: h.APIVersion, Meta: h.Metadata, Spec: &securityv1beta1.RequestAuthentication{}, Origin: d.Origin}
+		if err := unmarshal.Unmarshal(spec, p.Spec); err != nil {
+			return fail("spec", protoError(err))
+		}
+		if errs := ValidateRequestAuthentication(p); len(errs) > 0 {
+			return errs
+		}
+		os.RequestAuthentications = append(os.RequestAuthentications, p)
 	}
 	return nil
 }

@@ -61,12 +61,15 @@ type PeerAuthentication struct {
 type Objects struct {
 	AuthorizationPolicies []*AuthorizationPolicy
 	PeerAuthentications   []*PeerAuthentication
+	// RequestAuthentications are the valid RequestAuthentications (JWT rules).
+	RequestAuthentications []*RequestAuthentication
 }
 
 // Append adds o's objects to os.
 func (os *Objects) Append(o Objects) {
 	os.AuthorizationPolicies = append(os.AuthorizationPolicies, o.AuthorizationPolicies...)
 	os.PeerAuthentications = append(os.PeerAuthentications, o.PeerAuthentications...)
+	os.RequestAuthentications = append(os.RequestAuthentications, o.RequestAuthentications...)
 }
 
 const annotationDryRun = "istio.io/dry-run"

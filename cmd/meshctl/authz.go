@@ -60,6 +60,8 @@ func authzCheck(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&claims, "claim", "JWT claim k=v (repeatable; repeat a key for a list, e.g. aud or azp); with --jwt-issuer")
 	issuer := fs.String("jwt-issuer", "", "issuer of the request's validated JWT")
 	subject := fs.String("jwt-subject", "", "subject of the request's validated JWT")
+	token := fs.String("jwt", "", "the request's bearer token: validated offline by the RequestAuthentications of -f that apply (its claims replace --jwt-issuer, --jwt-subject and --claim)")
+	jwks := fs.String("jwks", "", "a JWKS file: the keys of the providers that fetch theirs (jwksUri), for --jwt")
 	explain := fs.Bool("explain", false, "print every policy considered and why it matched or not")
 	asJSON := fs.Bool("json", false, "print the decision as JSON")
 	if err := fs.Parse(args); err != nil {
@@ -145,6 +147,16 @@ func authzCheck(args []string, stdout, stderr io.Writer) int {
 		req.Target = policies.Target{Namespace: *ns, Labels: l}
 	}
 
+	if *token != "" {
+		if *issuer != "" || *subject != "" || len(claims) > 0 {
+			return usage("--jwt and --jwt-issuer, --jwt-subject or --claim: give one")
+		}
+		a, code := checkJWT(stdout, objs.RequestAuthentications, *root, &req, *token, *jwks)
+		if code != 0 {
+			return code
+		}
+		req.Auth = a
+	}
 	engine := policies.Compile(objs.AuthorizationPolicies, policies.Options{RootNamespace: *root})
 	d := engine.Decide(&req)
 	if *asJSON {
@@ -247,8 +259,8 @@ func authzLint(args []string, stdout, stderr io.Writer) int {
 	for _, w := range warnings {
 		fmt.Fprintf(stdout, "warning: %v\n", w)
 	}
-	fmt.Fprintf(stdout, "%d AuthorizationPolicy and %d PeerAuthentication valid, %d errors, %d warnings\n",
-		len(objs.AuthorizationPolicies), len(objs.PeerAuthentications), len(errs), len(warnings))
+	fmt.Fprintf(stdout, "%d AuthorizationPolicy, %d PeerAuthentication and %d RequestAuthentication valid, %d errors, %d warnings\n",
+		len(objs.AuthorizationPolicies), len(objs.PeerAuthentications), len(objs.RequestAuthentications), len(errs), len(warnings))
 	if len(errs) > 0 {
 		return 1
 	}

@@ -17,7 +17,7 @@ import (
 func init() { commands["demo"] = runDemo }
 
 const demoUsage = `usage:
-  meshctl demo [--scenario handson|bookinfo-lite|demo-strict|traffic|all] [--keep] [--root DIR]
+  meshctl demo [--scenario handson|bookinfo-lite|demo-strict|traffic|jwt|all] [--keep] [--root DIR]
       build xdsserver, ztunnel and the embedded waypoint, start them with the demo apps on
       loopback (no root, no Docker), play the scenario of manifests/examples step by step as
       its README says, and check every result. Exit 0 only if every check passed.`

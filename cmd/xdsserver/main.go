@@ -44,6 +44,7 @@ func run(args []string) int {
 	inCluster := fs.Bool("kube", false, "read the mesh from the Kubernetes cluster this runs in (service account), instead of --config-dir")
 	noStatus := fs.Bool("no-status", false, "with --kubeconfig/--kube: do not write status conditions on AuthorizationPolicies nor on Gateways")
 	maxFileSize := fs.Int64("max-config-file-size", files.DefaultMaxFileSize, "largest configuration file read, in bytes; a larger one is reported and skipped")
+	meshConfigFile := fs.String("mesh-config", "", "a mesh config file (istiod's --meshConfig: extensionProviders for CUSTOM policies), read with the config folders; in a cluster the istio ConfigMap is read instead")
 	limits := limitFlags(fs)
 	var deploy deployFlags
 	fs.BoolVar(&deploy.off, "no-gateway-deploy", false, "with --kubeconfig/--kube: do not deploy Gateways nor create the GatewayClasses istio and istio-waypoint")
@@ -84,7 +85,7 @@ func run(args []string) int {
 	if *loopback {
 		cfg.Placement = model.LoopbackPlacement
 	}
-	src, kc, err := pickSource(files.New(files.Options{Paths: dirs, Interval: *interval, Model: cfg, MaxFileSize: *maxFileSize, Logger: log.With("scope", "files")}),
+	src, kc, err := pickSource(files.New(files.Options{Paths: dirs, Interval: *interval, Model: cfg, MaxFileSize: *maxFileSize, MeshConfig: *meshConfigFile, Logger: log.With("scope", "files")}),
 		*kubeconfig, *inCluster, *noStatus, cfg, log.With("scope", "kube"))
 	if err != nil {
 		log.Error("kubernetes source", "error", err.Error())

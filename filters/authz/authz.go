@@ -2,6 +2,7 @@
 package authz
 
 import (
+	"context"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -53,6 +54,8 @@ type filter struct {
 	cb  api.FilterCallbackHandler
 	cfg *filterConfig
 	why string // why there is no cfg
+	// cancel ends the ext_authz check of a CUSTOM rule, if one runs.
+	cancel context.CancelFunc
 }
 
 // scratch is one evaluation's reusable storage.
@@ -138,13 +141,10 @@ func (f *filter) DecodeHeaders(h api.RequestHeaderMap, _ bool) api.StatusType {
 	if len(d.Audit) > 0 || d.DryRun.Applied {
 		f.logShadow(r, d, c.metrics)
 	}
-	if d.Custom.Policy != "" && d.Allowed {
-		// No CUSTOM (ext_authz) provider can be consulted from here: as istiod does for a
-		// provider it cannot use, deny what the CUSTOM rule matches.
-		ns, name, _ := strings.Cut(d.Custom.Policy, "/")
-		f.cb.Log(api.Warn, authzconfig.PluginName+": CUSTOM policy "+d.Custom.Policy+" (provider "+d.CustomProvider+") matched: no provider here, denying")
-		return f.reply(c.metrics, denyStatus, denyBody, grpcDenied,
-			"rbac_access_denied_matched_policy[ns["+ns+"]-policy["+name+"]-rule["+strconv.Itoa(d.Custom.Rule)+"]]")
+	if d.Custom.Policy != "" {
+		// CUSTOM first (Envoy's ext_authz runs before the RBAC filters in istiod's chain),
+		// only for the requests its rules match.
+		return f.custom(c, h, d.CustomProvider, d.Custom.Policy, d.Custom.Rule, d.Allowed, d.Details)
 	}
 	if !d.Allowed {
 		return f.reply(c.metrics, denyStatus, denyBody, grpcDenied, d.Details)

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/goambient/goambient/filters/authzconfig"
+	"github.com/goambient/goambient/filters/extauthz"
 	"github.com/goambient/goambient/policies"
 )
 
@@ -19,6 +20,8 @@ type filterConfig struct {
 	target  policies.Target
 	needs   needs
 	metrics *metrics
+	// clients are the ext_authz clients of the providers CUSTOM policies may name.
+	clients map[string]extauthz.Client
 }
 
 // routeConfig is a parsed per-route config: only a target, to be merged into a filterConfig.
@@ -60,8 +63,13 @@ func (Parser) Parse(a *anypb.Any, callbacks api.ConfigCallbackHandler) (any, err
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("%s: %w", authzconfig.PluginName, errors.Join(errs...))
 	}
+	clients, err := providers(c.Providers)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", authzconfig.PluginName, err)
+	}
 	return &filterConfig{
-		engine: policies.Compile(objs.AuthorizationPolicies, policies.Options{RootNamespace: c.RootNamespace}),
+		clients: clients,
+		engine:  policies.Compile(objs.AuthorizationPolicies, policies.Options{RootNamespace: c.RootNamespace}),
 		target: policies.Target{
 			Waypoint:     true,
 			Namespace:    c.Namespace,

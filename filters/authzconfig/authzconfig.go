@@ -10,6 +10,8 @@ import (
 	xdstype "github.com/cncf/xds/go/xds/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/goambient/goambient/policies/extprovider"
 )
 
 // Names shared by filters.so, envoy.yaml, docker-compose.yaml and xdsserver. If the plugin name
@@ -48,6 +50,10 @@ type Config struct {
 	// AuthorizationPolicies of the mesh that can apply at this waypoint. Empty means no
 	// policy: every request is allowed, as in Istio.
 	Policies string `json:"policies,omitempty"`
+	// Providers are the mesh config's extensionProviders the CUSTOM policies among Policies
+	// name. A name with none: a matching CUSTOM rule denies, as istiod does for a provider it
+	// cannot find.
+	Providers []extprovider.Provider `json:"providers,omitempty"`
 }
 
 // Route is the per-route config (typed_per_filter_config on a service's virtual host): which

@@ -1,6 +1,10 @@
 package authzconfig
 
 import (
+	"reflect"
+	"time"
+
+	"github.com/goambient/goambient/policies/extprovider"
 	"strings"
 	"testing"
 
@@ -9,7 +13,9 @@ import (
 )
 
 func TestRoundTrip(t *testing.T) {
-	c := &Config{Namespace: "handson", Gateway: "handson", GatewayClass: "istio-waypoint", Policies: "kind: List\nitems: []\n"}
+	c := &Config{Namespace: "handson", Gateway: "handson", GatewayClass: "istio-waypoint", Policies: "kind: List\nitems: []\n",
+		Providers: []extprovider.Provider{{Name: "opa", Kind: extprovider.GRPC, Service: "opa.auth.svc.cluster.local", Port: 9191,
+			Timeout: 600 * time.Second, StatusOnError: 403, HeadersToUpstreamOnAllow: []string{"x-user"}}}}
 	a, err := EncodeConfig(c)
 	if err != nil {
 		t.Fatal(err)
@@ -18,7 +24,7 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *got != *c {
+	if !reflect.DeepEqual(got, c) {
 		t.Fatalf("got %+v, want %+v", got, c)
 	}
 	if IsRoute(a) {

@@ -21,7 +21,10 @@ type Set struct {
 	Gateways        []*Gateway
 	GatewayClasses  []*GatewayClass
 	Nodes           []*Node
-	Policies        policies.Objects
+	// ConfigMaps are the ConfigMaps holding a mesh config (the `istio` ConfigMap's `mesh`
+	// key); others are not kept.
+	ConfigMaps []*ConfigMap
+	Policies   policies.Objects
 	// Routing (routing.go).
 	HTTPRoutes       []*HTTPRoute
 	VirtualServices  []*VirtualService
@@ -53,6 +56,7 @@ func (s *Set) Append(o *Set) {
 	s.Gateways = append(s.Gateways, o.Gateways...)
 	s.GatewayClasses = append(s.GatewayClasses, o.GatewayClasses...)
 	s.Nodes = append(s.Nodes, o.Nodes...)
+	s.ConfigMaps = append(s.ConfigMaps, o.ConfigMaps...)
 	s.Policies.Append(o.Policies)
 	s.HTTPRoutes = append(s.HTTPRoutes, o.HTTPRoutes...)
 	s.VirtualServices = append(s.VirtualServices, o.VirtualServices...)
@@ -71,16 +75,18 @@ func (s *Set) Len() int {
 
 // kinds maps "group/Kind" to the versions this package reads; other kinds are ignored.
 var kinds = map[string][]string{
-	"/Namespace":                             {"v1"},
-	"/ServiceAccount":                        {"v1"},
-	"/Service":                               {"v1"},
-	"/Pod":                                   {"v1"},
-	"/Node":                                  {"v1"},
-	"discovery.k8s.io/EndpointSlice":         {"v1"},
-	"gateway.networking.k8s.io/Gateway":      {"v1", "v1beta1"},
-	"gateway.networking.k8s.io/GatewayClass": {"v1", "v1beta1"},
-	"security.istio.io/AuthorizationPolicy":  nil, // read by the policies package
-	"security.istio.io/PeerAuthentication":   nil,
+	"/Namespace":                              {"v1"},
+	"/ServiceAccount":                         {"v1"},
+	"/Service":                                {"v1"},
+	"/Pod":                                    {"v1"},
+	"/Node":                                   {"v1"},
+	"/ConfigMap":                              {"v1"},
+	"discovery.k8s.io/EndpointSlice":          {"v1"},
+	"gateway.networking.k8s.io/Gateway":       {"v1", "v1beta1"},
+	"gateway.networking.k8s.io/GatewayClass":  {"v1", "v1beta1"},
+	"security.istio.io/AuthorizationPolicy":   nil, // read by the policies package
+	"security.istio.io/PeerAuthentication":    nil,
+	"security.istio.io/RequestAuthentication": nil,
 }
 
 // ErrSyntax marks a file that is not valid YAML as a whole (for example while it is being written).
@@ -204,6 +210,12 @@ func (s *Set) add(d policies.Document) (bool, error) {
 	case "Node":
 		o := &Node{Origin: d.Origin}
 		obj, s.Nodes = o, append(s.Nodes, o)
+	case "ConfigMap":
+		if tm.Metadata.Name != MeshConfigMapName {
+			return false, nil
+		}
+		o := &ConfigMap{Origin: d.Origin}
+		obj, s.ConfigMaps = o, append(s.ConfigMaps, o)
 	}
 	if err := json.Unmarshal(d.JSON, obj); err != nil {
 		s.drop(tm.Kind)
@@ -236,6 +248,8 @@ func (s *Set) drop(kind string) {
 		s.GatewayClasses = s.GatewayClasses[:len(s.GatewayClasses)-1]
 	case "Node":
 		s.Nodes = s.Nodes[:len(s.Nodes)-1]
+	case "ConfigMap":
+		s.ConfigMaps = s.ConfigMaps[:len(s.ConfigMaps)-1]
 	}
 }
 

@@ -76,6 +76,17 @@ type Node struct {
 	Origin   policies.Origin `json:"-"`
 }
 
+// MeshConfigMapName is the ConfigMap istiod reads its mesh config from (key "mesh", in its
+// own namespace).
+const MeshConfigMapName = "istio"
+
+// ConfigMap is a ConfigMap named MeshConfigMapName.
+type ConfigMap struct {
+	Metadata ObjectMeta        `json:"metadata"`
+	Data     map[string]string `json:"data"`
+	Origin   policies.Origin   `json:"-"`
+}
+
 // ServicePort is one port of a Service.
 type ServicePort struct {
 	Name        string      `json:"name,omitempty"`

@@ -55,6 +55,7 @@ func Build(in *kubeobj.Set, cfg Config) (*Mesh, error) {
 	b.bindWaypoints()
 	b.selectServices(in.EndpointSlices)
 	b.buildPolicies(in.Policies)
+	b.buildMeshConfig(in.ConfigMaps)
 	b.buildRouting(in)
 	b.buildIngress(in)
 	b.implicitNamespaces()
@@ -375,7 +376,13 @@ func (b *builder) buildPolicies(in policies.Objects) {
 	slices.SortFunc(pas, func(a, b *policies.PeerAuthentication) int {
 		return compareKey(a.Namespace, a.Name, b.Namespace, b.Name)
 	})
-	b.m.Policies = policies.Objects{AuthorizationPolicies: aps, PeerAuthentications: pas}
+	ras := dedupe(b, "RequestAuthentication", in.RequestAuthentications, func(p *policies.RequestAuthentication) (string, policies.Origin) {
+		return p.Key(), p.Origin
+	})
+	slices.SortFunc(ras, func(a, b *policies.RequestAuthentication) int {
+		return compareKey(a.Namespace, a.Name, b.Namespace, b.Name)
+	})
+	b.m.Policies = policies.Objects{AuthorizationPolicies: aps, PeerAuthentications: pas, RequestAuthentications: ras}
 }
 
 // implicitNamespaces warns about namespaces objects refer to but the input does not define

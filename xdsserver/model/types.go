@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/goambient/goambient/policies"
+	"github.com/goambient/goambient/policies/meshconfig"
 )
 
 // Labels, annotations and names the model reads, as Istio spells them.
@@ -64,6 +65,8 @@ type Mesh struct {
 	Policies        policies.Objects // valid AuthorizationPolicies and PeerAuthentications
 	Routing         *Routing         // VirtualServices, HTTPRoutes, DestinationRules (routing.go)
 	Ingress         *Ingress         // ingress Gateways (class istio) and their HTTPRoutes (ingress.go)
+	// MeshConfig is the istio ConfigMap's mesh config (extensionProviders); nil when none.
+	MeshConfig *meshconfig.Config
 
 	Errors   []error // objects that were left out, and why (*policies.Error)
 	Warnings []error // remarks on objects that were kept (*policies.Error)

@@ -219,13 +219,14 @@ func serviceHCM(sp servicePort, ecds string) *hcm.HttpConnectionManager {
 		RouteSpecifier: &hcm.HttpConnectionManager_Rds{Rds: &hcm.Rds{
 			ConfigSource: ads(), RouteConfigName: sp.name,
 		}},
-		HttpFilters: []*hcm.HttpFilter{
+		HttpFilters: append(append([]*hcm.HttpFilter{
 			// Istio's request metrics (filters/istiostats): first, so that it is there for
 			// every request, the authz filter's denials included (it records in OnLog).
 			{Name: authzconfig.StatsPluginName, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: toAny(&golang.Config{
 				LibraryId: authzconfig.LibraryID, LibraryPath: authzconfig.LibraryPath, PluginName: authzconfig.StatsPluginName,
 			})}},
-			{
+		}, sp.pre...),
+			&hcm.HttpFilter{
 				// Envoy asks ECDS for the resource named as the filter. Without it (not yet
 				// received, or rejected) the chain answers 500: fail closed.
 				Name: ecds,
@@ -236,9 +237,9 @@ func serviceHCM(sp servicePort, ecds string) *hcm.HttpConnectionManager {
 			},
 			// Fault injection runs after authorization (a denied request is never delayed),
 			// each route carrying its own config, as in istiod's waypoint chains.
-			{Name: FaultFilter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: toAny(&fault.HTTPFault{})}},
+			&hcm.HttpFilter{Name: FaultFilter, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: toAny(&fault.HTTPFault{})}},
 			routerFilter(),
-		},
+		),
 	}
 }
 

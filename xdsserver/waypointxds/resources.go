@@ -147,10 +147,12 @@ func serviceRoute(rc routeCtx, ecds string) (*route.RouteConfiguration, error) {
 // extensionConfig is the ECDS resource of the waypoint's authz filter: its identity and the
 // AuthorizationPolicies that can apply there.
 func extensionConfig(mesh *model.Mesh, w *model.Waypoint, name string) (*core.TypedExtensionConfig, error) {
-	pol, err := policies.MarshalAuthorizationPolicies(Applicable(mesh, w))
+	aps := Applicable(mesh, w)
+	pol, err := policies.MarshalAuthorizationPolicies(aps)
 	if err != nil {
 		return nil, err
 	}
+
 	c, err := golangConfig(&authzconfig.Config{
 		Namespace:     w.Namespace,
 		Gateway:       w.Name,
@@ -158,6 +160,7 @@ func extensionConfig(mesh *model.Mesh, w *model.Waypoint, name string) (*core.Ty
 		RootNamespace: mesh.RootNamespace,
 		TrustDomain:   mesh.TrustDomain,
 		Policies:      string(pol),
+		Providers:     customProviders(mesh, aps),
 	})
 	if err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
@@ -111,6 +112,9 @@ type servicePort struct {
 	svc  *model.Service
 	port model.ServicePort
 	name string // inbound-vip|<port>|http|<hostname>
+	// pre are the HTTP filters before the authz filter (jwt_authn), as istiod's per-service
+	// waypoint chain has them.
+	pre []*hcm.HttpFilter
 }
 
 // Translate builds every waypoint's resources. It never fails: problems are in Warnings and
@@ -160,7 +164,12 @@ func translateWaypoint(mesh *model.Mesh, w *model.Waypoint, opts Options, r *Res
 					"protocol %s is not served by the waypoint (L4 authorization at waypoints is not implemented): connections to it are closed", proto)
 				continue
 			}
-			ports = append(ports, servicePort{svc: s, port: p, name: ServiceName(p.Port, s.Hostname)})
+			sp := servicePort{svc: s, port: p, name: ServiceName(p.Port, s.Hostname)}
+			if err := authnFilters(mesh, w, &sp); err != nil {
+				r.warn(w, "service "+s.Key(), "RequestAuthentication: %v: the service's chain is left out (fail closed)", err)
+				continue
+			}
+			ports = append(ports, sp)
 		}
 	}
 	ecds := ExtensionConfigName(w.Namespace, w.Name)
@@ -171,6 +180,7 @@ func translateWaypoint(mesh *model.Mesh, w *model.Waypoint, opts Options, r *Res
 		connectOriginateListener(),
 	}
 	out.Clusters = []*cluster.Cluster{mainInternalCluster(), connectOriginateCluster(td), blackHoleCluster()}
+	out.Clusters = append(out.Clusters, authnClusters(mesh, w, ports)...)
 	for _, sp := range ports {
 		rc, err := serviceRoute(routeCtx{mesh: mesh, w: w, sp: sp}, ecds)
 		if err != nil {

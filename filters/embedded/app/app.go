@@ -128,6 +128,8 @@ func Start(ctx context.Context, o Options) (*App, error) {
 	if err != nil {
 		return fail(err)
 	}
+	// CUSTOM providers named by a mesh Service are reached through the mesh.
+	authz.SetProviderDialer(a.dialProvider)
 	var al *accesslog.Logger
 	if o.AccessLog != nil {
 		al = accesslog.New(o.AccessLog)

@@ -197,7 +197,7 @@ func (c *cp) serve(t testing.TB, m *model.Mesh, gateway string) *waypointxds.Way
 	}
 	by := w.ByType()
 	c.set(t, config.AddressType, addrs)
-	for _, typ := range []string{config.ClusterType, config.EndpointType, config.ExtensionType, config.RouteType} {
+	for _, typ := range []string{config.ClusterType, config.EndpointType, config.ExtensionType, config.ListenerType, config.RouteType} {
 		res := map[string]types.Resource{}
 		for name, msg := range by[typ] {
 			res[name] = proto.Clone(msg)

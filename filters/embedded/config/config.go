@@ -24,6 +24,7 @@ import (
 	"github.com/goambient/goambient/filters/embedded/host"
 	"github.com/goambient/goambient/filters/embedded/router"
 	"github.com/goambient/goambient/filters/embedded/upstream"
+	"github.com/goambient/goambient/filters/jwtauthn"
 	"github.com/goambient/goambient/ztunnel/state"
 	"github.com/goambient/goambient/ztunnel/xds"
 )
@@ -39,7 +40,7 @@ const (
 )
 
 // Types are the subscriptions of a waypoint, in order.
-var Types = []string{AddressType, ExtensionType, ClusterType, EndpointType, RouteType}
+var Types = []string{AddressType, ExtensionType, ClusterType, EndpointType, ListenerType, RouteType}
 
 // Node is who the waypoint is, from its Envoy node id.
 type Node struct {
@@ -81,7 +82,10 @@ type Table struct {
 	// NoRoute is the authz config when no route matches: the filter-level config alone (Envoy
 	// merges no per-route config without a route). Nil while there is no filter config.
 	NoRoute any
-	extras  map[*router.Route]*Extras
+	// JWT is the chain's jwt_authn filter (from main_internal's chain of the same name), run
+	// before the authz filter; nil when no RequestAuthentication applies.
+	JWT    *jwtauthn.Filter
+	extras map[*router.Route]*Extras
 }
 
 // Extras are what a route's filters need: the authz config merged with the virtual host's and
@@ -134,6 +138,8 @@ type Store struct {
 	clusters   map[string]*cluster.Cluster
 	endpoints  map[string]*endpoint.ClusterLoadAssignment
 	synced     map[string]bool
+	jwt        map[string]*jwtauthn.Filter // by chain (RDS) name
+	remotes    *jwtauthn.RemoteCache
 
 	cur   atomic.Pointer[Snapshot]
 	ready atomic.Bool
@@ -146,7 +152,7 @@ func NewStore(h *host.Host, node Node, log *slog.Logger, sopts ...state.Option) 
 	}
 	s := &Store{host: h, node: node, log: log, sopts: sopts, st: state.Empty(sopts...), mgr: upstream.NewManager(),
 		routes: map[string]*parsedRoute{}, clusters: map[string]*cluster.Cluster{}, endpoints: map[string]*endpoint.ClusterLoadAssignment{},
-		synced: map[string]bool{}}
+		synced: map[string]bool{}, jwt: map[string]*jwtauthn.Filter{}, remotes: &jwtauthn.RemoteCache{}}
 	s.cur.Store(&Snapshot{State: s.st, Tables: map[string]*Table{}, Clusters: map[string]*upstream.Cluster{}})
 	return s
 }
@@ -195,7 +201,13 @@ func (s *Store) Apply(typeURL string, res map[string]*anypb.Any) error {
 		}
 		s.clusters, s.endpoints, clusters = cs, eps, compiled
 	case ListenerType:
-		// Listeners are Envoy's business; the embedded waypoint's shape is fixed.
+		// The embedded waypoint's shape is fixed; what it reads of the listeners is the
+		// filters each service chain runs before the authz filter.
+		jwt, err := s.jwtFilters(res)
+		if err != nil {
+			return err
+		}
+		s.jwt = jwt
 	default:
 		return fmt.Errorf("unexpected type %q", typeURL)
 	}
@@ -212,7 +224,7 @@ func (s *Store) publish(clusters map[string]*upstream.Cluster) {
 	snap := &Snapshot{State: s.st, Self: s.st.WorkloadByIP(s.node.IP), FilterName: s.filterName,
 		Tables: make(map[string]*Table, len(s.routes)), Clusters: clusters}
 	for n, pr := range s.routes {
-		t := &Table{Table: pr.table, extras: make(map[*router.Route]*Extras, len(pr.table.Routes))}
+		t := &Table{Table: pr.table, JWT: s.jwt[n], extras: make(map[*router.Route]*Extras, len(pr.table.Routes))}
 		var vh any
 		if s.filter != nil {
 			t.NoRoute = s.filter
@@ -231,7 +243,7 @@ func (s *Store) publish(clusters map[string]*upstream.Cluster) {
 		snap.Tables[n] = t
 	}
 	s.cur.Store(snap)
-	ready := s.filter != nil && len(snap.Tables) > 0 && s.synced[AddressType] && s.synced[ClusterType]
+	ready := s.filter != nil && len(snap.Tables) > 0 && s.synced[AddressType] && s.synced[ClusterType] && s.synced[ListenerType]
 	if ready != s.ready.Load() {
 		s.log.Info("readiness changed", "ready", ready, "routes", len(snap.Tables), "clusters", len(snap.Clusters), "ecds", s.filterName)
 	}

@@ -112,6 +112,9 @@ type Conn struct {
 	DownstreamLocalAddress  string // "ip:port"
 	RouteName               string
 	GRPC                    bool // content-type application/grpc: local replies are gRPC's
+	// Metadata is the dynamic metadata filters before this one set (jwt_authn's verified
+	// payloads), by filter name; the filter sees a copy.
+	Metadata map[string]map[string]any
 }
 
 // LocalReply is an answer the filter sent instead of letting the request go on, as Envoy
@@ -177,6 +180,16 @@ func (s *stream) reset(h *Host, r *Request, c Conn) {
 	s.reply = LocalReply{}
 	s.state = s.state[:0]
 	s.metadata = nil
+	for name, kv := range c.Metadata {
+		if s.metadata == nil {
+			s.metadata = make(map[string]map[string]any, len(c.Metadata))
+		}
+		m := make(map[string]any, len(kv))
+		for k, v := range kv {
+			m[k] = v
+		}
+		s.metadata[name] = m
+	}
 	select {
 	case <-s.done:
 	default:

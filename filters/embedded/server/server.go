@@ -470,14 +470,21 @@ func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer
 		// Fail closed: no filter config (yet) means no request passes.
 		return x.reply(http.StatusForbidden, "RBAC: access denied", "goambient_no_filter_config", 0, nil)
 	}
+	// istiod's waypoint chain: jwt_authn (RequestAuthentication) before the authz filter.
+	metadata, authn, done, keep := s.authenticate(ctx, x, req)
+	if done {
+		return keep
+	}
 	res := s.o.Host.Decode(ctx, authz, hreq, host.Conn{
 		PeerPrincipal: st.peer, PeerPrincipalKey: authzconfig.PeerPrincipalKey, RouteName: x.e.RouteName,
 		DownstreamRemoteAddress: st.src.String(), DownstreamLocalAddress: st.vip.String(), GRPC: isGRPC(req),
+		Metadata: metadata,
 	})
 	if !res.Continue {
 		lr := res.Reply
 		return x.localReply(lr.Status, lr.Body, lr.Details, 0, lr.Headers)
 	}
+	authn.Apply(hreq) // after the CUSTOM check, which sees the token (ext_authz runs before jwt_authn in istiod's chain)
 	if x.rt == nil {
 		return x.reply(http.StatusNotFound, "", "route_not_found", accesslog.NoRouteFound, nil)
 	}

@@ -38,6 +38,9 @@ type Options struct {
 	// MaxFileSize is the largest file read, in bytes (DefaultMaxFileSize when zero): a larger
 	// file is reported once and skipped, keeping its previous objects.
 	MaxFileSize int64
+	// MeshConfig is a mesh config file (istiod's --meshConfig, the MeshConfig message in YAML),
+	// read as the `istio` ConfigMap of the root namespace; "" for none.
+	MeshConfig string
 }
 
 // Source reads folders of YAML: every Namespace, ServiceAccount, Service, Pod, EndpointSlice,
@@ -56,6 +59,7 @@ type Source struct {
 	files map[string]*file // by path
 	now   func() time.Time
 	last  *model.Mesh // the last mesh built (its valid routing objects outlive invalid edits)
+	mesh  meshFile    // the mesh config file (meshconfig.go)
 }
 
 type file struct {
@@ -154,6 +158,9 @@ func (s *Source) poll() bool {
 			s.log.Info("configuration file removed", "path", p)
 			changed = true
 		}
+	}
+	if s.pollMeshConfig() {
+		changed = true
 	}
 	return changed
 }
@@ -273,6 +280,9 @@ func (s *Source) build() (*model.Mesh, error) {
 		all.Append(f.set)
 		problems = append(problems, f.broken...)
 		problems = append(problems, f.errs...)
+	}
+	if cm := s.meshConfigMap(); cm != nil {
+		all.ConfigMaps = append(all.ConfigMaps, cm)
 	}
 	cfg := s.opts.Model
 	cfg.Previous = s.last // a routing object made invalid keeps its last valid version

@@ -91,6 +91,7 @@ func (c *converter) snapshot(l *listers) (*kubeobj.Set, []error, []*securityclie
 	})
 	c.eachRouting(l, each, set)
 	c.eachIngress(l, each, set)
+	eachAuthn(l, each, set)
 	for k := range c.done {
 		if !seen[k] {
 			delete(c.done, k)

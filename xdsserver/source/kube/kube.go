@@ -98,6 +98,7 @@ type listers struct {
 	gateways, gatewayClasses                                           cache.Store
 	virtualServices, destinationRules, httpRoutes                      cache.Store // routing.go
 	secrets, referenceGrants                                           cache.Store // ingress.go
+	requestAuthentications, meshConfig                                 cache.Store // authn.go
 }
 
 // Run starts the informers, waits for their caches, pushes the mesh, then a new one after each
@@ -118,17 +119,20 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 	// so watching both would see every policy twice.
 	isf := istioinformers.NewSharedInformerFactory(s.c.Istio, s.opts.Resync)
 	gf := gwinformers.NewSharedInformerFactory(s.c.Gateway, s.opts.Resync)
+	mcf := meshConfigFactory(s.c.Kube, s.opts.Model.WithDefaults().RootNamespace, s.opts.Resync)
 	informers := map[string]cache.SharedIndexInformer{
-		"Namespace":           kf.Core().V1().Namespaces().Informer(),
-		"ServiceAccount":      kf.Core().V1().ServiceAccounts().Informer(),
-		"Service":             kf.Core().V1().Services().Informer(),
-		"Pod":                 kf.Core().V1().Pods().Informer(),
-		"EndpointSlice":       kf.Discovery().V1().EndpointSlices().Informer(),
-		"AuthorizationPolicy": isf.Security().V1().AuthorizationPolicies().Informer(),
-		"PeerAuthentication":  isf.Security().V1().PeerAuthentications().Informer(),
-		"Gateway":             gf.Gateway().V1().Gateways().Informer(),
-		"GatewayClass":        gf.Gateway().V1().GatewayClasses().Informer(),
-		"Node":                nodeInformer(kf),
+		"Namespace":             kf.Core().V1().Namespaces().Informer(),
+		"ServiceAccount":        kf.Core().V1().ServiceAccounts().Informer(),
+		"Service":               kf.Core().V1().Services().Informer(),
+		"Pod":                   kf.Core().V1().Pods().Informer(),
+		"EndpointSlice":         kf.Discovery().V1().EndpointSlices().Informer(),
+		"AuthorizationPolicy":   isf.Security().V1().AuthorizationPolicies().Informer(),
+		"PeerAuthentication":    isf.Security().V1().PeerAuthentications().Informer(),
+		"Gateway":               gf.Gateway().V1().Gateways().Informer(),
+		"GatewayClass":          gf.Gateway().V1().GatewayClasses().Informer(),
+		"Node":                  nodeInformer(kf),
+		"RequestAuthentication": isf.Security().V1().RequestAuthentications().Informer(),
+		"ConfigMap":             mcf.Core().V1().ConfigMaps().Informer(),
 	}
 	maps.Copy(informers, routingInformers(isf, gf))
 	maps.Copy(informers, ingressInformers(kf, gf))
@@ -151,15 +155,19 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		httpRoutes: informers["HTTPRoute"].GetStore(),
 		nodes:      informers["Node"].GetStore(),
 		secrets:    informers["Secret"].GetStore(), referenceGrants: informers["ReferenceGrant"].GetStore(),
+		requestAuthentications: informers["RequestAuthentication"].GetStore(),
+		meshConfig:             informers["ConfigMap"].GetStore(),
 	}
 	kf.Start(ctx.Done())
 	isf.Start(ctx.Done())
 	gf.Start(ctx.Done())
+	mcf.Start(ctx.Done())
 	defer func() {
 		cancel()
 		kf.Shutdown()
 		isf.Shutdown()
 		gf.Shutdown()
+		mcf.Shutdown()
 	}()
 	s.log.Info("waiting for the informers' caches")
 	synced := make([]cache.InformerSynced, 0, len(informers))

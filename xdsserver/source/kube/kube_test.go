@@ -84,6 +84,10 @@ func objects(t *testing.T, paths ...string) (kube, istio, gw []runtime.Object) {
 				obj = &securityclient.AuthorizationPolicy{}
 			case "PeerAuthentication":
 				obj = &securityclient.PeerAuthentication{}
+			case "RequestAuthentication":
+				obj = &securityclient.RequestAuthentication{}
+			case "ConfigMap":
+				obj = &corev1.ConfigMap{}
 			case "Gateway":
 				obj = &gwv1.Gateway{}
 			case "GatewayClass":
@@ -110,7 +114,7 @@ func objects(t *testing.T, paths ...string) (kube, istio, gw []runtime.Object) {
 				}
 				namespaces[o.Name] = o
 				kube = append(kube, o)
-			case *securityclient.AuthorizationPolicy, *securityclient.PeerAuthentication, *networkingclient.VirtualService, *networkingclient.DestinationRule:
+			case *securityclient.AuthorizationPolicy, *securityclient.PeerAuthentication, *securityclient.RequestAuthentication, *networkingclient.VirtualService, *networkingclient.DestinationRule:
 				if m, ok := obj.(metav1.Object); ok && m.GetNamespace() == "" {
 					m.SetNamespace("default") // kubectl's default namespace
 				}
@@ -135,7 +139,7 @@ type cluster struct {
 	written chan struct{} // a status write was stored
 }
 
-const informerCount = 13
+const informerCount = 15
 
 func newCluster(kube, istio, gw []runtime.Object) *cluster {
 	c := &cluster{
@@ -314,6 +318,7 @@ func TestSameAsFiles(t *testing.T) {
 		{"bookinfo-lite", []string{"bookinfo-lite/mesh.yaml", "bookinfo-lite/rbac.yaml", "bookinfo-lite/allow-nothing.yaml"}},
 		{"traffic-canary", []string{"traffic/mesh.yaml", "traffic/waypoint.yaml", "traffic/destination-rule.yaml", "traffic/virtual-service-canary.yaml"}},
 		{"traffic-delay", []string{"traffic/mesh.yaml", "traffic/waypoint.yaml", "traffic/virtual-service-delay.yaml"}},
+		{"jwt", []string{"jwt/mesh.yaml", "jwt/request-authentication.yaml", "jwt/require-jwt.yaml", "jwt/mesh-config.yaml", "jwt/custom-admin.yaml"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var paths []string
@@ -334,6 +339,15 @@ func TestSameAsFiles(t *testing.T) {
 			}
 			if g, w := render(t, got), render(t, want); g != w {
 				t.Errorf("workload API differs from the files source's\n--- kube\n%s--- files\n%s", g, w)
+			}
+			if g, w := len(got.Policies.RequestAuthentications), len(want.Policies.RequestAuthentications); g != w {
+				t.Errorf("%d RequestAuthentications, the files source has %d", g, w)
+			}
+			if g, w := providerNames(got), providerNames(want); g != w {
+				t.Errorf("mesh config providers %q, the files source has %q", g, w)
+			}
+			if tc.name == "jwt" && (providerNames(got) != "opa" || len(got.Policies.RequestAuthentications) != 1) {
+				t.Errorf("the jwt scenario's RequestAuthentication and mesh config are missing")
 			}
 			if strings.HasPrefix(tc.name, "traffic") && len(got.Routing.Services) == 0 {
 				t.Error("no Service has routing")
@@ -659,4 +673,12 @@ func renderRouting(t *testing.T, m *model.Mesh) string {
 		}
 	}
 	return b.String()
+}
+
+func providerNames(m *model.Mesh) string {
+	if m.MeshConfig == nil {
+		return ""
+	}
+	names := slices.Sorted(maps.Keys(m.MeshConfig.Providers))
+	return strings.Join(names, ",")
 }

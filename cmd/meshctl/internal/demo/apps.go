@@ -63,7 +63,8 @@ func chainApp(name, podIP, socks, upstream string) http.Handler {
 
 // httpbinApp answers as httpbin does GET /get (200), /status/N (N) and /headers (the request's
 // headers as JSON, Host among them); /flaky answers 503 every other request (the first one
-// 503), for the retry step of the traffic scenario. The pod's name is in X-Pod.
+// 503), for the retry step of the traffic scenario; /admin/* answers as /headers (the jwt
+// scenario's admin area). The pod's name is in X-Pod.
 func httpbinApp(name string) http.Handler {
 	var flaky atomic.Int64
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -74,7 +75,11 @@ func httpbinApp(name string) http.Handler {
 				return
 			}
 		}
-		switch r.URL.Path {
+		path := r.URL.Path
+		if strings.HasPrefix(path, "/admin/") {
+			path = "/headers"
+		}
+		switch path {
 		case "/get":
 			w.Header().Set("Content-Type", "application/json")
 			fmt.Fprintf(w, "{\"url\": %q, \"origin\": %q}\n", r.URL.String(), r.RemoteAddr)

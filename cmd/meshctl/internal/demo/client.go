@@ -77,7 +77,7 @@ func oneLine(s string, n int) string {
 // pod's ztunnel) when socks is not empty, else straight to dial (a pod outside the mesh; dial
 // replaces the URL's host:port, as kube-proxy would). reqID, when set, is sent as
 // x-request-id (the waypoint's access log carries it).
-func curl(ctx context.Context, socks, from, dial, method, url, data, reqID string) Result {
+func curl(ctx context.Context, socks, from, dial, method, url, data, reqID string, hdr ...[2]string) Result {
 	fwd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: callTimeout}
 	tr := &http.Transport{DisableKeepAlives: true}
 	if socks != "" {
@@ -111,6 +111,9 @@ func curl(ctx context.Context, socks, from, dial, method, url, data, reqID strin
 	}
 	if reqID != "" {
 		req.Header.Set("X-Request-Id", reqID)
+	}
+	for _, h := range hdr {
+		req.Header.Set(h[0], h[1])
 	}
 	start := time.Now()
 	resp, err := (&http.Client{Transport: tr}).Do(req)

@@ -159,6 +159,16 @@ func (p *player) call(ctx context.Context, c Call) {
 	if c.Method != "" {
 		cmd += " -X " + c.Method
 	}
+	var hdr [][2]string
+	if c.JWT != nil {
+		tok, err := s.token(c.JWT)
+		if err != nil {
+			p.fail("%v", err)
+			return
+		}
+		hdr = append(hdr, [2]string{"Authorization", "Bearer " + tok})
+		cmd += " -H 'Authorization: Bearer " + c.JWT.describe() + "'"
+	}
 	if c.Data != "" {
 		cmd += " -d '" + c.Data + "'"
 	}
@@ -173,7 +183,7 @@ func (p *player) call(ctx context.Context, c Call) {
 		if c.AccessLog != nil {
 			id = newRequestID()
 		}
-		res = curl(ctx, socks, from, dial, c.Method, c.URL, c.Data, id)
+		res = curl(ctx, socks, from, dial, c.Method, c.URL, c.Data, id, hdr...)
 		mismatch = check(c, res)
 		if mismatch == "" && c.AccessLog != nil {
 			mismatch = p.checkAccessLog(ctx, id, c.AccessLog)
@@ -204,7 +214,7 @@ func (p *player) call(ctx context.Context, c Call) {
 		p.w("      (after %d attempts: the change took effect)\n", attempts)
 	}
 	if mismatch == "" && c.Sample != nil {
-		mismatch = p.sample(ctx, c, cmd, socks, from, dial)
+		mismatch = p.sample(ctx, c, cmd, socks, from, dial, hdr)
 	}
 	if mismatch != "" {
 		p.fail("%s from %s: %s", cmd, c.From, mismatch)

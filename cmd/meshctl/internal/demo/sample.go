@@ -90,7 +90,7 @@ func binomialBound(n int, q float64) (lo, hi float64) {
 
 // sample runs c.Sample ("" when every request got the call's status and the count is within
 // the bound).
-func (p *player) sample(ctx context.Context, c Call, cmd, socks, from, dial string) string {
+func (p *player) sample(ctx context.Context, c Call, cmd, socks, from, dial string, hdr [][2]string) string {
 	sm := c.Sample
 	par := max(sm.Parallel, 1)
 	ids := make([]string, sm.N)
@@ -103,7 +103,7 @@ func (p *player) sample(ctx context.Context, c Call, cmd, socks, from, dial stri
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			res[i] = curl(ctx, socks, from, dial, c.Method, c.URL, c.Data, ids[i])
+			res[i] = curl(ctx, socks, from, dial, c.Method, c.URL, c.Data, ids[i], hdr...)
 		})
 	}
 	wg.Wait()

@@ -31,7 +31,7 @@ type Scenario struct {
 // App is a demo application on a pod's private address.
 type App struct {
 	Pod      string `json:"pod"`                // "ns/name"
-	Kind     string `json:"kind"`               // echo, chain or httpbin
+	Kind     string `json:"kind"`               // echo, chain, httpbin or opa (OPA's Authorization API, the example's opa-policy.rego)
 	Upstream string `json:"upstream,omitempty"` // chain: the URL it calls (through its ztunnel)
 }
 
@@ -60,6 +60,7 @@ type Call struct {
 	From      string   `json:"from"` // "ns/pod", or "outside": a client outside the mesh to the gateway (gateway.go)
 	Method    string   `json:"method,omitempty"`
 	Data      string   `json:"data,omitempty"`
+	JWT       *CallJWT `json:"jwt,omitempty"` // sent as Authorization: Bearer
 	URL       string   `json:"url"`
 	Plaintext bool     `json:"plaintext,omitempty"` // a pod outside the mesh: straight to the pod, no ztunnel
 	Status    int      `json:"status,omitempty"`

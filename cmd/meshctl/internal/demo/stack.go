@@ -42,6 +42,7 @@ type stack struct {
 	xdsHTTP  string // xdsserver's /metrics and /healthz/ready listener
 	ztunnels map[string]*proc
 	apps     []*http.Server
+	stops    []func() // other servers' stops (OPA)
 	appAddrs []string
 
 	wp         *waypointInfo
@@ -288,6 +289,7 @@ func (s *stack) startApps() error {
 			h = httpbinApp(w.Name)
 		case "chain":
 			h = chainApp(w.Name, ip.String(), s.hosts[w.Node]+":15080", a.Upstream)
+		case "opa": // gRPC: served below
 		default:
 			return fmt.Errorf("app %s: unknown kind %q", a.Pod, a.Kind)
 		}
@@ -308,10 +310,18 @@ func (s *stack) startApps() error {
 			if err != nil {
 				return fmt.Errorf("app %s: %w", a.Pod, err)
 			}
+			s.appAddrs = append(s.appAddrs, addr)
+			if a.Kind == "opa" {
+				if err := s.serveOPA(ln); err != nil {
+					ln.Close()
+					return fmt.Errorf("app %s: %w", a.Pod, err)
+				}
+				fmt.Fprintf(s.out, "  started %-28s pod %s on node %s, OPA's Authorization API on %s\n", "app "+w.Name+" (opa)", ip, w.Node, addr)
+				continue
+			}
 			srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 			go srv.Serve(ln)
 			s.apps = append(s.apps, srv)
-			s.appAddrs = append(s.appAddrs, addr)
 			fmt.Fprintf(s.out, "  started %-28s pod %s on node %s, app listening on %s\n", "app "+w.Name+" ("+a.Kind+")", ip, w.Node, addr)
 		}
 	}
@@ -407,6 +417,9 @@ func (s *stack) stop() {
 	}
 	for _, a := range s.apps {
 		a.Close()
+	}
+	for _, stop := range s.stops {
+		stop()
 	}
 	if s.xds != nil {
 		s.xds.stop(3 * time.Second)
