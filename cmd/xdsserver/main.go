@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -32,6 +33,7 @@ func run(args []string) int {
 	var dirs multi
 	fs.Var(&dirs, "config-dir", "folder (read recursively) or file of mesh YAML (repeatable; required)")
 	loopback := fs.Bool("loopback", false, "place pods and VIPs without addresses on loopback (127.10.0.0/16, 127.96.0.0/16) for local runs")
+	podCIDR := fs.String("pod-cidr", "", "the range pods without status.podIP (waypoints included) are placed in, instead of 127.10.0.0/16 with --loopback or 10.244.0.0/16")
 	xdsListen := fs.String("xds-listen", "127.0.0.1:15010", "plaintext gRPC ADS listener, unauthenticated like istiod's 15010: keep it on loopback or a private network; empty: none (with --ca-dir)")
 	httpListen := fs.String("http-listen", "127.0.0.1:15014", "HTTP listener for /healthz/ready and /metrics")
 	interval := fs.Duration("interval", files.DefaultInterval, "how often the config folders are looked at")
@@ -84,6 +86,18 @@ func run(args []string) int {
 	cfg := model.DefaultConfig()
 	if *loopback {
 		cfg.Placement = model.LoopbackPlacement
+	}
+	if *podCIDR != "" {
+		p, err := netip.ParsePrefix(*podCIDR)
+		if err != nil {
+			log.Error("--pod-cidr", "error", err.Error())
+			return 1
+		}
+		cfg.Placement.PodCIDR = p.Masked()
+	}
+	if err := cfg.WithDefaults().Validate(); err != nil {
+		log.Error("model configuration", "error", err.Error())
+		return 1
 	}
 	src, kc, err := pickSource(files.New(files.Options{Paths: dirs, Interval: *interval, Model: cfg, MaxFileSize: *maxFileSize, MeshConfig: *meshConfigFile, Logger: log.With("scope", "files")}),
 		*kubeconfig, *inCluster, *noStatus, cfg, log.With("scope", "kube"))

@@ -3,6 +3,7 @@ package demo
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -14,15 +15,20 @@ import (
 // test, say) would try to listen on the same pod addresses.
 type cni struct {
 	net  string            // "127.a.b"
+	wp   netip.Prefix      // 127.a.(b+1).0/24: where xdsserver places the pods nobody gives an address (waypoints)
 	ips  map[string]string // "ns/name" → IP, kept across applies
 	next int
 }
 
-// newCNI picks 127.a.b.0/24 with a in 11–95: outside the loopback placement's pod (127.10) and
-// service (127.96) ranges, with the apps' private addresses (a+100) below the demo's own
-// listeners (127.200–249).
+// newCNI picks 127.a.b.0/24 with a in 11–95 and b even: outside the loopback placement's pod
+// (127.10) and service (127.96) ranges, with the apps' private addresses (a+100) below the demo's
+// own listeners (127.200–249). The next /24, 127.a.(b+1), is xdsserver's --pod-cidr, for the
+// pods the demo does not place (waypoints, gateways): with the loopback placement's fixed
+// range, two demos running at once (tests in parallel) would bind the same waypoint address.
 func newCNI() *cni {
-	return &cni{net: fmt.Sprintf("127.%d.%d", 11+rand.IntN(85), 1+rand.IntN(250)), ips: map[string]string{}, next: 2}
+	a, b := 11+rand.IntN(85), 2+2*rand.IntN(124)
+	return &cni{net: fmt.Sprintf("127.%d.%d", a, b), wp: netip.PrefixFrom(netip.AddrFrom4([4]byte{127, byte(a), byte(b + 1), 0}), 24),
+		ips: map[string]string{}, next: 2}
 }
 
 // place returns the YAML stream with status.podIP added to each Pod that has no status.

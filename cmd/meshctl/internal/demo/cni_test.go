@@ -28,7 +28,7 @@ func TestCNIPlace(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "mesh.yaml"), out, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m, err := loadMesh(dir)
+	m, err := loadMesh(c.wp, dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,16 +63,17 @@ type waypointInfo struct {
 	nodeID                            string
 }
 
-// loopbackModel is the model configuration of `xdsserver --loopback`.
-func loopbackModel() model.Config {
+// loopbackModel is the model configuration of `xdsserver --loopback --pod-cidr podCIDR`.
+func loopbackModel(podCIDR netip.Prefix) model.Config {
 	cfg := model.DefaultConfig()
 	cfg.Placement = model.LoopbackPlacement
+	cfg.Placement.PodCIDR = podCIDR
 	return cfg
 }
 
-// loadMesh builds the mesh of a folder or file as xdsserver --loopback does.
-func loadMesh(paths ...string) (*model.Mesh, error) {
-	return files.New(files.Options{Paths: paths, Model: loopbackModel()}).Load()
+// loadMesh builds the mesh of a folder or file as xdsserver --loopback --pod-cidr podCIDR does.
+func loadMesh(podCIDR netip.Prefix, paths ...string) (*model.Mesh, error) {
+	return files.New(files.Options{Paths: paths, Model: loopbackModel(podCIDR)}).Load()
 }
 
 // newStack prepares the work folder and computes where everything will be.
@@ -96,7 +97,7 @@ func newStack(sc *Scenario, root, dir string, bins *Binaries, out io.Writer) (*s
 			return nil, err
 		}
 	}
-	m, err := loadMesh(all)
+	m, err := loadMesh(s.cni.wp, all)
 	if err != nil {
 		return nil, err
 	}
@@ -225,7 +226,7 @@ func (s *stack) start(ctx context.Context) error {
 
 	var err error
 	s.xds, err = startProc("xdsserver", filepath.Join(s.dir, "xdsserver.log"), s.bins.Path["xdsserver"],
-		"--config-dir", s.configDir, "--loopback", "--xds-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--interval", "200ms")
+		"--config-dir", s.configDir, "--loopback", "--pod-cidr", s.cni.wp.String(), "--xds-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--interval", "200ms")
 	if err != nil {
 		return err
 	}

@@ -21,7 +21,7 @@ const syncTimeout = 15 * time.Second
 
 // expected is the workload API state of the config folder, keyed by resource name.
 func (s *stack) expected() (map[string]proto.Message, error) {
-	m, err := loadMesh(s.configDir)
+	m, err := loadMesh(s.cni.wp, s.configDir)
 	if err != nil {
 		return nil, err
 	}
