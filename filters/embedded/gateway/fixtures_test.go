@@ -82,6 +82,12 @@ metadata: {name: waypoint-0, labels: {gateway.networking.k8s.io/gateway-name: wa
 spec: {serviceAccountName: waypoint, nodeName: worker}
 status: {podIP: "${waypoint}"}
 ---
+apiVersion: v1
+kind: Pod
+metadata: {name: gateway-istio-0, labels: {gateway.networking.k8s.io/gateway-name: gateway}}
+spec: {serviceAccountName: gateway-istio, nodeName: worker}
+status: {podIP: "${gateway}"}
+---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: gateway}
@@ -303,6 +309,12 @@ func (s *syncBuf) String() string {
 
 func setup(t testing.TB, lim Limits) *fixture {
 	t.Helper()
+	return setupWith(t, lim, nil)
+}
+
+// setupWith is setup with the gateway's options changed by edit (when not nil).
+func setupWith(t testing.TB, lim Limits, edit func(*Options)) *fixture {
+	t.Helper()
 	secret, err := os.ReadFile("testdata/secret.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -339,12 +351,16 @@ func setup(t testing.TB, lim Limits) *fixture {
 	if _, err := identity.WriteSVID(dir, s); err != nil {
 		t.Fatal(err)
 	}
-	f.g, err = Start(context.Background(), Options{
+	o := Options{
 		NodeID:   "router~" + f.a.of("gateway").String() + "~gateway-istio-0.default~default.svc.cluster.local",
 		Identity: identity.NewDirSource(dir, td), ServiceAccount: "gateway-istio", AccessLog: f.log,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Limits: lim,
 		ListenAddress: func(uint32) string { return "127.0.0.1:0" },
-	})
+	}
+	if edit != nil {
+		edit(&o)
+	}
+	f.g, err = Start(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
