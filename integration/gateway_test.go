@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -135,7 +136,7 @@ stringData:
 			"--ca-address", secure, "--ca-root", root, "--ca-token-file", tok, "--service-account", "secure-istio",
 			"--ready-listen", ip + ":15021", "--access-log", filepath.Join(dir, ip+"-access.log")}
 		if tlsXDS {
-			a = append(a, "--xds-root", root, "--xds-token-file", tok)
+			a = append(a, "--xds-root", root, "--xds-token-file", tok, "--metrics-listen", ip+":15020")
 		}
 		return a
 	}
@@ -176,6 +177,23 @@ stringData:
 	if c, err := net.DialTimeout("tcp", ipTLS+":8443", 2*time.Second); err == nil {
 		c.Close()
 		t.Errorf("the listener whose Secret is missing is served")
+	}
+	// Istio's request metrics as an ingress gateway reports them, on --metrics-listen.
+	if resp, err := http.Get("http://" + ipTLS + ":15020/stats/prometheus"); err != nil {
+		t.Errorf("metrics: %v", err)
+	} else {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var found bool
+		for _, line := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(line, "istio_requests_total{") && strings.Contains(line, `reporter="source"`) && strings.Contains(line, `response_code="302"`) &&
+				strings.Contains(line, `source_principal="spiffe://cluster.local/ns/default/sa/secure-istio"`) && strings.HasSuffix(line, " 2") {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no istio_requests_total of the two 302s with reporter=source and the gateway's principal:\n%s", body)
+		}
 	}
 	// The gateway on the plaintext listener: HTTP served, HTTPS not (no certificate there).
 	req, _ := http.NewRequest("GET", "http://"+ipPlain+":80/", nil)

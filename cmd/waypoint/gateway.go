@@ -14,17 +14,20 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/goambient/goambient/filters/embedded/gateway"
+	"github.com/goambient/goambient/filters/embedded/stats"
 	"github.com/goambient/goambient/ztunnel/identity"
 	"github.com/goambient/goambient/ztunnel/xds"
 )
 
 type gatewayFlags struct {
 	xdsAddr, nodeID, svidDir, caAddr, caRoot, caToken, readyListen, td, sa string
-	xdsRoot, xdsToken                                                      string
+	xdsRoot, xdsToken, metricsListen                                       string
 }
 
 // runGateway runs the embedded ingress gateway: its listeners on the node id's IP (each xDS
@@ -64,9 +67,28 @@ func runGateway(f gatewayFlags, al io.Writer, log *slog.Logger, stderr io.Writer
 	ip := strings.Split(f.nodeID, "~")[1]
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	var metrics gateway.Recorder
+	if f.metricsListen != "" { // Istio's request metrics, reporter=source, on a bounded read-only listener
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		p, err := stats.NewPrometheus(reg, 0)
+		if err != nil {
+			log.Error("metrics", "error", err.Error())
+			return 1
+		}
+		ln, err := net.Listen("tcp", f.metricsListen)
+		if err != nil {
+			log.Error("metrics listener", "error", err.Error())
+			return 1
+		}
+		ms := stats.Server(reg)
+		go stats.Serve(ms, ln)
+		defer ms.Close()
+		metrics = p
+	}
 	g, err := gateway.Start(ctx, gateway.Options{
 		XDSAddress: f.xdsAddr, XDSCredentials: creds, XDSTokenFile: f.xdsToken, NodeID: f.nodeID, Identity: ids, TrustDomain: f.td, ServiceAccount: cmpOr(f.sa, pod),
-		AccessLog: al, Logger: log,
+		AccessLog: al, Metrics: metrics, Logger: log,
 		ListenAddress: func(port uint32) string { return net.JoinHostPort(ip, strconv.FormatUint(uint64(port), 10)) },
 	})
 	if err != nil {

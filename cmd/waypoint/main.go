@@ -32,7 +32,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	caRoot := fs.String("ca-root", "", "with --ca-address: PEM root that verifies the CA (required with it)")
 	caToken := fs.String("ca-token-file", "", "with --ca-address: bearer token file (a projected istio-ca token), read on each request")
 	readyListen := fs.String("ready-listen", "", "listener for /healthz/ready (200 once the filter config and routes arrived); empty: none")
-	metricsListen := fs.String("metrics-listen", "", "Prometheus listener for /stats/prometheus (Istio's request metrics, reporter=waypoint), e.g. <podIP>:15020; empty: none")
+	metricsListen := fs.String("metrics-listen", "", "Prometheus listener for /stats/prometheus (Istio's request metrics: reporter=waypoint; an ingress gateway, reporter=source), e.g. <podIP>:15020; empty: none")
 	accessLog := fs.String("access-log", "-", "access log file (JSON lines, Envoy's field names); - for stdout")
 	td := fs.String("trust-domain", "cluster.local", "trust domain of the mesh")
 	sa := fs.String("service-account", "", "the waypoint's service account when the workload API does not name it (default: the pod name)")
@@ -70,7 +70,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if strings.HasPrefix(*nodeID, "router~") { // an ingress Gateway (class istio): gateway.go
 		return runGateway(gatewayFlags{xdsAddr: *xdsAddr, nodeID: *nodeID, svidDir: *svidDir, caAddr: *caAddr, caRoot: *caRoot,
-			caToken: *caToken, readyListen: *readyListen, td: *td, sa: *sa, xdsRoot: *xdsRoot, xdsToken: *xdsToken}, al, log, stderr)
+			caToken: *caToken, readyListen: *readyListen, td: *td, sa: *sa, xdsRoot: *xdsRoot, xdsToken: *xdsToken, metricsListen: *metricsListen}, al, log, stderr)
 	}
 	if *xdsRoot != "" || *xdsToken != "" {
 		fmt.Fprintln(stderr, "waypoint: --xds-root and --xds-token-file are for an ingress gateway (a router~ node id)")

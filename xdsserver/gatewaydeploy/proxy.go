@@ -20,8 +20,9 @@ const (
 	// with the pod's projected istio-ca token: the production waypoint.
 	ProxyEnvoy Proxy = "envoy"
 	// ProxyGo is the embedded Go waypoint (cmd/waypoint, image goambient/waypoint:dev): ADS on
-	// xdsserver's plaintext listener, its SVID from the CA with the projected token. For
-	// clusters without the Envoy image.
+	// xdsserver's plaintext listener (an ingress gateway: its TLS listener, with the projected
+	// token), its SVID from the CA with the projected token. For clusters without the Envoy
+	// image.
 	ProxyGo Proxy = "go"
 )
 
@@ -134,6 +135,12 @@ func (in *input) podSpec(o *Options) corev1.PodSpec {
 			"--ca-root=" + rootFile,
 			"--ca-token-file=" + tokenFile,
 			"--access-log=-",
+		}
+		if !in.class.waypoint {
+			// An ingress gateway's TLS certificates are served only on the TLS listener, to
+			// the Gateway's pods by their service account's token (server.RegisterSecure).
+			c.Args[0] = "--xds-address=" + o.SecureAddress
+			c.Args = append(c.Args, "--xds-root="+rootFile, "--xds-token-file="+tokenFile)
 		}
 	default:
 		c.Image = o.EnvoyImage

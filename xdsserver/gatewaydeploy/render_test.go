@@ -77,7 +77,8 @@ func render(t *testing.T, gw *gatewayv1.Gateway, names model.DeployedNames, prox
 
 // TestRenderGolden: handson's waypoint (under its fallback name, as in the cluster where the
 // namespace has a Service and a ServiceAccount handson) with Envoy and with the Go waypoint,
-// and an ingress Gateway, are rendered as the goldens say (istiod's templates' labels,
+// and an ingress Gateway with both (the Go one's ADS on the TLS listener with the projected
+// token, where its certificates are), are rendered as the goldens say (istiod's templates' labels,
 // annotations, owner, ports; the pod templates of this project's proxies).
 func TestRenderGolden(t *testing.T) {
 	handson := gateway(t, "../../manifests/examples/handson/k8s-gateway.yaml")
@@ -86,6 +87,7 @@ func TestRenderGolden(t *testing.T) {
 	golden.Check(t, "testdata/handson-go.yaml", render(t, handson, fallback, ProxyGo, nil))
 	ingress := gateway(t, "testdata/ingress.in.yaml")
 	golden.Check(t, "testdata/ingress.yaml", render(t, ingress, model.DeployedNames{Name: "ingress-istio", ServiceAccount: "ingress-istio"}, ProxyEnvoy, nil))
+	golden.Check(t, "testdata/ingress-go.yaml", render(t, ingress, model.DeployedNames{Name: "ingress-istio", ServiceAccount: "ingress-istio"}, ProxyGo, nil))
 }
 
 // TestOverlays: Istio's parameters ConfigMaps patch the objects (strategic merge), in order;

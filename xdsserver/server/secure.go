@@ -40,7 +40,7 @@ type secureView struct {
 	snaps   cache.SnapshotCache
 	streams map[streamKey]*secureStream // every open stream of the TLS listener
 	nodes   map[string]int              // node id → open admitted Envoy streams
-	granted map[string]string           // node id → the waypoint its streams were admitted for
+	granted map[string]grant            // node id → what its streams were admitted as (secure_grant.go)
 	built   map[string]*cache.Snapshot  // waypoint → snapshot with secrets, since the last push
 }
 
@@ -65,8 +65,10 @@ type callerKey struct{}
 // Then each type is authorized on the stream's first request for it, and a refusal ends the
 // stream with PermissionDenied: the workload API goes to ztunnels (whose node metadata
 // NODE_NAME must be the node of their token) and waypoints; Envoy types go to a waypoint
-// (ca.KindWaypoint) whose node id belongs to that waypoint. A stream keeps the node id it
-// was authorized with. It may be called once.
+// (ca.KindWaypoint) whose node id belongs to that waypoint, or to a Kubernetes service
+// account token (ca.KindWorkload) of the namespace and service account a Gateway's pods run as,
+// for that Gateway's nodes — which then also get the workload API (secure_grant.go). A stream
+// keeps the node id it was authorized with. It may be called once.
 func (s *Server) RegisterSecure(g grpc.ServiceRegistrar, opts SecureOptions) error {
 	if opts.Authenticator == nil || opts.Secrets == nil {
 		return errors.New("server: SecureOptions.Authenticator and Secrets are required")
@@ -80,7 +82,7 @@ func (s *Server) RegisterSecure(g grpc.ServiceRegistrar, opts SecureOptions) err
 		opts:    opts,
 		snaps:   cache.NewSnapshotCache(true, cache.IDHash{}, cacheLogger(s.log.With("scope", "xds-cache-secure"))),
 		streams: map[streamKey]*secureStream{}, nodes: map[string]int{},
-		granted: map[string]string{}, built: map[string]*cache.Snapshot{},
+		granted: map[string]grant{}, built: map[string]*cache.Snapshot{},
 	}
 	s.sec = v
 	s.mu.Unlock()
@@ -193,6 +195,11 @@ func (s *Server) secureRequest(id streamKey, node *core.Node, typeURL string) er
 				return refuse("a ztunnel's NODE_NAME must be the node of its token", "node_name", got, "token_node", caller.Node)
 			}
 		case ca.KindWaypoint:
+		case ca.KindWorkload:
+			// A Kubernetes token: only a Gateway's pod, by its own service account.
+			if why := s.tokenGateway(caller, nodeID); why != "" {
+				return refuse("the workload API is served to a service account's token only for its Gateway's pods", "why", why)
+			}
 		default:
 			return refuse("the workload API is served to ztunnels and waypoints only")
 		}
@@ -202,19 +209,26 @@ func (s *Server) secureRequest(id streamKey, node *core.Node, typeURL string) er
 	if st.node != "" {
 		return nil // admitted on its first request for an Envoy type
 	}
-	if caller.Kind != ca.KindWaypoint {
-		return refuse("Envoy resources are served only to an authenticated waypoint")
+	want, ok := grantOf(caller)
+	if !ok {
+		return refuse("Envoy resources are served only to an authenticated waypoint or gateway")
 	}
 	if nodeID == "" {
 		return refuse("no node id")
 	}
-	want := caller.Namespace + "/" + caller.Name
+	if want.tokenSA { // istiod's check: the identity's namespace is the node's
+		if _, ns, err := waypointxds.ParseNodeID(nodeID); err != nil || ns != caller.Namespace {
+			return refuse("a service account's token is served only nodes of its own namespace")
+		}
+	}
 	if g, ok := v.granted[nodeID]; ok && g != want {
-		return refuse("the node is connected as another waypoint", "waypoint", g)
+		return refuse("the node is connected as another caller", "granted", g.String())
 	}
 	if s.wp.res != nil {
-		if key, err := s.wp.res.WaypointForNode(nodeID); err == nil && key != want {
-			return refuse("the node belongs to another waypoint", "waypoint", key)
+		if key, err := s.wp.res.WaypointForNode(nodeID); err == nil {
+			if why := want.allows(key, s.wp.res.Waypoints[key]); why != "" {
+				return refuse("the node belongs to another Gateway", "why", why)
+			}
 		}
 	}
 	st.node = nodeID
@@ -256,8 +270,10 @@ func (s *Server) assignSecure(node string) {
 		return // no mesh yet: the node waits
 	}
 	key, err := s.wp.res.WaypointForNode(node)
-	if err == nil && key != v.granted[node] {
-		err = errString("the node now belongs to waypoint " + key + ", its streams were authorized for " + v.granted[node])
+	if err == nil {
+		if why := v.granted[node].allows(key, s.wp.res.Waypoints[key]); why != "" {
+			err = errString("its streams were authorized for " + v.granted[node].String() + ": " + why)
+		}
 	}
 	var snap *cache.Snapshot
 	if err == nil {
@@ -309,8 +325,22 @@ func (s *Server) WaypointOfSecureNode(id string) string {
 		return ""
 	}
 	key, err := s.wp.res.WaypointForNode(id)
-	if err != nil || key != s.sec.granted[id] {
+	if err != nil || s.sec.granted[id].allows(key, s.wp.res.Waypoints[key]) != "" {
 		return ""
 	}
 	return key
+}
+
+// tokenGateway reports why a Kubernetes token's caller may not be served as the Gateway node
+// belongs to now; "" when it may. Called with s.mu held.
+func (s *Server) tokenGateway(c *ca.Caller, node string) string {
+	if s.wp.res == nil {
+		return "no mesh yet"
+	}
+	key, err := s.wp.res.WaypointForNode(node)
+	if err != nil {
+		return err.Error()
+	}
+	g, _ := grantOf(c)
+	return g.allows(key, s.wp.res.Waypoints[key])
 }

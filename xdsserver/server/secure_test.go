@@ -62,6 +62,12 @@ func startSecureView(t *testing.T, gen *atomic.Int64) (*server.Server, string, *
 		"tok-handson": {Kind: ca.KindWaypoint, Namespace: "handson", Name: "handson"},
 		"tok-other":   {Kind: ca.KindWaypoint, Namespace: "handson", Name: "other"},
 		"tok-ztunnel": {Kind: ca.KindZtunnel, Node: "node-a"},
+		// Kubernetes service account tokens (as TokenReview reports them): the waypoint's
+		// pods' own (handson-istio-waypoint: the fallback name, as handson has a Service and a
+		// ServiceAccount handson), another of its namespace, the same name in another namespace.
+		"tok-pod-handson":   {Kind: ca.KindWorkload, Namespace: "handson", Name: "handson-istio-waypoint"},
+		"tok-pod-curl":      {Kind: ca.KindWorkload, Namespace: "handson", Name: "curl-allow"},
+		"tok-pod-elsewhere": {Kind: ca.KindWorkload, Namespace: "default", Name: "handson-istio-waypoint"},
 	}
 	if err := srv.RegisterSecure(g, server.SecureOptions{Authenticator: auth, Secrets: secrets}); err != nil {
 		t.Fatal(err)

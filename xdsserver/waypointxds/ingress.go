@@ -70,7 +70,7 @@ func OutboundName(port uint32, hostname string) string {
 // to the pods or, with istio.io/ingress-use-waypoint, to the Service's waypoint.
 func translateIngress(mesh *model.Mesh, g *model.IngressGateway, r *Resources) *WaypointResources {
 	td := cmp.Or(mesh.TrustDomain, "cluster.local")
-	out := &WaypointResources{Namespace: g.Namespace, Name: g.Name}
+	out := &WaypointResources{Namespace: g.Namespace, Name: g.Name, ServiceAccount: g.ServiceAccount}
 	ports := map[uint32][]*model.IngressListener{}
 	for _, l := range g.Listeners {
 		if l.Served {

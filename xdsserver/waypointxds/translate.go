@@ -40,6 +40,7 @@ type Resources struct {
 // WaypointResources are what one waypoint's Envoy receives. Every list is sorted by name.
 type WaypointResources struct {
 	Namespace, Name  string
+	ServiceAccount   string // the service account its pods run as (their Kubernetes tokens name it)
 	Listeners        []*listener.Listener
 	Routes           []*route.RouteConfiguration
 	Clusters         []*cluster.Cluster
@@ -147,7 +148,7 @@ func (r *Resources) warn(w *model.Waypoint, field, format string, args ...any) {
 
 func translateWaypoint(mesh *model.Mesh, w *model.Waypoint, opts Options, r *Resources) *WaypointResources {
 	td := cmp.Or(mesh.TrustDomain, "cluster.local")
-	out := &WaypointResources{Namespace: w.Namespace, Name: w.Name}
+	out := &WaypointResources{Namespace: w.Namespace, Name: w.Name, ServiceAccount: w.ServiceAccount}
 	var ports []servicePort
 	for _, s := range mesh.Services {
 		if s.Waypoint == nil || s.Waypoint.Key() != w.Key() {

@@ -82,6 +82,12 @@ metadata: {name: waypoint-0, labels: {gateway.networking.k8s.io/gateway-name: wa
 spec: {serviceAccountName: waypoint, nodeName: worker}
 status: {podIP: "${waypoint}"}
 ---
+apiVersion: v1
+kind: Pod
+metadata: {name: gateway-istio-0, labels: {gateway.networking.k8s.io/gateway-name: gateway}}
+spec: {serviceAccountName: gateway-istio, nodeName: worker}
+status: {podIP: "${gateway}"}
+---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: gateway}
@@ -166,9 +172,27 @@ type fixture struct {
 // peer is an HBONE server standing for a pod's ztunnel or a waypoint: it checks the CONNECT's
 // :authority and records the caller's identity, then relays to a small HTTP app.
 type peer struct {
-	name  string
-	mu    sync.Mutex
-	calls []string // "<peer id> <authority>"
+	name    string
+	release chan struct{} // closed by a test: the requests held at /hold are answered
+	mu      sync.Mutex
+	calls   []string // "<peer id> <authority>"
+	holding int      // requests waiting at /hold now
+	maxHeld int      // the most requests ever waiting at /hold at once
+	aborted int      // answers of /big/<n> whose writing failed (the gateway closed the stream)
+}
+
+// held returns how many requests wait at /hold now, and the most that ever waited at once.
+func (p *peer) held() (now, most int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.holding, p.maxHeld
+}
+
+// abortedBig is how many /big/<n> answers could not be written whole.
+func (p *peer) abortedBig() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.aborted
 }
 
 func (p *peer) seen() []string {
@@ -179,7 +203,7 @@ func (p *peer) seen() []string {
 
 func startPeer(t testing.TB, ca *capki.CA, name, sa string, ip netip.Addr, authority netip.AddrPort) *peer {
 	t.Helper()
-	p := &peer{name: name}
+	p := &peer{name: name, release: make(chan struct{})}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -191,6 +215,34 @@ func startPeer(t testing.TB, ca *capki.CA, name, sa string, ip netip.Addr, autho
 			var n int
 			fmt.Sscanf(r.URL.Path, "/bigheader/%d", &n)
 			w.Header().Set("x-big", strings.Repeat("h", n))
+			return
+		}
+		if r.URL.Path == "/hold" { // waits for the test's release
+			p.mu.Lock()
+			p.holding++
+			p.maxHeld = max(p.maxHeld, p.holding)
+			p.mu.Unlock()
+			select {
+			case <-p.release:
+			case <-r.Context().Done():
+			}
+			p.mu.Lock()
+			p.holding--
+			p.mu.Unlock()
+			return
+		}
+		if strings.HasPrefix(r.URL.Path, "/big/") { // n bytes of body, in 32 KiB writes
+			var n int
+			fmt.Sscanf(r.URL.Path, "/big/%d", &n)
+			chunk := make([]byte, 32<<10)
+			for ; n > 0; n -= len(chunk) {
+				if _, err := w.Write(chunk[:min(n, len(chunk))]); err != nil {
+					p.mu.Lock()
+					p.aborted++
+					p.mu.Unlock()
+					return
+				}
+			}
 			return
 		}
 		if strings.HasPrefix(r.URL.Path, "/status/") {
@@ -257,6 +309,12 @@ func (s *syncBuf) String() string {
 
 func setup(t testing.TB, lim Limits) *fixture {
 	t.Helper()
+	return setupWith(t, lim, nil)
+}
+
+// setupWith is setup with the gateway's options changed by edit (when not nil).
+func setupWith(t testing.TB, lim Limits, edit func(*Options)) *fixture {
+	t.Helper()
 	secret, err := os.ReadFile("testdata/secret.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -293,12 +351,16 @@ func setup(t testing.TB, lim Limits) *fixture {
 	if _, err := identity.WriteSVID(dir, s); err != nil {
 		t.Fatal(err)
 	}
-	f.g, err = Start(context.Background(), Options{
+	o := Options{
 		NodeID:   "router~" + f.a.of("gateway").String() + "~gateway-istio-0.default~default.svc.cluster.local",
 		Identity: identity.NewDirSource(dir, td), ServiceAccount: "gateway-istio", AccessLog: f.log,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Limits: lim,
 		ListenAddress: func(uint32) string { return "127.0.0.1:0" },
-	})
+	}
+	if edit != nil {
+		edit(&o)
+	}
+	f.g, err = Start(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

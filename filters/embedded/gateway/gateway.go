@@ -69,6 +69,7 @@ type Options struct {
 	// when nil (tests map to 127.0.0.1:0).
 	ListenAddress func(port uint32) string
 	AccessLog     io.Writer // nil: none
+	Metrics       Recorder  // Istio's request metrics (reporter=source); nil: none
 	Logger        *slog.Logger
 	Limits        Limits
 	// Dial, when set, opens the gateway's TCP connections to HBONE peers (tests).

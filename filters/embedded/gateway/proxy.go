@@ -65,12 +65,21 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.DownstreamLocalAddress = a.String()
 	}
 	cw := &countingWriter{ResponseWriter: w}
+	body := &countingBody{r: r.Body}
+	r.Body = body
+	var snap *Snapshot
+	var host *upstream.Host
 	defer func() {
 		e.Duration = time.Since(start)
 		e.ResponseCode = cw.status
 		e.BytesSent = cw.n
+		e.BytesReceived = body.n.Load()
 		if g.al != nil {
 			g.al.Log(&e)
+		}
+		if g.o.Metrics != nil {
+			l := g.requestLabels(&e, snap, host, strings.HasPrefix(r.Header.Get("content-type"), "application/grpc"))
+			g.o.Metrics.Record(&l, e.Duration, e.BytesReceived, e.BytesSent)
 		}
 	}()
 	reply := func(status int, details, flag string) {
@@ -93,7 +102,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.RawQuery != "" {
 		path += "?" + r.URL.RawQuery
 	}
-	snap := g.store.Load()
+	snap = g.store.Load()
 	p := snap.Ports[h.port]
 	var chain *Chain
 	if p != nil {
@@ -145,7 +154,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reply(status, "cluster_not_found", "NC")
 		return
 	}
-	host, err := c.Pick(time.Now(), nil, 0, g.random)
+	host, err = c.Pick(time.Now(), nil, 0, g.random)
 	if err != nil || host == nil {
 		reply(http.StatusServiceUnavailable, "no_healthy_upstream", "UH")
 		return
@@ -202,9 +211,14 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case errors.Is(ctx.Err(), context.DeadlineExceeded):
 			reply(http.StatusGatewayTimeout, "upstream_response_timeout", "UT")
-		case r.Context().Err() != nil:
+		case r.Context().Err() != nil || body.failed.Load():
+			// The client went away, or its body could not be read (RequestTimeout): as
+			// Envoy resets the downstream stream, abort the connection (HTTP/2: the
+			// stream) — returning without an answer would make net/http send a 200.
 			e.ResponseFlags = "DC"
 			e.ResponseCodeDetails = "downstream_remote_disconnect"
+			c.Result(host, 0, true, time.Now())
+			panic(http.ErrAbortHandler)
 		default:
 			e.UpstreamTransportFailure = err.Error()
 			reply(http.StatusServiceUnavailable, "upstream_reset_before_response_started{connection_failure}", "UF")
