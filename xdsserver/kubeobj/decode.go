@@ -26,6 +26,9 @@ type Set struct {
 	HTTPRoutes       []*HTTPRoute
 	VirtualServices  []*VirtualService
 	DestinationRules []*DestinationRule
+	// Egress (egress.go).
+	ServiceEntries  []*ServiceEntry
+	WorkloadEntries []*WorkloadEntry
 	// Rejected are the routing objects that could not be read (the model keeps their
 	// previous version, as a validating webhook would have refused them).
 	Rejected []ObjectKey
@@ -54,6 +57,8 @@ func (s *Set) Append(o *Set) {
 	s.HTTPRoutes = append(s.HTTPRoutes, o.HTTPRoutes...)
 	s.VirtualServices = append(s.VirtualServices, o.VirtualServices...)
 	s.DestinationRules = append(s.DestinationRules, o.DestinationRules...)
+	s.ServiceEntries = append(s.ServiceEntries, o.ServiceEntries...)
+	s.WorkloadEntries = append(s.WorkloadEntries, o.WorkloadEntries...)
 	s.Rejected = append(s.Rejected, o.Rejected...)
 }
 
@@ -61,7 +66,7 @@ func (s *Set) Append(o *Set) {
 func (s *Set) Len() int {
 	return len(s.Namespaces) + len(s.ServiceAccounts) + len(s.Services) + len(s.Pods) + len(s.EndpointSlices) +
 		len(s.Gateways) + len(s.GatewayClasses) + len(s.Nodes) + len(s.Policies.AuthorizationPolicies) + len(s.Policies.PeerAuthentications) +
-		len(s.HTTPRoutes) + len(s.VirtualServices) + len(s.DestinationRules)
+		len(s.HTTPRoutes) + len(s.VirtualServices) + len(s.DestinationRules) + len(s.ServiceEntries) + len(s.WorkloadEntries)
 }
 
 // kinds maps "group/Kind" to the versions this package reads; other kinds are ignored.
