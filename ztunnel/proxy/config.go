@@ -54,6 +54,9 @@ type Config struct {
 
 	// Ready, when set, must also be true for /healthz/ready (e.g. "the state file was loaded").
 	Ready func() bool
+	// Resolver resolves hostname workloads (ServiceEntry resolution DNS) when a connection goes
+	// to one; nil: Go's resolver, uncached.
+	Resolver HostResolver
 	// DrainGrace is how long open connections get after Shutdown starts (default 5s).
 	DrainGrace time.Duration
 }
