@@ -325,3 +325,28 @@ func addrOf(a net.Addr) netip.Addr {
 	}
 	return netip.Addr{}
 }
+
+// Serve serves p on a UDP socket and a TCP listener (usually the same port) until ctx ends,
+// and closes both.
+func (p *Proxy) Serve(ctx context.Context, pc net.PacketConn, ln net.Listener) error {
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	wg.Go(func() { errs[0] = p.ServeUDP(ctx, pc) })
+	wg.Go(func() { errs[1] = p.ServeTCP(ctx, ln) })
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Listen opens UDP and TCP sockets on the same address (port 0 picks one for both).
+func Listen(addr string) (net.PacketConn, net.Listener, error) {
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return nil, nil, err
+	}
+	return pc, ln, nil
+}
