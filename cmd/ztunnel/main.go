@@ -58,6 +58,7 @@ func run(args []string) int {
 	readyAddr := fs.String("readiness", "[::]:15021", "readiness listener (/healthz/ready)")
 	adminAddr := fs.String("admin", "127.0.0.1:15000", "admin listener (/config_dump, /debug/pprof/)")
 	dnsAddr := fs.String("dns-proxy", "", "DNS proxy listener, UDP and TCP (e.g. 127.0.0.1:15053; \"\" turns it off): answers mesh services and ServiceEntry hosts, forwards the rest to --resolv-conf's nameservers")
+	dnsCapture := fs.Bool("dns-capture", false, "namespace mode: serve the DNS proxy inside each pod on 127.0.0.1:15053, where istio-cni's DNS capture (ztunnel/netns.DNSRules) sends the pod's port 53")
 	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "the node's resolvers: where the DNS proxy forwards and hostname workloads (ServiceEntry resolution DNS) are resolved")
 	var hboneLimits hbone.ServerConfig
 	fs.IntVar(&hboneLimits.MaxConnections, "hbone-max-connections", 0, "inbound HBONE: most connections served at once, more are closed when accepted (0: half the open-file limit, at most 65536)")
@@ -179,26 +180,32 @@ func run(args []string) int {
 		if r, err := dnsproxy.NewResolver(dnsproxy.ResolverConfig{Upstreams: upstreams}); err == nil {
 			resolver = r
 		}
-	} else if *dnsAddr != "" {
-		log.Error("--dns-proxy needs upstream resolvers", "error", upErr.Error())
+	} else if *dnsAddr != "" || *dnsCapture {
+		log.Error("the DNS proxy needs upstream resolvers", "error", upErr.Error())
 		return 2
 	}
-	if *dnsAddr != "" {
+	var podDNS proxy.DNSServer
+	if *dnsAddr != "" || *dnsCapture {
 		dp, err := dnsproxy.New(dnsproxy.Config{Store: store, Upstreams: upstreams, Logger: log})
 		if err != nil {
 			log.Error("dns proxy", "error", err.Error())
 			return 2
 		}
-		pc, ln, err := dnsproxy.Listen(*dnsAddr)
-		if err != nil {
-			log.Error("dns proxy", "error", err.Error())
-			return 1
+		if *dnsCapture {
+			podDNS = dp
 		}
-		dnsCtx, stopDNS := context.WithCancel(ctx)
-		dnsDone := make(chan struct{})
-		go func() { defer close(dnsDone); dp.Serve(dnsCtx, pc, ln) }()
-		defer func() { stopDNS(); <-dnsDone }()
-		log.Info("listener established", "address", pc.LocalAddr().String(), "component", "dns_proxy", "upstreams", fmt.Sprint(upstreams))
+		if *dnsAddr != "" {
+			pc, ln, err := dnsproxy.Listen(*dnsAddr)
+			if err != nil {
+				log.Error("dns proxy", "error", err.Error())
+				return 1
+			}
+			dnsCtx, stopDNS := context.WithCancel(ctx)
+			dnsDone := make(chan struct{})
+			go func() { defer close(dnsDone); dp.Serve(dnsCtx, pc, ln) }()
+			defer func() { stopDNS(); <-dnsDone }()
+			log.Info("listener established", "address", pc.LocalAddr().String(), "component", "dns_proxy", "upstreams", fmt.Sprint(upstreams))
+		}
 	}
 	offsetRule := proxy.AppOffsetRule(byte(*appOffset))
 	p, err := proxy.New(proxy.Config{
@@ -212,6 +219,7 @@ func run(args []string) int {
 		},
 		Ready:       loaded.Load,
 		Resolver:    resolver,
+		DNS:         podDNS,
 		DrainGrace:  *grace,
 		HBONEServer: hboneLimits,
 		Listen: proxy.Listen{

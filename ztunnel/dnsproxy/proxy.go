@@ -89,6 +89,14 @@ func New(cfg Config) (*Proxy, error) {
 // ServeUDP answers the queries that arrive on pc until ctx ends, with Limits.UDPWorkers
 // goroutines; forwarded queries are answered by at most Limits.MaxForwards more. It closes pc.
 func (p *Proxy) ServeUDP(ctx context.Context, pc net.PacketConn) error {
+	return p.serveUDP(ctx, pc, nil)
+}
+
+// Dial opens the connection a forwarded query goes out on (nil: from the ztunnel's own
+// network namespace).
+type Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+func (p *Proxy) serveUDP(ctx context.Context, pc net.PacketConn, dial Dial) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { pc.Close() })
@@ -97,7 +105,7 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc net.PacketConn) error {
 	for range p.lim.UDPWorkers {
 		wg.Go(func() {
 			defer cancel() // a worker that stops on an error stops the others
-			p.udpWorker(ctx, pc, &wg)
+			p.udpWorker(ctx, pc, &wg, dial)
 		})
 	}
 	wg.Wait()
@@ -105,7 +113,7 @@ func (p *Proxy) ServeUDP(ctx context.Context, pc net.PacketConn) error {
 	return ctx.Err()
 }
 
-func (p *Proxy) udpWorker(ctx context.Context, pc net.PacketConn, wg *sync.WaitGroup) {
+func (p *Proxy) udpWorker(ctx context.Context, pc net.PacketConn, wg *sync.WaitGroup, dial Dial) {
 	buf := make([]byte, dns.MaxMsgSize)
 	for {
 		n, from, err := pc.ReadFrom(buf)
@@ -135,7 +143,7 @@ func (p *Proxy) udpWorker(ctx context.Context, pc net.PacketConn, wg *sync.WaitG
 		case p.fwd <- struct{}{}:
 			wg.Go(func() {
 				defer func() { <-p.fwd }()
-				write(p.forward(ctx, q))
+				write(p.forward(ctx, q, dial))
 			})
 		default:
 			p.Stats.Refused.Add(1)
@@ -148,6 +156,10 @@ func (p *Proxy) udpWorker(ctx context.Context, pc net.PacketConn, wg *sync.WaitG
 // Limits.MaxTCPConns connections at once, each closed after Limits.MaxTCPQueries queries or
 // Limits.TCPReadTimeout without one. It closes ln.
 func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener) error {
+	return p.serveTCP(ctx, ln, nil)
+}
+
+func (p *Proxy) serveTCP(ctx context.Context, ln net.Listener, dial Dial) error {
 	srv := &dns.Server{
 		Listener:      netutil.LimitListener(ln, p.lim.MaxTCPConns),
 		ReadTimeout:   p.lim.TCPReadTimeout,
@@ -160,7 +172,7 @@ func (p *Proxy) ServeTCP(ctx context.Context, ln net.Listener) error {
 			if r == nil {
 				select {
 				case p.fwd <- struct{}{}:
-					r = p.forward(ctx, q)
+					r = p.forward(ctx, q, dial)
 					<-p.fwd
 				default:
 					p.Stats.Refused.Add(1)
@@ -269,12 +281,12 @@ func (p *Proxy) candidates(name, ns string) []string {
 
 // forward asks the upstreams in turn (UDP, then TCP when the answer is truncated) and returns
 // their answer to q, or SERVFAIL.
-func (p *Proxy) forward(ctx context.Context, q *dns.Msg) *dns.Msg {
+func (p *Proxy) forward(ctx context.Context, q *dns.Msg, dial Dial) *dns.Msg {
 	ctx, cancel := context.WithTimeout(ctx, p.lim.UpstreamTimeout)
 	defer cancel()
 	p.Stats.Forwarded.Add(1)
 	for _, up := range p.cfg.Upstreams {
-		r, err := exchange(ctx, q, up.String(), p.lim.UpstreamTimeout)
+		r, err := exchange(ctx, q, up.String(), p.lim.UpstreamTimeout, dial)
 		if err != nil {
 			p.log.Debug("upstream resolver failed", "upstream", up.String(), "error", err.Error())
 			if ctx.Err() != nil {
@@ -289,13 +301,28 @@ func (p *Proxy) forward(ctx context.Context, q *dns.Msg) *dns.Msg {
 	return reply(q, dns.RcodeServerFailure)
 }
 
-// exchange sends q to one upstream over UDP, and over TCP when the answer is truncated.
-func exchange(ctx context.Context, q *dns.Msg, addr string, timeout time.Duration) (*dns.Msg, error) {
+// exchange sends q to one upstream over UDP, and over TCP when the answer is truncated, on
+// connections from dial (nil: the ztunnel's own namespace).
+func exchange(ctx context.Context, q *dns.Msg, addr string, timeout time.Duration, dial Dial) (*dns.Msg, error) {
 	c := &dns.Client{Net: "udp", Timeout: timeout, UDPSize: dns.DefaultMsgSize}
-	r, _, err := c.ExchangeContext(ctx, q, addr)
+	once := func() (*dns.Msg, error) {
+		if dial == nil {
+			r, _, err := c.ExchangeContext(ctx, q, addr)
+			return r, err
+		}
+		conn, err := dial(ctx, c.Net, addr)
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Close()
+		co := &dns.Conn{Conn: conn, UDPSize: c.UDPSize}
+		r, _, err := c.ExchangeWithConnContext(ctx, q, co)
+		return r, err
+	}
+	r, err := once()
 	if err == nil && r.Truncated {
 		c.Net = "tcp"
-		r, _, err = c.ExchangeContext(ctx, q, addr)
+		r, err = once()
 	}
 	return r, err
 }
@@ -329,10 +356,16 @@ func addrOf(a net.Addr) netip.Addr {
 // Serve serves p on a UDP socket and a TCP listener (usually the same port) until ctx ends,
 // and closes both.
 func (p *Proxy) Serve(ctx context.Context, pc net.PacketConn, ln net.Listener) error {
+	return p.ServeDialing(ctx, pc, ln, nil)
+}
+
+// ServeDialing is Serve with forwarded queries sent on connections from dial: in namespace
+// mode, from inside the pod's namespace with ztunnel's mark, as Istio's ztunnel does.
+func (p *Proxy) ServeDialing(ctx context.Context, pc net.PacketConn, ln net.Listener, dial Dial) error {
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
-	wg.Go(func() { errs[0] = p.ServeUDP(ctx, pc) })
-	wg.Go(func() { errs[1] = p.ServeTCP(ctx, ln) })
+	wg.Go(func() { errs[0] = p.serveUDP(ctx, pc, dial) })
+	wg.Go(func() { errs[1] = p.serveTCP(ctx, ln, dial) })
 	wg.Wait()
 	return errors.Join(errs...)
 }

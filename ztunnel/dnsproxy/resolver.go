@@ -121,7 +121,7 @@ func (r *Resolver) lookup(ctx context.Context, name string) ([]netip.Addr, time.
 func (r *Resolver) ask(ctx context.Context, q *dns.Msg) (*dns.Msg, error) {
 	var errs []error
 	for _, up := range r.cfg.Upstreams {
-		resp, err := exchange(ctx, q, up.String(), r.cfg.Timeout)
+		resp, err := exchange(ctx, q, up.String(), r.cfg.Timeout, nil)
 		switch {
 		case err != nil:
 			errs = append(errs, err)
