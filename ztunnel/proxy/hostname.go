@@ -22,18 +22,18 @@ func (systemResolver) Resolve(ctx context.Context, host string) ([]netip.Addr, e
 	return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 }
 
-// dialAddr is where a route's plain TCP connection goes: route.Dial, or for a hostname
-// endpoint the name resolved, preferring the family of the address the client dialled.
-func (p *Proxy) dialAddr(ctx context.Context, route state.Route, dst netip.AddrPort) (string, error) {
+// resolveRoute resolves a route to a hostname endpoint: Dial gets the name's address,
+// preferring the family of the address the client dialled. Other routes are returned as they are.
+func (p *Proxy) resolveRoute(ctx context.Context, route state.Route, dst netip.AddrPort) (state.Route, error) {
 	if route.Hostname == "" {
-		return route.Dial.String(), nil
+		return route, nil
 	}
 	ips, err := p.resolver.Resolve(ctx, route.Hostname)
 	if err != nil {
-		return "", fmt.Errorf("resolving %s: %w", route.Hostname, err)
+		return route, fmt.Errorf("resolving %s: %w", route.Hostname, err)
 	}
 	if len(ips) == 0 {
-		return "", fmt.Errorf("resolving %s: no address", route.Hostname)
+		return route, fmt.Errorf("resolving %s: no address", route.Hostname)
 	}
 	ip := ips[0]
 	for _, a := range ips {
@@ -42,5 +42,6 @@ func (p *Proxy) dialAddr(ctx context.Context, route state.Route, dst netip.AddrP
 			break
 		}
 	}
-	return netip.AddrPortFrom(ip.Unmap(), route.Dial.Port()).String(), nil
+	route.Dial = netip.AddrPortFrom(ip.Unmap(), route.Dial.Port())
+	return route, nil
 }

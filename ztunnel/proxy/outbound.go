@@ -78,12 +78,11 @@ func (p *Proxy) serveSOCKS5(ctx context.Context, req *socks5.Request) error {
 		return socks5.WithReply(socks5.ReplyHostUnreachable, err)
 	}
 	if !route.HBONE() {
-		addr, err := p.dialAddr(ctx, route, dst)
-		if err != nil {
+		if route, err = p.resolveRoute(ctx, route, dst); err != nil {
 			return socks5.WithReply(socks5.ReplyHostUnreachable, err)
 		}
 		var d net.Dialer
-		up, err := d.DialContext(ctx, "tcp", addr)
+		up, err := d.DialContext(ctx, "tcp", route.Dial.String())
 		if err != nil {
 			return err
 		}
@@ -108,7 +107,11 @@ func (p *Proxy) serveSOCKS5(ctx context.Context, req *socks5.Request) error {
 // outbound opens the route's upstream for client and relays; it closes client.
 func (p *Proxy) outbound(ctx context.Context, st *state.State, client net.Conn, from netip.AddrPort, src *workloadapi.Workload, dst netip.AddrPort, route state.Route) {
 	start := time.Now()
-	up, err := p.dialRoute(ctx, st, from, src, dst, route)
+	route, err := p.resolveRoute(ctx, route, dst)
+	var up net.Conn
+	if err == nil {
+		up, err = p.dialRoute(ctx, st, from, src, route)
+	}
 	if err != nil {
 		client.Close()
 		e := p.outboundEntry(st, from, src, dst, route)
@@ -129,15 +132,11 @@ func (p *Proxy) outbound(ctx context.Context, st *state.State, client net.Conn, 
 	p.relayOutbound(st, client, up, from, src, dst, route, start)
 }
 
-func (p *Proxy) dialRoute(ctx context.Context, st *state.State, from netip.AddrPort, src *workloadapi.Workload, dst netip.AddrPort, route state.Route) (net.Conn, error) {
+func (p *Proxy) dialRoute(ctx context.Context, st *state.State, from netip.AddrPort, src *workloadapi.Workload, route state.Route) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, DialTimeout)
 	defer cancel()
 	if !route.HBONE() {
-		addr, err := p.dialAddr(ctx, route, dst)
-		if err != nil {
-			return nil, err
-		}
-		return p.dialAs(ctx, st, src, addr)
+		return p.dialAs(ctx, st, src, route.Dial.String())
 	}
 	svid, _, err := p.svid(st.Identity(src))
 	if err != nil {
