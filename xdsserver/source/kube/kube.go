@@ -95,6 +95,7 @@ type listers struct {
 	authorizationPolicies, peerAuthentications                         cache.Store
 	gateways, gatewayClasses                                           cache.Store
 	virtualServices, destinationRules, httpRoutes                      cache.Store // routing.go
+	serviceEntries, workloadEntries                                    cache.Store // routing.go
 }
 
 // Run starts the informers, waits for their caches, pushes the mesh, then a new one after each
@@ -144,8 +145,9 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		peerAuthentications:   informers["PeerAuthentication"].GetStore(),
 		gateways:              informers["Gateway"].GetStore(), gatewayClasses: informers["GatewayClass"].GetStore(),
 		virtualServices: informers["VirtualService"].GetStore(), destinationRules: informers["DestinationRule"].GetStore(),
-		httpRoutes: informers["HTTPRoute"].GetStore(),
-		nodes:      informers["Node"].GetStore(),
+		httpRoutes:     informers["HTTPRoute"].GetStore(),
+		serviceEntries: informers["ServiceEntry"].GetStore(), workloadEntries: informers["WorkloadEntry"].GetStore(),
+		nodes: informers["Node"].GetStore(),
 	}
 	kf.Start(ctx.Done())
 	isf.Start(ctx.Done())
