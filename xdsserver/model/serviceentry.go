@@ -195,6 +195,15 @@ func (b *builder) convertServiceEntry(o *kubeobj.ServiceEntry) *ServiceEntry {
 		}
 		se.Ports = append(se.Ports, sp)
 	}
+	// As Istio: with several hosts, a proxy tells them apart by the HTTP authority or the TLS
+	// SNI only; plain TCP cannot, unless resolution NONE ignores the hosts.
+	if se.Resolution != ResolutionNone && len(se.Hosts) > 1 {
+		for i, sp := range se.Ports {
+			if proto := sp.Protocol(); !proto.IsHTTP() && proto != ProtocolHTTPProxy && proto != ProtocolHTTPS && proto != ProtocolTLS {
+				p.add(fmt.Sprintf("spec.ports[%d].protocol", i), "%q: several hosts need HTTP or TLS ports (plain TCP cannot tell the hosts apart), unless resolution is NONE", spec.GetPorts()[i].GetProtocol())
+			}
+		}
+	}
 	switch se.Resolution {
 	case ResolutionNone:
 		if len(spec.GetEndpoints()) > 0 {
