@@ -84,6 +84,7 @@ func (b *builder) buildEgress(in *kubeobj.Set) {
 			b.m.ServiceEntries = append(b.m.ServiceEntries, se)
 		}
 	}
+	b.dedupeHosts()
 	b.allocateVIPs(ses)
 	b.claimVIPs()
 	wes := inNamespace(in.WorkloadEntries, func(o *kubeobj.WorkloadEntry) *kubeobj.ObjectMeta { return &o.Metadata })
@@ -353,6 +354,27 @@ func (b *builder) allocateVIPs(in []*kubeobj.ServiceEntry) {
 				}
 			}
 		}
+	}
+}
+
+// dedupeHosts keeps one Service per "namespace/hostname", the workload API's key: a
+// Kubernetes Service's, else the first ServiceEntry's (by name) — istiod likewise prunes the
+// duplicates, keeping the oldest. The others are warned about and left out.
+func (b *builder) dedupeHosts() {
+	owner := map[string]string{}
+	for _, s := range b.services {
+		owner[s.Namespace+"/"+s.Hostname] = "Service " + s.Key()
+	}
+	for _, se := range b.m.ServiceEntries {
+		se.Services = slices.DeleteFunc(se.Services, func(s *Service) bool {
+			key := s.Namespace + "/" + s.Hostname
+			if prev, taken := owner[key]; taken {
+				b.warn(se.Origin, "ServiceEntry", se.Key(), "spec.hosts", "host %s is already %s's in namespace %s: left out here", s.Hostname, prev, s.Namespace)
+				return true
+			}
+			owner[key] = "ServiceEntry " + se.Key()
+			return false
+		})
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/goambient/goambient/xdsserver/internal/golden"
 	"github.com/goambient/goambient/xdsserver/kubeobj"
 	"github.com/goambient/goambient/xdsserver/model"
+	"github.com/goambient/goambient/xdsserver/wds"
 )
 
 // TestEgressProblemsGolden: every problem of testdata/egress-invalid.yaml with its object and
@@ -57,13 +58,22 @@ func TestEgressProblemsGolden(t *testing.T) {
 	for _, se := range m.ServiceEntries {
 		kept[se.Name] = true
 	}
-	for _, want := range []string{"good", "same-address"} {
+	for _, want := range []string{"good", "same-address", "zz-duplicate"} {
 		if !kept[want] {
 			t.Errorf("ServiceEntry %s was left out", want)
 		}
 	}
-	if len(m.ServiceEntries) != 2 {
-		t.Errorf("%d ServiceEntries kept, want good and same-address", len(m.ServiceEntries))
+	if len(m.ServiceEntries) != 3 {
+		t.Errorf("%d ServiceEntries kept, want good, same-address and zz-duplicate", len(m.ServiceEntries))
+	}
+	// The workload API has one resource per name, and a ztunnel accepts it.
+	seen := map[string]bool{}
+	for _, a := range wds.Translate(m, wds.Options{}).Addresses {
+		if n := wds.AddressName(a); seen[n] {
+			t.Errorf("resource %s twice", n)
+		} else {
+			seen[n] = true
+		}
 	}
 }
 
