@@ -56,8 +56,8 @@ func Build(in *kubeobj.Set, cfg Config) (*Mesh, error) {
 	b.bindWaypoints()
 	b.selectServices(in.EndpointSlices)
 	b.buildPolicies(in.Policies)
-	b.buildRouting(in)
 	b.buildEgress(in)
+	b.buildRouting(in)
 	b.implicitNamespaces()
 	return b.finish(), nil
 }

@@ -266,10 +266,6 @@ func (b *builder) convertServiceEntry(o *kubeobj.ServiceEntry) *ServiceEntry {
 		b.warn(o.Origin, "ServiceEntry", meta.Key(), "metadata.labels["+LabelUseWaypoint+"]", "waypoint %s does not accept service traffic (%s: %s)", w.Key(), LabelWaypointFor, w.TrafficType)
 	} else {
 		se.Waypoint = w
-		if w != nil {
-			b.warn(o.Origin, "ServiceEntry", meta.Key(), "metadata.labels["+LabelUseWaypoint+"]",
-				"waypoint %s gets the traffic of its hosts, but goambient's waypoints do not serve ServiceEntries yet: they refuse it (fail closed)", w.Key())
-		}
 	}
 	for _, h := range se.Hosts {
 		s := &Service{
