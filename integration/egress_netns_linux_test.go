@@ -81,6 +81,13 @@ spec:
 func egressState(t *testing.T, clientIP, vmIP, vmNode string) string {
 	t.Helper()
 	yaml := strings.NewReplacer("CLIENT_IP", clientIP, "VM_IP", vmIP).Replace(egressMesh)
+	return egressStateOf(t, yaml, map[string]string{"Kubernetes/networking.istio.io/WorkloadEntry/shop/legacy-vm": vmNode})
+}
+
+// egressStateOf is the ztunnels' state file of a mesh's YAML, with nodes given to workloads
+// by uid.
+func egressStateOf(t *testing.T, yaml string, nodes map[string]string) string {
+	t.Helper()
 	set, problems, err := kubeobj.Load([]byte(yaml), "egress.yaml")
 	if err != nil || len(problems) > 0 {
 		t.Fatalf("egress.yaml: %v %v", err, problems)
@@ -95,8 +102,8 @@ func egressState(t *testing.T, clientIP, vmIP, vmNode string) string {
 		switch {
 		case a.GetWorkload() != nil:
 			w := a.GetWorkload()
-			if w.GetUid() == "Kubernetes/networking.istio.io/WorkloadEntry/shop/legacy-vm" {
-				w.Node = vmNode
+			if n, ok := nodes[w.GetUid()]; ok {
+				w.Node = n
 			}
 			res.Workloads = append(res.Workloads, w)
 		case a.GetService() != nil:
