@@ -46,6 +46,19 @@ func entryPorts(mesh *model.Mesh, w *model.Waypoint, r *Resources) []servicePort
 	return out
 }
 
+// entriesBound are the "namespace/name" of the ServiceEntries with a host bound to w.
+func entriesBound(mesh *model.Mesh, w *model.Waypoint) map[string]bool {
+	out := map[string]bool{}
+	for _, se := range mesh.ServiceEntries {
+		for _, s := range se.Services {
+			if s.Waypoint != nil && s.Waypoint.Key() == w.Key() {
+				out[se.Key()] = true
+			}
+		}
+	}
+	return out
+}
+
 // entryEndpoint is one endpoint of a ServiceEntry host's port.
 type entryEndpoint struct {
 	host  string     // a DNS name (resolution DNS), or ""

@@ -66,7 +66,8 @@ func (c *testCA) serverCert(t *testing.T, dnsName string) tls.Certificate {
 
 // TestEgressTLSOrigination: a ServiceEntry bound to an egress waypoint, the client speaking
 // plain HTTP to its VIP: the waypoint applies its L7 policy (403 for /admin), originates TLS to
-// the external HTTPS server (its own CA, SNI from the DestinationRule), and refuses a server
+// the external HTTPS server (its own CA, SNI from the DestinationRule), applies a policy
+// attached to the ServiceEntry (targetRefs kind ServiceEntry: 403 for POST), and refuses a server
 // its CA did not sign (503). The peer is a Go HTTPS server on loopback.
 func TestEgressTLSOrigination(t *testing.T) {
 	dir := t.TempDir()
@@ -109,18 +110,22 @@ func TestEgressTLSOrigination(t *testing.T) {
 	if code, body := api.do(t, "GET", "/admin/users", ""); code != 403 || body != "RBAC: access denied" {
 		t.Fatalf("GET /admin/users = %d %q, want 403 from the egress policy", code, body)
 	}
+	if code, body := api.do(t, "POST", "/post", "{}"); code != 403 || body != "RBAC: access denied" {
+		t.Fatalf("POST /post = %d %q, want 403 from the ServiceEntry's policy", code, body)
+	}
 	bad := w.connect(t, "shop", "client", netip.AddrPortFrom(vips["bad.external.test"], 80), "bad.external.test", src)
 	if code, body := bad.do(t, "GET", "/get", ""); code != 503 {
 		t.Fatalf("GET through a DestinationRule whose CA did not sign the server = %d %q, want 503", code, body)
 	}
 	logs := w.log.entries(t)
-	if len(logs) != 3 {
-		t.Fatalf("%d access-log lines, want 3: %v", len(logs), logs)
+	if len(logs) != 4 {
+		t.Fatalf("%d access-log lines, want 4: %v", len(logs), logs)
 	}
 	ext := netip.AddrPortFrom(a.of("ext"), uint16(port)).String()
 	for i, want := range []map[string]any{
 		{"response_code": 200.0, "upstream_cluster": "inbound-vip|80|http|api.external.test", "upstream_host": ext},
 		{"response_code": 403.0, "response_code_details": "rbac_access_denied_matched_policy[ns[egress]-policy[egress-paths]-rule[0]]"},
+		{"response_code": 403.0, "response_code_details": "rbac_access_denied_matched_policy[ns[egress]-policy[api-readonly]-rule[0]]"},
 		{"response_code": 503.0, "upstream_cluster": "inbound-vip|80|http|bad.external.test"},
 	} {
 		for k, v := range want {
