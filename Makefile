@@ -38,6 +38,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./ztunnel/proxy/ ./ztunnel/hbone/
 	$(GO) test -run '^$$' -bench WaypointVsDirect -benchtime 3s ./filters/embedded/app/
 	$(GO) test -run '^$$' -bench Routes100VsOne -benchtime 3s ./filters/embedded/app/
+	$(GO) test -run '^$$' -bench GatewayVsDirect -benchtime 3s ./filters/embedded/app/
 	$(GO) test -run '^$$' -bench Select -benchmem ./filters/embedded/router/
 	$(GO) test -run '^$$' -bench Translate ./xdsserver/wds/
 	$(GO) test -run '^$$' -bench OnePolicyPush -benchtime 30x ./xdsserver/server/

@@ -50,8 +50,8 @@ func TestExamplesLoadUnchanged(t *testing.T) {
 	for _, e := range errs {
 		t.Error(e)
 	}
-	if n := len(objs.AuthorizationPolicies); n != 7 {
-		t.Errorf("want the 7 AuthorizationPolicies of the examples, got %d", n)
+	if n := len(objs.AuthorizationPolicies); n != 9 {
+		t.Errorf("want the 9 AuthorizationPolicies of the examples, got %d", n)
 	}
 	if n := len(objs.PeerAuthentications); n != 1 {
 		t.Errorf("want 1 PeerAuthentication, got %d", n)

@@ -243,11 +243,12 @@ func authzLint(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "error: %v\n", e)
 	}
 	z := policies.ToZtunnel(objs, policies.Options{RootNamespace: *root})
-	for _, w := range z.Warnings {
+	warnings := append(policies.WaypointSelectorRemarks(objs), z.Warnings...)
+	for _, w := range warnings {
 		fmt.Fprintf(stdout, "warning: %v\n", w)
 	}
 	fmt.Fprintf(stdout, "%d AuthorizationPolicy and %d PeerAuthentication valid, %d errors, %d warnings\n",
-		len(objs.AuthorizationPolicies), len(objs.PeerAuthentications), len(errs), len(z.Warnings))
+		len(objs.AuthorizationPolicies), len(objs.PeerAuthentications), len(errs), len(warnings))
 	if len(errs) > 0 {
 		return 1
 	}

@@ -41,11 +41,14 @@ func TestAuthz(t *testing.T) {
 		{"missing -f", []string{"authz", "check", "--namespace", "x"}, 2, []string{"-f is required"}},
 		{"bad IP", []string{"authz", "check", "-f", l7, "--namespace", "x", "--source-ip", "nope"}, 2, []string{`--source-ip: "nope" is not an IP address`}},
 		{"no target", []string{"authz", "check", "-f", l7}, 2, []string{"--namespace (the destination workload's) or --waypoint is required"}},
-		{"lint the examples", []string{"authz", "lint", "-f", examples}, 0, []string{"7 AuthorizationPolicy and 1 PeerAuthentication valid, 0 errors"}},
+		{"lint the examples", []string{"authz", "lint", "-f", examples}, 0, []string{"10 AuthorizationPolicy and 1 PeerAuthentication valid, 0 errors"}},
 		{"lint invalid policies", []string{"authz", "lint", "-f", "../../policies/testdata/invalid.yaml"}, 1,
 			[]string{"error: ../../policies/testdata/invalid.yaml:9 (document 2): AuthorizationPolicy foo/sa-with-principals: spec.rules[0].from[0].source.serviceAccounts"}},
 		{"lint warns about HTTP attributes at ztunnel", []string{"authz", "lint", "-f", "../../policies/testdata/ztunnel/http-attributes.in.yaml"}, 0,
 			[]string{"warning: ", "ztunnel does not support HTTP attributes (found: methods)", "ztunnel does not support the AUDIT action"}},
+		{"lint explains the early ambient selector form (the Gateway API tutorial's policy)", []string{"authz", "lint", "-f", "testdata/gateway-name-selector.yaml"}, 0,
+			[]string{"spec.selector.matchLabels.istio.io/gateway-name: selector {istio.io/gateway-name: appb} is how early ambient releases bound a policy to a waypoint",
+				"current Istio ignores selector policies at waypoints", `targetRefs: [{kind: Service, group: "", name: appb}]`}},
 		{"unknown subcommand", []string{"authz", "nope"}, 2, []string{"usage: meshctl authz"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {

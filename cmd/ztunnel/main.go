@@ -66,6 +66,7 @@ func run(args []string) int {
 	fs.IntVar(&hboneLimits.MaxHandshakes, "hbone-max-handshakes", 0, "inbound HBONE: most TLS handshakes in progress (0: 256)")
 	fs.IntVar(&hboneLimits.MaxHandshakesPerSource, "hbone-max-handshakes-per-source", 0, "inbound HBONE: the same per client IP (0: 32)")
 	fs.DurationVar(&hboneLimits.IdleTimeout, "hbone-idle-timeout", 0, "inbound HBONE: a connection without streams this long is closed (0: 10m)")
+	baggage := fs.Bool("baggage", true, "send the workload's baggage on outbound CONNECTs and in inbound answers, and read the peer's into the metrics' labels (as Istio's ztunnel; false: for measuring its cost)")
 	grace := fs.Duration("drain-grace", 5*time.Second, "on SIGTERM, how long open connections get before they are closed")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -217,11 +218,12 @@ func run(args []string) int {
 			}
 			return offsetRule(pod)
 		},
-		Ready:       loaded.Load,
-		Resolver:    resolver,
-		DNS:         podDNS,
-		DrainGrace:  *grace,
-		HBONEServer: hboneLimits,
+		Ready:          loaded.Load,
+		Resolver:       resolver,
+		DNS:            podDNS,
+		DrainGrace:     *grace,
+		DisableBaggage: !*baggage,
+		HBONEServer:    hboneLimits,
 		Listen: proxy.Listen{
 			InboundHBONE: *hboneAddr, InboundPlaintext: *plainAddr, Outbound: *outAddr, SOCKS5: *socksAddr,
 			Metrics: *metricsAddr, Readiness: *readyAddr, Admin: *adminAddr,

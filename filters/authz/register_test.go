@@ -35,18 +35,24 @@ func TestRegisteredName(t *testing.T) {
 		}
 		return true
 	})
-	if len(calls) != 1 {
-		t.Fatalf("%s: %d RegisterHttpFilterFactoryAndConfigParser calls, want 1", main, len(calls))
+	// authz, and filters/istiostats's request metrics.
+	wants := [][]string{
+		{"authzconfig.PluginName", "authz.Factory", "authz.Parser{}"},
+		{"istiostats.PluginName", "istiostats.Factory", "istiostats.Parser{}"},
 	}
-	args := calls[0].Args
-	want := []string{"authzconfig.PluginName", "authz.Factory", "authz.Parser{}"}
-	if len(args) != len(want) {
-		t.Fatalf("register call has %d arguments", len(args))
+	if len(calls) != len(wants) {
+		t.Fatalf("%s: %d RegisterHttpFilterFactoryAndConfigParser calls, want %d", main, len(calls), len(wants))
 	}
-	for i, a := range args {
-		var b strings.Builder
-		if err := formatExpr(&b, a); err != nil || b.String() != want[i] {
-			t.Errorf("argument %d is %q, want %s", i, b.String(), want[i])
+	for c, want := range wants {
+		args := calls[c].Args
+		if len(args) != len(want) {
+			t.Fatalf("register call %d has %d arguments", c, len(args))
+		}
+		for i, a := range args {
+			var b strings.Builder
+			if err := formatExpr(&b, a); err != nil || b.String() != want[i] {
+				t.Errorf("call %d argument %d is %q, want %s", c, i, b.String(), want[i])
+			}
 		}
 	}
 }

@@ -29,6 +29,10 @@ const (
 	// PeerPrincipalKey is the filter-state key connect_terminate sets to the peer's URI SAN
 	// (spiffe://td/ns/NS/sa/SA), as Istio's waypoint does.
 	PeerPrincipalKey = "io.istio.peer_principal"
+
+	// StatsPluginName is the plugin_name of filters/istiostats's filter (Istio's request
+	// metrics), which xdsserver puts first in each service chain of main_internal.
+	StatsPluginName = "goambient.stats"
 )
 
 // Config is the filter's plugin_config: who the waypoint is and the AuthorizationPolicies that

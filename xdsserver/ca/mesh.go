@@ -10,7 +10,8 @@ import (
 type Mesh interface {
 	// OnNode reports whether an ambient workload of service account ns/sa runs on node.
 	OnNode(node, ns, sa string) bool
-	// WaypointServiceAccount returns the service account of waypoint ns/name, if it exists.
+	// WaypointServiceAccount returns the service account of waypoint (or ingress Gateway)
+	// ns/name, if it exists.
 	WaypointServiceAccount(ns, name string) (string, bool)
 }
 
@@ -38,6 +39,11 @@ func (x *MeshIndex) Set(m *model.Mesh) {
 	for _, wp := range m.Waypoints {
 		if wp.ServiceAccount != "" {
 			i.waypoints[[2]string{wp.Namespace, wp.Name}] = wp.ServiceAccount
+		}
+	}
+	if m.Ingress != nil { // ingress Gateways authenticate and get their SVID (<gateway>-istio) as waypoints do
+		for _, g := range m.Ingress.Gateways {
+			i.waypoints[[2]string{g.Namespace, g.Name}] = g.ServiceAccount
 		}
 	}
 	x.cur.Store(i)

@@ -151,5 +151,11 @@ func (in *input) podSpec(o *Options) corev1.PodSpec {
 		}})
 	}
 	c.Env = env
-	return corev1.PodSpec{ServiceAccountName: in.names.ServiceAccount, Containers: []corev1.Container{c}, Volumes: volumes}
+	spec := corev1.PodSpec{ServiceAccountName: in.names.ServiceAccount, Containers: []corev1.Container{c}, Volumes: volumes}
+	if !in.class.waypoint {
+		// An ingress gateway listens on its Gateway's ports (80, 443) as user 1337 without
+		// capabilities: istiod's kube-gateway.yaml opens the low ports to it with this sysctl.
+		spec.SecurityContext = &corev1.PodSecurityContext{Sysctls: []corev1.Sysctl{{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"}}}
+	}
+	return spec
 }

@@ -26,6 +26,9 @@ type Set struct {
 	HTTPRoutes       []*HTTPRoute
 	VirtualServices  []*VirtualService
 	DestinationRules []*DestinationRule
+	// Ingress Gateways' Secrets and ReferenceGrants (ingress.go).
+	Secrets         []*Secret
+	ReferenceGrants []*ReferenceGrant
 	// Egress (egress.go).
 	ServiceEntries  []*ServiceEntry
 	WorkloadEntries []*WorkloadEntry
@@ -57,6 +60,8 @@ func (s *Set) Append(o *Set) {
 	s.HTTPRoutes = append(s.HTTPRoutes, o.HTTPRoutes...)
 	s.VirtualServices = append(s.VirtualServices, o.VirtualServices...)
 	s.DestinationRules = append(s.DestinationRules, o.DestinationRules...)
+	s.Secrets = append(s.Secrets, o.Secrets...)
+	s.ReferenceGrants = append(s.ReferenceGrants, o.ReferenceGrants...)
 	s.ServiceEntries = append(s.ServiceEntries, o.ServiceEntries...)
 	s.WorkloadEntries = append(s.WorkloadEntries, o.WorkloadEntries...)
 	s.Rejected = append(s.Rejected, o.Rejected...)
@@ -66,7 +71,8 @@ func (s *Set) Append(o *Set) {
 func (s *Set) Len() int {
 	return len(s.Namespaces) + len(s.ServiceAccounts) + len(s.Services) + len(s.Pods) + len(s.EndpointSlices) +
 		len(s.Gateways) + len(s.GatewayClasses) + len(s.Nodes) + len(s.Policies.AuthorizationPolicies) + len(s.Policies.PeerAuthentications) +
-		len(s.HTTPRoutes) + len(s.VirtualServices) + len(s.DestinationRules) + len(s.ServiceEntries) + len(s.WorkloadEntries)
+		len(s.HTTPRoutes) + len(s.VirtualServices) + len(s.DestinationRules) + len(s.Secrets) + len(s.ReferenceGrants) +
+		len(s.ServiceEntries) + len(s.WorkloadEntries)
 }
 
 // kinds maps "group/Kind" to the versions this package reads; other kinds are ignored.
@@ -174,6 +180,9 @@ func (s *Set) add(d policies.Document) (bool, error) {
 			s.Rejected = append(s.Rejected, ObjectKey{Kind: tm.Kind, Namespace: tm.Metadata.Namespace, Name: tm.Metadata.Name, Origin: d.Origin})
 		}
 		return false, err
+	}
+	if _, ok := ingressKinds[group(tm.APIVersion)+"/"+tm.Kind]; ok {
+		return false, s.addIngress(d, tm, fail)
 	}
 	var obj any
 	switch tm.Kind {

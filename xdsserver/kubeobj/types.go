@@ -215,6 +215,8 @@ type Listener struct {
 	Port          int64          `json:"port"`
 	Protocol      string         `json:"protocol"`
 	AllowedRoutes *AllowedRoutes `json:"allowedRoutes,omitempty"`
+	Hostname      string         `json:"hostname,omitempty"` // ingress listeners (ingress.go)
+	TLS           *GatewayTLS    `json:"tls,omitempty"`
 }
 
 // AllowedRoutes says which namespaces may attach to a listener (for a waypoint: use it).

@@ -58,6 +58,7 @@ func Build(in *kubeobj.Set, cfg Config) (*Mesh, error) {
 	b.buildPolicies(in.Policies)
 	b.buildEgress(in)
 	b.buildRouting(in)
+	b.buildIngress(in)
 	b.implicitNamespaces()
 	return b.finish(), nil
 }

@@ -273,11 +273,13 @@ metadata: {name: istio-ingress, namespace: shop}`)
 	if len(m.Waypoints) != 0 || m.Workload("shop", "ingress") != nil {
 		t.Errorf("a Gateway of class istio is not a waypoint")
 	}
+	if g := m.IngressGateway("shop", "ingress"); g == nil || g.ServiceAccount != "ingress-istio" {
+		t.Errorf("a Gateway of class istio is an ingress gateway running as ingress-istio: %+v", g)
+	}
 	if m.Workload("shop", "done") != nil {
 		t.Errorf("a finished pod is not in the mesh")
 	}
 	want := strings.Join([]string{
-		`test.yaml:11 (document 3): Gateway shop/ingress: spec.gatewayClassName: class "istio" is not a waypoint class (istio-waypoint); the Gateway is ignored`,
 		`test.yaml:19 (document 4): Pod shop/done: status.phase: a Succeeded pod is not part of the mesh`,
 		`test.yaml:25 (document 5): Namespace other: not defined; its objects are treated as in a namespace without labels (not in the ambient mesh)`,
 	}, "\n")

@@ -557,7 +557,7 @@ func (bd *binder) unused() {
 		}
 	}
 	for _, h := range bd.r.HTTPRoutes {
-		if !bd.used["HTTPRoute "+h.Key()] {
+		if !bd.used["HTTPRoute "+h.Key()] && !onlyGatewayParents(h) {
 			bd.warn(h.Origin, "HTTPRoute", h.Key(), "spec.parentRefs", "names no Service bound to a waypoint: not applied by any waypoint")
 		}
 	}
@@ -570,4 +570,15 @@ func (bd *binder) unused() {
 
 func appliesToMesh(vs *networking.VirtualService) bool {
 	return len(vs.GetGateways()) == 0 || slices.Contains(vs.GetGateways(), MeshGateway)
+}
+
+// onlyGatewayParents reports whether every parentRef of a route names a Gateway (ingress.go
+// reports on those), not a Service.
+func onlyGatewayParents(h *HTTPRoute) bool {
+	for _, p := range h.Spec.ParentRefs {
+		if p.Kind != nil && *p.Kind != "Gateway" || p.Group != nil && *p.Group != gatewayGroup {
+			return false
+		}
+	}
+	return len(h.Spec.ParentRefs) > 0
 }

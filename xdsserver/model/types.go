@@ -71,6 +71,7 @@ type Mesh struct {
 	OutboundTrafficPolicy string
 	Policies              policies.Objects // valid AuthorizationPolicies and PeerAuthentications
 	Routing               *Routing         // VirtualServices, HTTPRoutes, DestinationRules (routing.go)
+	Ingress               *Ingress         // ingress Gateways (class istio) and their HTTPRoutes (ingress.go)
 
 	Errors   []error // objects that were left out, and why (*policies.Error)
 	Warnings []error // remarks on objects that were kept (*policies.Error)

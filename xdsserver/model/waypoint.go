@@ -49,6 +49,9 @@ func (b *builder) buildWaypoints(in []*kubeobj.Gateway) []*pendingWaypoint {
 func (b *builder) convertWaypoint(gw *kubeobj.Gateway) *pendingWaypoint {
 	meta := gw.Metadata
 	class := gw.Spec.GatewayClassName
+	if !b.isWaypointClass(class) && b.isIngressClass(class) {
+		return nil // an ingress gateway (ingress.go)
+	}
 	if !b.isWaypointClass(class) {
 		b.warn(gw.Origin, "Gateway", meta.Key(), "spec.gatewayClassName", "class %q is not a waypoint class (%s); the Gateway is ignored", class, strings.Join(append([]string{WaypointClassName}, b.cfg.WaypointClasses...), ", "))
 		return nil

@@ -291,7 +291,7 @@ func (s *Server) secureSnapshot(key string) (*cache.Snapshot, error) {
 		return nil, errString("secrets of waypoint " + key + ": " + err.Error())
 	}
 	ws := *w
-	ws.Secrets = secrets
+	ws.Secrets = append(secrets, w.Credentials...) // an ingress gateway's certificates: here only
 	snap, err := snapshot(&ws)
 	if err != nil {
 		return nil, err

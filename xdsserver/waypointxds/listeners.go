@@ -220,6 +220,11 @@ func serviceHCM(sp servicePort, ecds string) *hcm.HttpConnectionManager {
 			ConfigSource: ads(), RouteConfigName: sp.name,
 		}},
 		HttpFilters: []*hcm.HttpFilter{
+			// Istio's request metrics (filters/istiostats): first, so that it is there for
+			// every request, the authz filter's denials included (it records in OnLog).
+			{Name: authzconfig.StatsPluginName, ConfigType: &hcm.HttpFilter_TypedConfig{TypedConfig: toAny(&golang.Config{
+				LibraryId: authzconfig.LibraryID, LibraryPath: authzconfig.LibraryPath, PluginName: authzconfig.StatsPluginName,
+			})}},
 			{
 				// Envoy asks ECDS for the resource named as the filter. Without it (not yet
 				// received, or rejected) the chain answers 500: fail closed.

@@ -44,6 +44,7 @@ type routeCtx struct {
 	mesh *model.Mesh
 	w    *model.Waypoint
 	sp   servicePort
+	tls  bool // the listener terminates TLS (an ingress gateway's HTTPS): a redirect's default scheme is https
 }
 
 // vhostName is istiod's name of a waypoint's inbound virtual host: inbound|http|<port>.
@@ -140,7 +141,7 @@ func (rc routeCtx) translate(set *model.RouteSet, h *networking.HTTPRoute, m *ne
 	}
 	switch {
 	case h.GetRedirect() != nil:
-		applyRedirect(out, h.GetRedirect(), rc.sp.port.Port)
+		applyRedirect(out, h.GetRedirect(), rc.sp.port.Port, rc.tls)
 	case h.GetDirectResponse() != nil:
 		applyDirectResponse(out, h.GetDirectResponse())
 	default:
@@ -489,7 +490,7 @@ func parseRetryOn(s string) (string, []uint32) {
 }
 
 // applyRedirect is istiod's ApplyRedirect (port: the listener's, for FROM_REQUEST_PORT).
-func applyRedirect(out *route.Route, r *networking.HTTPRedirect, port uint32) {
+func applyRedirect(out *route.Route, r *networking.HTTPRedirect, port uint32, tls bool) {
 	a := &route.RedirectAction{HostRedirect: r.GetAuthority()}
 	if r.GetPrefixRewrite() != "" {
 		a.PathRewriteSpecifier = &route.RedirectAction_PrefixRewrite{PrefixRewrite: r.GetPrefixRewrite()}
@@ -509,7 +510,11 @@ func applyRedirect(out *route.Route, r *networking.HTTPRedirect, port uint32) {
 			a.PortRedirect = p.Port
 		}
 		scheme := r.GetScheme()
-		if scheme == "" {
+		switch {
+		case scheme != "":
+		case tls:
+			scheme = "https"
+		default:
 			scheme = "http"
 		}
 		if a.PortRedirect == 80 && scheme == "http" || a.PortRedirect == 443 && scheme == "https" {

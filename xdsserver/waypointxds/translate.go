@@ -45,6 +45,9 @@ type WaypointResources struct {
 	Endpoints        []*endpoint.ClusterLoadAssignment
 	ExtensionConfigs []*core.TypedExtensionConfig
 	Secrets          []*tlsv3.Secret
+	// Credentials are an ingress gateway's TLS certificates from Secrets (ingress.go): never
+	// in ByType (the plaintext ADS), served only on the authenticated secure listener.
+	Credentials []*tlsv3.Secret
 }
 
 // Types are the xDS type URLs a waypoint receives, in the order Envoy needs them.
@@ -119,6 +122,16 @@ func Translate(mesh *model.Mesh, opts Options) *Resources {
 			r.Pods[p.Key()] = w.Key()
 		}
 		r.Waypoints[w.Key()] = translateWaypoint(mesh, w, opts, r)
+	}
+	if mesh.Ingress != nil {
+		for _, g := range mesh.Ingress.Gateways {
+			for _, p := range mesh.Workloads {
+				if p.Namespace == g.Namespace && p.Labels[model.LabelGatewayName] == g.Name {
+					r.Pods[p.Key()] = g.Key()
+				}
+			}
+			r.Waypoints[g.Key()] = translateIngress(mesh, g, r)
+		}
 	}
 	return r
 }

@@ -93,14 +93,15 @@ func render(t *testing.T, m *model.Mesh, r *Resources) string {
 		Policies []string           `json:"policies"` // namespace/name of each policy carried
 	}
 	type wp struct {
-		Waypoint         string  `json:"waypoint"`
-		Authz            *authz  `json:"authz,omitempty"`
-		Listeners        []named `json:"listeners"`
-		Routes           []named `json:"routes"`
-		Clusters         []named `json:"clusters"`
-		Endpoints        []named `json:"endpoints"`
-		ExtensionConfigs []named `json:"extension_configs"`
-		Secrets          []named `json:"secrets,omitempty"`
+		Waypoint         string   `json:"waypoint"`
+		Authz            *authz   `json:"authz,omitempty"`
+		Listeners        []named  `json:"listeners"`
+		Routes           []named  `json:"routes"`
+		Clusters         []named  `json:"clusters"`
+		Endpoints        []named  `json:"endpoints"`
+		ExtensionConfigs []named  `json:"extension_configs"`
+		Secrets          []named  `json:"secrets,omitempty"`
+		Credentials      []string `json:"credentials,omitempty"` // names only: the key is a test key
 	}
 	var out struct {
 		Pods      map[string]string `json:"pods"`
@@ -153,6 +154,9 @@ func render(t *testing.T, m *model.Mesh, r *Resources) string {
 		}
 		for _, x := range w.Secrets {
 			e.Secrets = append(e.Secrets, named{x.GetName(), toJSON(t, x)})
+		}
+		for _, x := range w.Credentials {
+			e.Credentials = append(e.Credentials, x.GetName())
 		}
 		out.Waypoints = append(out.Waypoints, e)
 	}

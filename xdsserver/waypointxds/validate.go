@@ -104,7 +104,12 @@ func ValidateWaypoint(w *WaypointResources) error {
 	check("cluster load assignment", rf.eds, byType[resource.EndpointType], nil)
 	check("extension config", rf.ecds, byType[resource.ExtensionConfigType], nil)
 	check("internal listener", rf.listeners, internal, nil)
-	check("secret", rf.secrets, byType[resource.SecretType], func(n string) bool { return slices.Contains(AgentSecrets, n) })
+	check("secret", rf.secrets, byType[resource.SecretType], func(n string) bool {
+		return slices.Contains(AgentSecrets, n) || slices.ContainsFunc(w.Credentials, func(c *tlsv3.Secret) bool { return c.GetName() == n })
+	})
+	for _, c := range w.Credentials {
+		errs = append(errs, walk(c, "credential "+c.GetName(), rf)...)
+	}
 	for name, cla := range byType[resource.EndpointType] {
 		if _, ok := rf.eds[name]; !ok {
 			errs = append(errs, fmt.Errorf("cluster load assignment %s: no EDS cluster uses it", name))

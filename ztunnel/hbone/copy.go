@@ -1,6 +1,7 @@
 package hbone
 
 import (
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -45,7 +46,19 @@ func Relay(a, b net.Conn) (aToB, bToA int64, err error) {
 	<-done
 	a.Close()
 	b.Close()
-	return aToB, bToA, first.get()
+	err = first.get()
+	if errors.Is(err, net.ErrClosed) {
+		// The relay was stopped because a stream was reset: why it was reset says more than
+		// the closed connection the other direction then failed on.
+		for _, c := range []net.Conn{a, b} {
+			if st := streamOf(c); st != nil {
+				if rerr := st.resetErr(); rerr != nil && !errors.Is(rerr, net.ErrClosed) {
+					err = rerr
+				}
+			}
+		}
+	}
+	return aToB, bToA, err
 }
 
 func halfRelay(dst, src net.Conn, first *firstError) int64 {

@@ -88,6 +88,10 @@ var (
 	// errPeerDone: RST_STREAM with NO_ERROR, which a server sends after a complete answer to
 	// stop the client sending (RFC 9113 §8.1): what was received stays readable.
 	errPeerDone = errors.New("hbone: stream reset by the peer: NO_ERROR")
+	// errPeerCancel: RST_STREAM with CANCEL, the peer no longer wants the stream. After this
+	// side's END_STREAM it is a normal end too: Go's x/net client sends it instead of NO_ERROR
+	// when its caller closes an answer it has read whole (see h2Stream.abort).
+	errPeerCancel = fmt.Errorf("%w by the peer: %s", errStreamReset, http2.ErrCodeCancel)
 	// errCtrlFlood: more control frames wait to be written than the limit; the peer is not
 	// reading what it makes us send.
 	errCtrlFlood = errors.New("hbone: too many control frames queued (the peer does not read them)")
@@ -382,6 +386,8 @@ func streamResetError(code http2.ErrCode) error {
 		return errRefused
 	case http2.ErrCodeNo:
 		return errPeerDone
+	case http2.ErrCodeCancel:
+		return errPeerCancel
 	}
 	return fmt.Errorf("%w by the peer: %s", errStreamReset, code)
 }

@@ -255,6 +255,7 @@ func (s *h2Stream) abort(err error) {
 	already := s.reset
 	s.reset = true
 	answered := s.answered
+	sentEnd := s.sentEnd
 	s.c.sendable.Broadcast()
 	s.c.mu.Unlock()
 	if already {
@@ -262,7 +263,15 @@ func (s *h2Stream) abort(err error) {
 	}
 	s.mu.Lock()
 	unread := int64(0)
-	if !(err == errPeerDone && s.eof) { // a complete answer stays readable
+	switch {
+	case err == errPeerDone && (s.eof || sentEnd), err == errPeerCancel && sentEnd:
+		// A normal end (RFC 9113 §8.1): the peer's side was complete, or ours was and the peer
+		// wants no more. Go's x/net client resets a request whose answer ended before its body
+		// with NO_ERROR, or with CANCEL when its caller closes the read answer at that moment
+		// (its writeRequest selects between the two at random). What was received stays
+		// readable, then reads see EOF.
+		s.eof = true
+	default:
 		if s.rerr == nil {
 			s.rerr = err
 		}
@@ -297,6 +306,13 @@ func (s *h2Stream) abort(err error) {
 		s.c.giveBack(unread, true)
 	}
 	s.c.removeStream(s)
+}
+
+// resetErr is why the stream was reset, nil when it was not (or ended normally).
+func (s *h2Stream) resetErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rerr
 }
 
 // Read reads the stream's body; io.EOF after the peer's END_STREAM.

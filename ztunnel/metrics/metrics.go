@@ -3,6 +3,7 @@ package metrics
 
 import (
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -123,6 +124,12 @@ func orDefault(s, def string) string {
 
 // Metrics is one ztunnel's metrics and their registry. Its methods are safe for concurrent use.
 type Metrics struct {
+	// sets bounds the label sets (MaxLabelSets): a peer's baggage names its workload, so an
+	// authenticated peer could otherwise grow the series without end.
+	setsMu   sync.Mutex
+	sets     map[string]struct{}
+	overflow prometheus.Counter
+
 	reg      *prometheus.Registry
 	opened   *prometheus.CounterVec
 	closed   *prometheus.CounterVec
@@ -145,11 +152,34 @@ func New() *Metrics {
 		received: counter("tcp_received_bytes_total", "The size of total bytes received during request in case of a TCP connection"),
 		sent:     counter("tcp_sent_bytes_total", "The size of total bytes sent during response in case of a TCP connection"),
 		failed:   counter("tcp_connections_failed_total", "The total number of TCP connections that failed to establish (unstable)"),
+		sets:     map[string]struct{}{},
+		overflow: prometheus.NewCounter(prometheus.CounterOpts{Name: "goambient_tcp_metrics_overflow_total",
+			Help: "Connections not counted in the istio_tcp_* metrics because their label sets reached MaxLabelSets"}),
 	}
-	m.reg.MustRegister(m.opened, m.closed, m.received, m.sent, m.failed,
+	m.reg.MustRegister(m.opened, m.closed, m.received, m.sent, m.failed, m.overflow,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// MaxLabelSets bounds the distinct label sets (as opened) the TCP metrics keep; connections
+// with a new set past it are counted in goambient_tcp_metrics_overflow_total only.
+const MaxLabelSets = 10000
+
+// admit reports whether the label set v may be counted (known, or new within the bound).
+func (m *Metrics) admit(v []string) bool {
+	key := strings.Join(v, "\x00")
+	m.setsMu.Lock()
+	defer m.setsMu.Unlock()
+	if _, ok := m.sets[key]; ok {
+		return true
+	}
+	if len(m.sets) >= MaxLabelSets {
+		m.overflow.Inc()
+		return false
+	}
+	m.sets[key] = struct{}{}
+	return true
 }
 
 // Registry is where the ztunnel's other components register their metrics.
@@ -176,6 +206,7 @@ type Conn struct {
 	request, response prometheus.Counter
 	sent, recv        atomic.Int64
 	closeOnce         sync.Once
+	dropped           bool // past MaxLabelSets: only the byte totals are kept
 }
 
 // Open counts a new connection (istio_tcp_connections_opened_total) and returns its tracker.
@@ -185,6 +216,9 @@ type Conn struct {
 func (m *Metrics) Open(l Labels) *Conn {
 	l.ResponseFlags = FlagNone
 	v := l.values()
+	if !m.admit(v) {
+		return &Conn{m: m, labels: l, dropped: true}
+	}
 	m.opened.WithLabelValues(v...).Inc()
 	return &Conn{
 		m:        m,
@@ -201,6 +235,9 @@ func (c *Conn) Sent(n int64) {
 		return
 	}
 	c.sent.Add(n)
+	if c.dropped {
+		return
+	}
 	if c.labels.Reporter == ReporterDestination {
 		c.response.Add(float64(n))
 	} else {
@@ -214,6 +251,9 @@ func (c *Conn) Received(n int64) {
 		return
 	}
 	c.recv.Add(n)
+	if c.dropped {
+		return
+	}
 	if c.labels.Reporter == ReporterDestination {
 		c.request.Add(float64(n))
 	} else {
@@ -225,6 +265,9 @@ func (c *Conn) Received(n int64) {
 // for the access log. Calls after the first only return the totals.
 func (c *Conn) Close(flags ResponseFlags) (sent, recv int64) {
 	c.closeOnce.Do(func() {
+		if c.dropped {
+			return
+		}
 		l := c.labels
 		l.ResponseFlags = flags
 		c.m.closed.WithLabelValues(l.values()...).Inc()
@@ -249,6 +292,9 @@ func (m *Metrics) ConnClosed(l Labels, sent, recv int64) {
 	flags := l.ResponseFlags
 	l.ResponseFlags = FlagNone
 	v := l.values()
+	if !m.admit(v) {
+		return
+	}
 	c := &Conn{m: m, labels: l, request: m.received.WithLabelValues(v...), response: m.sent.WithLabelValues(v...)}
 	c.Sent(sent)
 	c.Received(recv)
@@ -258,5 +304,9 @@ func (m *Metrics) ConnClosed(l Labels, sent, recv int64) {
 // ConnFailed counts istio_tcp_connections_failed_total, which Istio marks unstable: a connection
 // that could not be established (l.ResponseFlags says why).
 func (m *Metrics) ConnFailed(l Labels) {
-	m.failed.WithLabelValues(l.values()...).Inc()
+	v := l.values()
+	if !m.admit(v) {
+		return
+	}
+	m.failed.WithLabelValues(v...).Inc()
 }

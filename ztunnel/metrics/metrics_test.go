@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -207,5 +208,24 @@ func TestLabelNamesMatchValues(t *testing.T) {
 	var l Labels
 	if got, want := len(l.values()), len(labelNames); got != want {
 		t.Fatalf("%d values for %d label names", got, want)
+	}
+}
+
+// Label sets past MaxLabelSets (a peer naming a new workload in its baggage on every
+// connection) are counted in the overflow counter, not kept as series.
+func TestMaxLabelSets(t *testing.T) {
+	m := New()
+	for i := range MaxLabelSets + 50 {
+		c := m.Open(Labels{Reporter: ReporterDestination, SourceWorkload: "w" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + strconv.Itoa(i)})
+		c.Received(10)
+		if sent, recv := c.Close(FlagNone); recv != 10 || sent != 0 {
+			t.Fatalf("byte totals %d/%d, want 0/10 (kept for the access log even when not counted)", sent, recv)
+		}
+	}
+	if n := len(m.sets); n != MaxLabelSets {
+		t.Errorf("%d label sets kept, want %d", n, MaxLabelSets)
+	}
+	if body := scrape(t, m.Handler(), "/metrics"); !strings.Contains(body, "goambient_tcp_metrics_overflow_total 50") {
+		t.Errorf("overflow not counted:\n%s", body[:min(len(body), 2000)])
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"time"
+
+	"github.com/goambient/goambient/internal/metricshttp"
 )
 
 func (p *Proxy) httpServe(h http.Handler) func(net.Listener) {
@@ -14,6 +16,16 @@ func (p *Proxy) httpServe(h http.Handler) func(net.Listener) {
 	p.http = append(p.http, hs)
 	p.mu.Unlock()
 	return func(ln net.Listener) { hs.Serve(ln) }
+}
+
+// metricsServe serves the metrics on a bounded, read-only listener (internal/metricshttp):
+// 15020 listens on every address, for Prometheus.
+func (p *Proxy) metricsServe(h http.Handler) func(net.Listener) {
+	hs := metricshttp.Server(h)
+	p.mu.Lock()
+	p.http = append(p.http, hs)
+	p.mu.Unlock()
+	return func(ln net.Listener) { metricshttp.Serve(hs, ln) }
 }
 
 // readyHandler serves /healthz/ready: 200 once the state is loaded and the listeners are up.

@@ -42,6 +42,8 @@ type benchEnv struct {
 	app    netip.AddrPort // where its echo application listens: the direct destination
 	socks  string         // the source ztunnel's SOCKS5 listener
 	err    error
+	// noBaggage starts the proxies with Config.DisableBaggage (BenchmarkNewConnBaggage).
+	noBaggage bool
 }
 
 var (
@@ -119,7 +121,7 @@ services:
 		p, err := New(Config{
 			Logger: slog.New(accesslog.NewHandler(io.Discard, nil)), Node: node,
 			Store: state.NewStore(st), Identity: idm, Loopback: true,
-			Listen: Listen{SOCKS5: "127.0.0.1:0"}, DrainGrace: time.Second,
+			Listen: Listen{SOCKS5: "127.0.0.1:0"}, DrainGrace: time.Second, DisableBaggage: e.noBaggage,
 		})
 		if err != nil {
 			return err

@@ -66,6 +66,10 @@ type Config struct {
 	Resolver HostResolver
 	// DrainGrace is how long open connections get after Shutdown starts (default 5s).
 	DrainGrace time.Duration
+	// DisableBaggage turns off the baggage header on outbound CONNECTs and in inbound answers,
+	// and reading the peer's (Istio's ztunnel always sends it outbound; its
+	// ENABLE_RESPONSE_BAGGAGE=false turns off the rest). For measuring what it costs.
+	DisableBaggage bool
 }
 
 // PortDNS is Istio's in-pod DNS capture port.

@@ -55,6 +55,13 @@ func (p *Proxy) serveHBONE(ctx context.Context, req *hbone.Request) hbone.Respon
 		e.SrcWorkload, e.SrcNamespace = sw.GetName(), sw.GetNamespace()
 	}
 	labels := metrics.Labels{Reporter: metrics.ReporterDestination, SourcePrincipal: req.Peer.String(), ConnectionSecurityPolicy: metrics.SecurityMutualTLS}
+	if !p.cfg.DisableBaggage {
+		// What the source says of itself, where the state knows no workload at its address
+		// (ztunnel's with_derived_source, then with_source over it).
+		if d, ok := parseBaggage(req.Baggage); ok {
+			d.fillSource(&labels)
+		}
+	}
 	fillSrcLabels(&labels, st.WorkloadByIP(src.Addr()))
 	fail := func(status int, err error, flag metrics.ResponseFlags) hbone.Response {
 		mc := p.metrics.Open(labels)
@@ -71,7 +78,12 @@ func (p *Proxy) serveHBONE(ctx context.Context, req *hbone.Request) hbone.Respon
 		return fail(http.StatusServiceUnavailable, fmt.Errorf("unknown destination %s", local), metrics.FlagConnect)
 	}
 	e.DstWorkload, e.DstNamespace, e.DstIdentity = dst.GetName(), dst.GetNamespace(), st.Identity(dst)
-	fillDstLabels(&labels, st, dst, nil)
+	_, fwdHost := hbone.ParseForwarded(req.Forwarded)
+	svc := guessInboundService(st, dst, fwdHost, req.Authority.Addr.Port())
+	if svc != nil {
+		e.DstService = svc.GetHostname()
+	}
+	fillDstLabels(&labels, st, dst, svc)
 	if !req.Authority.Addr.IsValid() || req.Authority.Addr.Addr() != local {
 		return fail(http.StatusBadRequest, accesslog.ErrIPMismatch, metrics.FlagConnect)
 	}
@@ -93,7 +105,13 @@ func (p *Proxy) serveHBONE(ctx context.Context, req *hbone.Request) hbone.Respon
 		return fail(http.StatusUnauthorized, denied, metrics.FlagDeny)
 	}
 	mc := p.metrics.Open(labels)
-	return hbone.Response{Status: http.StatusOK, Upstream: up, Done: func(res hbone.Result) {
+	var hdr http.Header
+	if !p.cfg.DisableBaggage {
+		if kv := baggageOf(dst); len(kv) > 0 {
+			hdr = http.Header{hbone.HeaderBaggage: {hbone.BaggageValue(kv)}}
+		}
+	}
+	return hbone.Response{Status: http.StatusOK, Upstream: up, Header: hdr, Done: func(res hbone.Result) {
 		denied := p.track(ic, false)
 		mc.Received(res.Received)
 		mc.Sent(res.Sent)

@@ -152,12 +152,22 @@ func (p *Proxy) dialRoute(ctx context.Context, st *state.State, from netip.AddrP
 	if route.Service != nil {
 		t.Host = route.Service.GetHostname()
 	}
+	if !p.cfg.DisableBaggage {
+		t.Baggage = baggageOf(src)
+	}
 	return p.clientFor(st, src).Dial(ctx, t)
 }
 
 func (p *Proxy) relayOutbound(st *state.State, client, up net.Conn, from netip.AddrPort, src *workloadapi.Workload, dst netip.AddrPort, route state.Route, start time.Time) {
 	e := p.outboundEntry(st, from, src, dst, route)
-	mc := p.metrics.Open(p.outboundLabels(st, src, route))
+	labels := p.outboundLabels(st, src, route)
+	if hc, ok := up.(*hbone.Conn); ok && !p.cfg.DisableBaggage {
+		// The destination's answer says who it is (ztunnel's with_derived_destination).
+		if d, ok := parseBaggage(hc.ResponseHeader().Get(hbone.HeaderBaggage)); ok {
+			d.fillDestination(&labels, peerID(hc))
+		}
+	}
+	mc := p.metrics.Open(labels)
 	sent, recv, err := hbone.Relay(client, up)
 	mc.Sent(sent)
 	mc.Received(recv)

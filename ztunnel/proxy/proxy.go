@@ -127,7 +127,7 @@ func (p *Proxy) Start() error {
 		{l.InboundPlaintext, func(ln net.Listener) { p.servePlaintext(ln, true) }},
 		{l.Outbound, p.serveCapture},
 		{l.SOCKS5, func(ln net.Listener) { p.socks.Serve(ln) }},
-		{l.Metrics, p.httpServe(p.metrics.Handler())},
+		{l.Metrics, p.metricsServe(p.metrics.Handler())},
 		{l.Readiness, p.httpServe(p.readyHandler())},
 		{l.Admin, p.httpServe(p.adminHandler())},
 	}

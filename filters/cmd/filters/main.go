@@ -6,12 +6,14 @@ import (
 
 	"github.com/goambient/goambient/filters/authz"
 	"github.com/goambient/goambient/filters/authzconfig"
+	"github.com/goambient/goambient/filters/istiostats"
 )
 
 func init() {
 	// The name must be the plugin_name Envoy is given, or Envoy passes every request through:
 	// filters/authz's TestRegisteredName checks this call, and the built library.
 	http.RegisterHttpFilterFactoryAndConfigParser(authzconfig.PluginName, authz.Factory, authz.Parser{})
+	http.RegisterHttpFilterFactoryAndConfigParser(istiostats.PluginName, istiostats.Factory, istiostats.Parser{})
 }
 
 func main() {}

@@ -35,6 +35,10 @@ type Entry struct {
 	DownstreamRemoteAddress  string
 	RouteName                string
 	PeerPrincipal            string // the HBONE peer's SPIFFE ID
+	// GRPCStatus is the answer's grpc-status header (a trailers-only answer), "" when none;
+	// not written to the line (Envoy's default JSON format has no such field), it labels the
+	// request metrics.
+	GRPCStatus string
 }
 
 // Logger writes entries to w, one line each; safe for concurrent use.

@@ -12,6 +12,8 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -21,6 +23,7 @@ import (
 	"github.com/goambient/goambient/filters/embedded/config"
 	"github.com/goambient/goambient/filters/embedded/host"
 	"github.com/goambient/goambient/filters/embedded/server"
+	"github.com/goambient/goambient/filters/embedded/stats"
 	"github.com/goambient/goambient/ztunnel/hbone"
 	"github.com/goambient/goambient/ztunnel/identity"
 	"github.com/goambient/goambient/ztunnel/state"
@@ -33,7 +36,11 @@ type Options struct {
 	NodeID      string // waypoint~<ip>~<pod>.<ns>~<ns>.svc.cluster.local
 	Listen      string // HBONE listener, ip:15008
 	ReadyListen string // /healthz/ready listener; "" for none
-	SVIDDir     string // the folder `meshctl certs issue` writes
+	// MetricsListen is the Prometheus listener (/stats/prometheus, /metrics: Istio's request
+	// metrics with reporter="waypoint", Go runtime and process metrics); "" for none, and then
+	// no request metrics are recorded.
+	MetricsListen string
+	SVIDDir       string // the folder `meshctl certs issue` writes
 	// Identity, when set, supplies the SVIDs instead of SVIDDir (the control plane's CA:
 	// identity.GRPCSource).
 	Identity    identity.Source
@@ -64,7 +71,9 @@ type App struct {
 	hb      *hbone.Server
 	client  *hbone.Client
 	hs      *http.Server
+	ms      *http.Server
 	ln, rln net.Listener
+	mln     net.Listener
 	cancel  context.CancelFunc
 	done    chan struct{}
 }
@@ -123,9 +132,24 @@ func Start(ctx context.Context, o Options) (*App, error) {
 	if o.AccessLog != nil {
 		al = accesslog.New(o.AccessLog)
 	}
+	var obs server.Observer
+	if o.MetricsListen != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		p, err := stats.NewPrometheus(reg, 0)
+		if err != nil {
+			return fail(err)
+		}
+		obs = stats.Observer{P: p}
+		if a.mln, err = net.Listen("tcp", o.MetricsListen); err != nil {
+			return fail(err)
+		}
+		a.ms = stats.Server(reg)
+		go stats.Serve(a.ms, a.mln)
+	}
 	a.Server, err = server.New(server.Options{
 		Logger: log.With("scope", "waypoint"), Store: a.Store, Host: o.Host, AccessLog: al, Client: a.client, SVID: a.SVID,
-		Rand: o.Rand, Hostname: node.Pod, Limits: o.Limits,
+		Rand: o.Rand, Hostname: node.Pod, Limits: o.Limits, Observer: obs,
 	})
 	if err != nil {
 		return fail(err)
@@ -158,7 +182,11 @@ func Start(ctx context.Context, o Options) (*App, error) {
 	}
 	go a.hb.Serve(a.ln)
 	go func() { defer close(a.done); _ = a.XDS.Run(ctx) }()
-	log.Info("waypoint started", "node", o.NodeID, "listen", a.ln.Addr().String(), "xds", o.XDSAddress, "identity", a.ID().String())
+	attrs := []any{"node", o.NodeID, "listen", a.ln.Addr().String(), "xds", o.XDSAddress, "identity", a.ID().String()}
+	if a.mln != nil {
+		attrs = append(attrs, "metrics", a.mln.Addr().String())
+	}
+	log.Info("waypoint started", attrs...)
 	return a, nil
 }
 
@@ -188,6 +216,14 @@ func (a *App) ReadyAddr() net.Addr {
 	return a.rln.Addr()
 }
 
+// MetricsAddr is the metrics listener's address (nil without one).
+func (a *App) MetricsAddr() net.Addr {
+	if a.mln == nil {
+		return nil
+	}
+	return a.mln.Addr()
+}
+
 // Stop closes the listeners, the streams and the xDS client.
 func (a *App) Stop() {
 	if a.cancel != nil {
@@ -204,6 +240,11 @@ func (a *App) Stop() {
 		a.hs.Close()
 	} else if a.rln != nil {
 		a.rln.Close()
+	}
+	if a.ms != nil {
+		a.ms.Close()
+	} else if a.mln != nil {
+		a.mln.Close()
 	}
 	if a.client != nil {
 		a.client.Close()

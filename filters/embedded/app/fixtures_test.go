@@ -389,8 +389,9 @@ type waypoint struct {
 // wpConfig is what a test changes in the waypoint: its limits, and a logger (nil: discarded,
 // or to stderr with -v).
 type wpConfig struct {
-	limits server.Limits
-	logger *slog.Logger
+	limits  server.Limits
+	logger  *slog.Logger
+	metrics bool // a metrics listener on 127.0.0.1:0 (request metrics recorded)
 }
 
 // startWaypoint starts the embedded waypoint for pod ns/pod (service account sa) with a
@@ -415,8 +416,13 @@ func startWaypoint(t testing.TB, a *addrs, p *pki, ns, pod, sa string, seed uint
 		t.Fatal(err)
 	}
 	ip := a.of("waypoint")
+	metricsListen := ""
+	if c.metrics {
+		metricsListen = "127.0.0.1:0"
+	}
 	wp, err := Start(context.Background(), Options{
-		XDSAddress: w.cp.addr, NodeID: fmt.Sprintf("waypoint~%s~%s.%s~%s.svc.cluster.local", ip, pod, ns, ns),
+		MetricsListen: metricsListen,
+		XDSAddress:    w.cp.addr, NodeID: fmt.Sprintf("waypoint~%s~%s.%s~%s.svc.cluster.local", ip, pod, ns, ns),
 		Listen: netip.AddrPortFrom(ip, 0).String(), ReadyListen: "127.0.0.1:0", SVIDDir: p.dir, ServiceAccount: sa,
 		AccessLog: w.log, Logger: logger, Host: h, Rand: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), Limits: c.limits,
 	})

@@ -170,6 +170,12 @@ func Compile(rc *route.RouteConfiguration) (*Table, error) {
 	if !slices.Equal(vh.GetDomains(), []string{"*"}) {
 		return nil, fmt.Errorf("virtual host %s: domains %v, want [*]", vh.GetName(), vh.GetDomains())
 	}
+	return CompileVirtualHost(rc, vh)
+}
+
+// CompileVirtualHost turns one virtual host of a route configuration into a Table (an ingress
+// gateway's route configurations have one per hostname: vhosts.go selects among them).
+func CompileVirtualHost(rc *route.RouteConfiguration, vh *route.VirtualHost) (*Table, error) {
 	if vh.GetRetryPolicy() != nil || len(vh.GetRequestHeadersToAdd()) > 0 || len(vh.GetResponseHeadersToAdd()) > 0 ||
 		vh.GetRequireTls() != route.VirtualHost_NONE || len(vh.GetRequestHeadersToRemove()) > 0 || len(vh.GetResponseHeadersToRemove()) > 0 ||
 		len(rc.GetRequestHeadersToAdd()) > 0 || len(rc.GetResponseHeadersToAdd()) > 0 || len(rc.GetInternalOnlyHeaders()) > 0 {

@@ -278,6 +278,7 @@ func (x *exchange) finish(c *upstream.Cluster, at attempt, retried bool, ctx con
 	}
 	resp := at.resp
 	x.e.ResponseCode, x.e.ResponseCodeDetails = resp.StatusCode, "via_upstream"
+	x.e.GRPCStatus = resp.Header.Get("Grpc-Status")
 	if x.weighted != nil {
 		x.weighted.Headers.ApplyResponse(resp.Header, &x.vars)
 	}

@@ -28,6 +28,7 @@ func (x *exchange) localReply(status int, body, details string, flags accesslog.
 	if h.Get("Content-Type") == "" && body != "" {
 		h.Set("Content-Type", "text/plain")
 	}
+	x.e.GRPCStatus = h.Get("Grpc-Status")
 	n, err := writeLocalReply(x.bw, x.req, status, body, h, !x.keep)
 	x.e.BytesSent = n
 	return x.keep && err == nil

@@ -135,6 +135,14 @@ type Options struct {
 	Hostname string
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// Observer, when set, sees each request once it is over (the request metrics).
+	Observer Observer
+}
+
+// Observer sees each finished request: its access-log entry, the config snapshot it was
+// served with, and whether it was gRPC. It must not keep e.
+type Observer interface {
+	ObserveRequest(e *accesslog.Entry, snap *config.Snapshot, grpc bool)
 }
 
 // Server is the hbone.Handler of the embedded waypoint.
@@ -385,6 +393,9 @@ func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer
 		x.e.Duration = s.o.Now().Sub(x.e.StartTime)
 		if s.o.AccessLog != nil {
 			s.o.AccessLog.Log(x.e)
+		}
+		if s.o.Observer != nil {
+			s.o.Observer.ObserveRequest(x.e, x.snap, isGRPC(req))
 		}
 	}()
 	// Envoy's connection manager: a request id when the client sent none, the path normalised

@@ -64,6 +64,11 @@ type Outlier struct {
 type Host struct {
 	Addr    netip.AddrPort
 	Healthy bool // from EDS
+	// Authority, when valid, is the CONNECT's :authority and Addr is where the tunnel goes: a
+	// Service's VIP:port sent to its waypoint at waypointIP:15008 (the endpoint metadata's
+	// "waypoint", as istiod gives an ingress gateway). Otherwise the tunnel goes to Addr's
+	// ztunnel with Addr as :authority.
+	Authority netip.AddrPort
 	*hostState
 }
 
@@ -224,16 +229,26 @@ func (c *Cluster) endpoints(cla *endpoint.ClusterLoadAssignment) ([]*Host, error
 	for _, l := range cla.GetEndpoints() {
 		for _, e := range l.GetLbEndpoints() {
 			id := e.GetEndpoint().GetAddress().GetEnvoyInternalAddress().GetEndpointId()
+			via := ""
 			if md := e.GetMetadata().GetFilterMetadata()[OriginalDstMetadata]; md != nil {
 				if v := md.GetFields()["local"].GetStringValue(); v != "" {
 					id = v
 				}
+				via = md.GetFields()["waypoint"].GetStringValue()
 			}
 			ap, err := netip.ParseAddrPort(id)
 			if err != nil {
 				return nil, fmt.Errorf("cluster %s: endpoint %q is not ip:port", c.Name, id)
 			}
 			ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+			var authority netip.AddrPort
+			if via != "" {
+				w, err := netip.ParseAddrPort(via)
+				if err != nil {
+					return nil, fmt.Errorf("cluster %s: endpoint waypoint %q is not ip:port", c.Name, via)
+				}
+				authority, ap = ap, netip.AddrPortFrom(w.Addr().Unmap(), w.Port())
+			}
 			hs := c.st.hosts[ap]
 			if hs == nil {
 				hs = &hostState{}
@@ -241,7 +256,7 @@ func (c *Cluster) endpoints(cla *endpoint.ClusterLoadAssignment) ([]*Host, error
 			}
 			seen[ap] = true
 			hs2 := e.GetHealthStatus()
-			out = append(out, &Host{Addr: ap, Healthy: hs2 == core.HealthStatus_HEALTHY || hs2 == core.HealthStatus_UNKNOWN, hostState: hs})
+			out = append(out, &Host{Addr: ap, Authority: authority, Healthy: hs2 == core.HealthStatus_HEALTHY || hs2 == core.HealthStatus_UNKNOWN, hostState: hs})
 		}
 	}
 	for ap, hs := range c.st.hosts {

@@ -90,6 +90,7 @@ func (c *converter) snapshot(l *listers) (*kubeobj.Set, []error, []*securityclie
 		set.Policies.PeerAuthentications = append(set.Policies.PeerAuthentications, o.(*policies.PeerAuthentication))
 	})
 	c.eachRouting(l, each, set)
+	c.eachIngress(l, each, set)
 	for k := range c.done {
 		if !seen[k] {
 			delete(c.done, k)

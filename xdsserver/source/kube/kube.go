@@ -71,7 +71,8 @@ type Source struct {
 	changed chan struct{} // capacity 1: a change is pending
 	conv    *converter
 	status  *statusWriter
-	last    *model.Mesh // the last mesh built (its valid routing objects outlive invalid edits)
+	ingress *ingressStatusWriter // ingress_status.go
+	last    *model.Mesh          // the last mesh built (its valid routing objects outlive invalid edits)
 }
 
 // New returns a Source reading through the clients. It does not contact the cluster until Run.
@@ -85,6 +86,7 @@ func New(c Clients, opts Options) *Source {
 	s := &Source{c: c, opts: opts, log: log, changed: make(chan struct{}, 1), conv: newConverter()}
 	if !opts.NoStatus {
 		s.status = &statusWriter{client: c.Istio, log: log}
+		s.ingress = newIngressStatusWriter(c.Gateway, log)
 	}
 	return s
 }
@@ -96,6 +98,7 @@ type listers struct {
 	gateways, gatewayClasses                                           cache.Store
 	virtualServices, destinationRules, httpRoutes                      cache.Store // routing.go
 	serviceEntries, workloadEntries                                    cache.Store // routing.go
+	secrets, referenceGrants                                           cache.Store // ingress.go
 }
 
 // Run starts the informers, waits for their caches, pushes the mesh, then a new one after each
@@ -129,6 +132,7 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		"Node":                nodeInformer(kf),
 	}
 	maps.Copy(informers, routingInformers(isf, gf))
+	maps.Copy(informers, ingressInformers(kf, gf))
 	for kind, inf := range informers {
 		if err := inf.SetTransform(dropManagedFields); err != nil {
 			return fmt.Errorf("kubernetes source: %s informer: %w", kind, err)
@@ -147,7 +151,8 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		virtualServices: informers["VirtualService"].GetStore(), destinationRules: informers["DestinationRule"].GetStore(),
 		httpRoutes:     informers["HTTPRoute"].GetStore(),
 		serviceEntries: informers["ServiceEntry"].GetStore(), workloadEntries: informers["WorkloadEntry"].GetStore(),
-		nodes: informers["Node"].GetStore(),
+		nodes:   informers["Node"].GetStore(),
+		secrets: informers["Secret"].GetStore(), referenceGrants: informers["ReferenceGrant"].GetStore(),
 	}
 	kf.Start(ctx.Done())
 	isf.Start(ctx.Done())
@@ -173,6 +178,9 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		done := make(chan struct{})
 		go func() { defer close(done); s.status.run(ctx) }()
 		defer func() { cancel(); <-done }()
+		idone := make(chan struct{})
+		go func() { defer close(idone); s.ingress.run(ctx) }()
+		defer func() { cancel(); <-idone }()
 	}
 	select { // the initial listing is in the first build
 	case <-s.changed:
@@ -237,6 +245,7 @@ func (s *Source) rebuild(ctx context.Context, l *listers, push func(*model.Mesh)
 	push(m)
 	if s.status != nil {
 		s.status.offer(m, aps)
+		s.ingress.offer(m, l)
 	}
 	return nil
 }

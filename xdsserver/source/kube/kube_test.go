@@ -140,7 +140,7 @@ type cluster struct {
 	written chan struct{} // a status write was stored
 }
 
-const informerCount = 15
+const informerCount = 17
 
 func newCluster(kube, istio, gw []runtime.Object) *cluster {
 	c := &cluster{

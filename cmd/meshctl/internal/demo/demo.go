@@ -18,6 +18,14 @@ type Options struct {
 	Out       io.Writer // what a user sees
 	Keep      bool      // keep the work folder (logs, certificates, config) even when all passed
 	Bins      *Binaries // already built binaries; built into the work folder when nil
+	// GraphDir is where each scenario's traffic graph (HTML) is written after its steps:
+	// <Root>/bin/demo-graphs when empty.
+	GraphDir string
+	// Started, when set, is called once a scenario's stack runs, with its metrics endpoints;
+	// Played after its steps, before the stack stops (a test's Prometheus, for instance), with
+	// a function that makes the last step's calls once more.
+	Started func(scenario string, targets []Target)
+	Played  func(scenario string, replay func(context.Context) error)
 }
 
 // Report is the outcome of one scenario.
@@ -82,9 +90,13 @@ func Run(ctx context.Context, o Options) ([]Report, error) {
 			fmt.Fprintf(o.Out, "embedded waypoint not available: %v\n", e)
 		}
 	}
+	graphs := o.GraphDir
+	if graphs == "" {
+		graphs = filepath.Join(root, "bin", "demo-graphs")
+	}
 	var reports []Report
 	for _, sc := range scs {
-		r := play(ctx, sc, root, filepath.Join(work, sc.Name), bins, o.Out)
+		r := play(ctx, sc, root, filepath.Join(work, sc.Name), bins, o, graphs)
 		if !r.OK() {
 			keep = true
 		}
@@ -111,7 +123,8 @@ func Run(ctx context.Context, o Options) ([]Report, error) {
 }
 
 // play runs one scenario: its own stack, started and stopped here.
-func play(ctx context.Context, sc *Scenario, root, dir string, bins *Binaries, out io.Writer) Report {
+func play(ctx context.Context, sc *Scenario, root, dir string, bins *Binaries, o Options, graphs string) Report {
+	out := o.Out
 	r := Report{Scenario: sc.Name, Checks: sc.Checks(), Dir: dir}
 	w := func(format string, args ...any) { fmt.Fprintf(out, format, args...) }
 	w("\n== %s: %s (manifests/examples/%s/README.md)\n", sc.Name, sc.Title, sc.Name)
@@ -128,6 +141,9 @@ func play(ctx context.Context, sc *Scenario, root, dir string, bins *Binaries, o
 		w("  ✗ %s\n", strings.ReplaceAll(msg, "\n", "\n    "))
 		return r
 	}
+	if o.Started != nil {
+		o.Started(sc.Name, s.targets())
+	}
 	p := &player{s: s, w: w}
 	for i, st := range sc.Steps {
 		if ctx.Err() != nil {
@@ -137,5 +153,14 @@ func play(ctx context.Context, sc *Scenario, root, dir string, bins *Binaries, o
 		p.step(ctx, i, st)
 	}
 	r.Passed, r.Failures = p.passed, p.failures
+	w("\n  traffic graph (meshctl graph, from the ztunnels' and the waypoint's metrics):\n")
+	if path, err := s.writeGraph(ctx, graphs); err != nil {
+		w("  graph not written: %v\n", err)
+	} else {
+		w("  graph of %s written to %s\n", sc.Name, path)
+	}
+	if o.Played != nil {
+		o.Played(sc.Name, s.replay)
+	}
 	return r
 }

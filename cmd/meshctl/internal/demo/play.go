@@ -104,6 +104,13 @@ func (p *player) step(ctx context.Context, i int, st Step) {
 		}
 		p.w("    (waypoint %s/%s has its configuration)\n", s.wp.namespace, s.wp.pod)
 	}
+	if st.Gateway {
+		if err := s.startGateway(ctx); err != nil {
+			p.fail("step %d: %v (%d checks not run)", i+1, err, checks)
+			return
+		}
+		p.w("    (gateway %s has its listeners and routes)\n", s.gw.key)
+	}
 	for _, c := range st.Calls {
 		p.call(ctx, c)
 	}
@@ -122,14 +129,22 @@ func (p *player) step(ctx context.Context, i int, st Step) {
 // call runs one curl, retried until its result matches or callDeadline passes.
 func (p *player) call(ctx context.Context, c Call) {
 	s := p.s
-	from, err := s.podIP(c.From)
-	if err != nil {
+	var from, socks, dial, via string
+	var err error
+	if c.From == outside {
+		if dial, err = s.gatewayDial(c.URL); err != nil {
+			p.fail("%v", err)
+			return
+		}
+		via = "outside the mesh, to the gateway at " + dial
+	} else if from, err = s.podIP(c.From); err != nil {
 		p.fail("%v", err)
 		return
 	}
 	w, _ := s.workload(c.From)
-	socks, dial, via := "", "", ""
-	if c.Plaintext {
+	if c.From == outside {
+		// dial and via are set: a plain client to the gateway
+	} else if c.Plaintext {
 		dial, err = s.kubeProxy(c.URL, w.Namespace)
 		if err != nil {
 			p.fail("%v", err)
@@ -180,7 +195,11 @@ func (p *player) call(ctx context.Context, c Call) {
 	if c.AccessLog != nil && mismatch == "" {
 		shown += "; waypoint access log: " + fields(c.AccessLog)
 	}
-	p.w("  $ %-48s # from %s (%s, %s)\n      → %s\n", cmd, c.From, from, via, shown)
+	where := from + ", " + via
+	if from == "" {
+		where = via
+	}
+	p.w("  $ %-48s # from %s (%s)\n      → %s\n", cmd, c.From, where, shown)
 	if attempts > 1 && mismatch == "" {
 		p.w("      (after %d attempts: the change took effect)\n", attempts)
 	}

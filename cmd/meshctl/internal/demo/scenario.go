@@ -24,6 +24,7 @@ type Scenario struct {
 	Nodes    []string `json:"nodes"`
 	Apps     []App    `json:"apps"`
 	Waypoint string   `json:"waypoint,omitempty"` // Gateway "ns/name" run by the embedded waypoint
+	Gateway  string   `json:"gateway,omitempty"`  // ingress Gateway "ns/name" run by the embedded gateway (gateway.go)
 	Steps    []Step   `json:"steps"`
 }
 
@@ -42,6 +43,7 @@ type Step struct {
 	Delete   []string `json:"delete,omitempty"` // files removed from it
 	Patch    *Patch   `json:"patch,omitempty"`  // a file applied with one edit
 	Waypoint bool     `json:"waypoint,omitempty"`
+	Gateway  bool     `json:"gateway,omitempty"` // start the ingress gateway after this step's changes
 	Calls    []Call   `json:"calls"`
 	Logs     []Log    `json:"logs,omitempty"`
 }
@@ -55,7 +57,7 @@ type Patch struct {
 
 // Call is one curl from a pod, and what it must get.
 type Call struct {
-	From      string   `json:"from"` // "ns/pod"
+	From      string   `json:"from"` // "ns/pod", or "outside": a client outside the mesh to the gateway (gateway.go)
 	Method    string   `json:"method,omitempty"`
 	Data      string   `json:"data,omitempty"`
 	URL       string   `json:"url"`
@@ -187,6 +189,14 @@ func (s *Scenario) validate() error {
 			}
 			if n != 1 {
 				return fmt.Errorf("steps[%d].logs[%d]: exactly one of ztunnel, accesslog and tls", i, j)
+			}
+		}
+		if st.Gateway && s.Gateway == "" {
+			return fmt.Errorf("steps[%d]: starts a gateway but the scenario names none", i)
+		}
+		for j, c := range st.Calls {
+			if c.From == outside && !st.Gateway && !slices.ContainsFunc(s.Steps[:i], func(st Step) bool { return st.Gateway }) {
+				return fmt.Errorf("steps[%d].calls[%d]: a call from outside needs the gateway, started in this step or before", i, j)
 			}
 		}
 		if st.Waypoint && s.Waypoint == "" {

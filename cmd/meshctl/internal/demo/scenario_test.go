@@ -23,7 +23,7 @@ var notChecked = map[string]string{
 
 func TestScenariosLoad(t *testing.T) {
 	names := Names()
-	if !slices.Equal(names, []string{"bookinfo-lite", "demo-strict", "egress", "handson", "traffic"}) {
+	if !slices.Equal(names, []string{"bookinfo-lite", "demo-strict", "egress", "gateway-api", "handson", "traffic"}) {
 		t.Fatalf("scenarios: %v", names)
 	}
 	for _, n := range names {

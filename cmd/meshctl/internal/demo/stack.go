@@ -39,6 +39,7 @@ type stack struct {
 	hosts    map[string]string // node → loopback address of its ztunnel's own listeners
 	xds      *proc
 	xdsAddr  string
+	xdsHTTP  string // xdsserver's /metrics and /healthz/ready listener
 	ztunnels map[string]*proc
 	apps     []*http.Server
 	appAddrs []string
@@ -49,6 +50,9 @@ type stack struct {
 	wpErr      error        // why the embedded waypoint is not available
 	wpReadyURL string
 	accessLog  string
+
+	gw     *gatewayInfo // the ingress gateway (gateway.go), when the scenario has one
+	gwProc *proc
 }
 
 // waypointInfo is the waypoint pod as xdsserver's model names and places it.
@@ -117,6 +121,11 @@ func newStack(sc *Scenario, root, dir string, bins *Binaries, out io.Writer) (*s
 		}
 		if s.wp == nil {
 			return nil, fmt.Errorf("the model has no waypoint pod for Gateway %s", sc.Waypoint)
+		}
+	}
+	if sc.Gateway != "" {
+		if err := s.planGateway(m); err != nil {
+			return nil, err
 		}
 	}
 	return s, nil
@@ -224,6 +233,7 @@ func (s *stack) start(ctx context.Context) error {
 		for _, l := range s.xds.out.since(0) {
 			if m := startedLine.FindStringSubmatch(l); m != nil {
 				s.xdsAddr, httpAddr = strings.Trim(m[1], `"`), strings.Trim(m[2], `"`)
+				s.xdsHTTP = httpAddr
 				return true
 			}
 		}
@@ -353,7 +363,8 @@ func (s *stack) launchWaypoint() error {
 	}
 	p, err := startProc("waypoint", filepath.Join(s.dir, "waypoint.log"), s.bins.Path["waypoint"],
 		"--xds-address", s.xdsAddr, "--node-id", s.wp.nodeID, "--listen", netip.AddrPortFrom(s.wp.ip, model.HBONEPort).String(),
-		"--svid-dir", s.svids, "--ready-listen", ready, "--access-log", s.accessLog)
+		"--svid-dir", s.svids, "--ready-listen", ready, "--access-log", s.accessLog,
+		"--metrics-listen", s.hosts[""]+":15020")
 	if err != nil {
 		return err
 	}
@@ -383,6 +394,9 @@ func (s *stack) poll(ctx context.Context, d time.Duration, what string, p *proc,
 
 // stop stops everything started, in reverse order.
 func (s *stack) stop() {
+	if s.gwProc != nil {
+		s.gwProc.stop(3 * time.Second)
+	}
 	if s.wpProc != nil {
 		s.wpProc.stop(3 * time.Second)
 	}
@@ -415,6 +429,9 @@ func (s *stack) procs() []*proc {
 	}
 	if s.wpProc != nil {
 		out = append(out, s.wpProc)
+	}
+	if s.gwProc != nil {
+		out = append(out, s.gwProc)
 	}
 	return out
 }
