@@ -370,16 +370,29 @@ func (p *Proxy) ServeDialing(ctx context.Context, pc net.PacketConn, ln net.List
 	return errors.Join(errs...)
 }
 
-// Listen opens UDP and TCP sockets on the same address (port 0 picks one for both).
+// Listen opens UDP and TCP sockets on the same address. With port 0 the UDP socket picks the
+// port, and another one is tried when that port is taken for TCP (up to 16 times).
 func Listen(addr string) (net.PacketConn, net.Listener, error) {
-	pc, err := net.ListenPacket("udp", addr)
+	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, nil, err
 	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	tries := 1
+	if port == "0" {
+		tries = 16
+	}
+	for i := 0; ; i++ {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
 		pc.Close()
-		return nil, nil, err
+		if i+1 >= tries {
+			return nil, nil, err
+		}
 	}
-	return pc, ln, nil
 }
