@@ -24,7 +24,7 @@ build: # static binaries: nothing under cmd/ needs cgo (filters.so is built by `
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
 
 # The four scenarios of manifests/examples end to end on loopback (xdsserver, two ztunnels,
-# the embedded waypoint, the demo apps); SCENARIO=handson|bookinfo-lite|demo-strict|traffic|jwt plays one.
+# the embedded waypoint, the demo apps); SCENARIO=handson|bookinfo-lite|demo-strict|traffic|jwt|egress|gateway-api plays one.
 SCENARIO ?= all
 demo:
 	$(GO) run ./cmd/meshctl demo --scenario $(SCENARIO)

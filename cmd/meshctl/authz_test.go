@@ -41,7 +41,7 @@ func TestAuthz(t *testing.T) {
 		{"missing -f", []string{"authz", "check", "--namespace", "x"}, 2, []string{"-f is required"}},
 		{"bad IP", []string{"authz", "check", "-f", l7, "--namespace", "x", "--source-ip", "nope"}, 2, []string{`--source-ip: "nope" is not an IP address`}},
 		{"no target", []string{"authz", "check", "-f", l7}, 2, []string{"--namespace (the destination workload's) or --waypoint is required"}},
-		{"lint the examples", []string{"authz", "lint", "-f", examples}, 0, []string{"11 AuthorizationPolicy, 1 PeerAuthentication and 1 RequestAuthentication valid, 0 errors"}},
+		{"lint the examples", []string{"authz", "lint", "-f", examples}, 0, []string{"12 AuthorizationPolicy, 1 PeerAuthentication and 1 RequestAuthentication valid, 0 errors"}},
 		{"lint invalid policies", []string{"authz", "lint", "-f", "../../policies/testdata/invalid.yaml"}, 1,
 			[]string{"error: ../../policies/testdata/invalid.yaml:9 (document 2): AuthorizationPolicy foo/sa-with-principals: spec.rules[0].from[0].source.serviceAccounts"}},
 		{"lint warns about HTTP attributes at ztunnel", []string{"authz", "lint", "-f", "../../policies/testdata/ztunnel/http-attributes.in.yaml"}, 0,

@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/goambient/goambient/ztunnel/accesslog"
+	"github.com/goambient/goambient/ztunnel/dnsproxy"
 	"github.com/goambient/goambient/ztunnel/hbone"
 	"github.com/goambient/goambient/ztunnel/identity"
 	"github.com/goambient/goambient/ztunnel/proxy"
@@ -56,6 +57,9 @@ func run(args []string) int {
 	metricsAddr := fs.String("metrics", "[::]:15020", "Prometheus listener (/metrics, /stats/prometheus)")
 	readyAddr := fs.String("readiness", "[::]:15021", "readiness listener (/healthz/ready)")
 	adminAddr := fs.String("admin", "127.0.0.1:15000", "admin listener (/config_dump, /debug/pprof/)")
+	dnsAddr := fs.String("dns-proxy", "", "DNS proxy listener, UDP and TCP (e.g. 127.0.0.1:15053; \"\" turns it off): answers mesh services and ServiceEntry hosts, forwards the rest to --resolv-conf's nameservers")
+	dnsCapture := fs.Bool("dns-capture", false, "namespace mode: serve the DNS proxy inside each pod on 127.0.0.1:15053, where istio-cni's DNS capture (ztunnel/netns.DNSRules) sends the pod's port 53")
+	resolvConf := fs.String("resolv-conf", "/etc/resolv.conf", "the node's resolvers: where the DNS proxy forwards and hostname workloads (ServiceEntry resolution DNS) are resolved")
 	var hboneLimits hbone.ServerConfig
 	fs.IntVar(&hboneLimits.MaxConnections, "hbone-max-connections", 0, "inbound HBONE: most connections served at once, more are closed when accepted (0: half the open-file limit, at most 65536)")
 	fs.IntVar(&hboneLimits.MaxConnectionsPerSource, "hbone-max-connections-per-source", 0, "inbound HBONE: the same per client IP (0: a quarter of the total, at most 1024)")
@@ -171,6 +175,39 @@ func run(args []string) int {
 		pods = podSet
 		defer podSet.Close() // after Shutdown (defers run last-in first-out)
 	}
+	var resolver proxy.HostResolver // nil: Go's resolver
+	upstreams, upErr := dnsproxy.ReadResolvConf(*resolvConf)
+	if upErr == nil {
+		if r, err := dnsproxy.NewResolver(dnsproxy.ResolverConfig{Upstreams: upstreams}); err == nil {
+			resolver = r
+		}
+	} else if *dnsAddr != "" || *dnsCapture {
+		log.Error("the DNS proxy needs upstream resolvers", "error", upErr.Error())
+		return 2
+	}
+	var podDNS proxy.DNSServer
+	if *dnsAddr != "" || *dnsCapture {
+		dp, err := dnsproxy.New(dnsproxy.Config{Store: store, Upstreams: upstreams, Logger: log})
+		if err != nil {
+			log.Error("dns proxy", "error", err.Error())
+			return 2
+		}
+		if *dnsCapture {
+			podDNS = dp
+		}
+		if *dnsAddr != "" {
+			pc, ln, err := dnsproxy.Listen(*dnsAddr)
+			if err != nil {
+				log.Error("dns proxy", "error", err.Error())
+				return 1
+			}
+			dnsCtx, stopDNS := context.WithCancel(ctx)
+			dnsDone := make(chan struct{})
+			go func() { defer close(dnsDone); dp.Serve(dnsCtx, pc, ln) }()
+			defer func() { stopDNS(); <-dnsDone }()
+			log.Info("listener established", "address", pc.LocalAddr().String(), "component", "dns_proxy", "upstreams", fmt.Sprint(upstreams))
+		}
+	}
 	offsetRule := proxy.AppOffsetRule(byte(*appOffset))
 	p, err := proxy.New(proxy.Config{
 		Logger: log, Node: *node, TrustDomain: *td, Store: store, Identity: idm,
@@ -182,6 +219,8 @@ func run(args []string) int {
 			return offsetRule(pod)
 		},
 		Ready:          loaded.Load,
+		Resolver:       resolver,
+		DNS:            podDNS,
 		DrainGrace:     *grace,
 		DisableBaggage: !*baggage,
 		HBONEServer:    hboneLimits,

@@ -32,6 +32,9 @@ type Set struct {
 	// Ingress Gateways' Secrets and ReferenceGrants (ingress.go).
 	Secrets         []*Secret
 	ReferenceGrants []*ReferenceGrant
+	// Egress (egress.go).
+	ServiceEntries  []*ServiceEntry
+	WorkloadEntries []*WorkloadEntry
 	// Rejected are the routing objects that could not be read (the model keeps their
 	// previous version, as a validating webhook would have refused them).
 	Rejected []ObjectKey
@@ -63,6 +66,8 @@ func (s *Set) Append(o *Set) {
 	s.DestinationRules = append(s.DestinationRules, o.DestinationRules...)
 	s.Secrets = append(s.Secrets, o.Secrets...)
 	s.ReferenceGrants = append(s.ReferenceGrants, o.ReferenceGrants...)
+	s.ServiceEntries = append(s.ServiceEntries, o.ServiceEntries...)
+	s.WorkloadEntries = append(s.WorkloadEntries, o.WorkloadEntries...)
 	s.Rejected = append(s.Rejected, o.Rejected...)
 }
 
@@ -70,7 +75,8 @@ func (s *Set) Append(o *Set) {
 func (s *Set) Len() int {
 	return len(s.Namespaces) + len(s.ServiceAccounts) + len(s.Services) + len(s.Pods) + len(s.EndpointSlices) +
 		len(s.Gateways) + len(s.GatewayClasses) + len(s.Nodes) + len(s.Policies.AuthorizationPolicies) + len(s.Policies.PeerAuthentications) +
-		len(s.HTTPRoutes) + len(s.VirtualServices) + len(s.DestinationRules) + len(s.Secrets) + len(s.ReferenceGrants)
+		len(s.HTTPRoutes) + len(s.VirtualServices) + len(s.DestinationRules) + len(s.Secrets) + len(s.ReferenceGrants) +
+		len(s.ServiceEntries) + len(s.WorkloadEntries)
 }
 
 // kinds maps "group/Kind" to the versions this package reads; other kinds are ignored.

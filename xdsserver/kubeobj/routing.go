@@ -84,6 +84,8 @@ func (s *Set) addRouting(d policies.Document, tm typeMeta, fail func(field, reas
 			return fail("spec", protoReason(err))
 		}
 		s.DestinationRules = append(s.DestinationRules, o)
+	default:
+		return s.addEgress(d, tm.Kind, tm.Metadata, spec, fail)
 	}
 	return nil
 }

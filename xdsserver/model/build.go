@@ -31,6 +31,7 @@ func Build(in *kubeobj.Set, cfg Config) (*Mesh, error) {
 		m: &Mesh{
 			ClusterID: cfg.ClusterID, ClusterDomain: cfg.ClusterDomain,
 			TrustDomain: cfg.TrustDomain, RootNamespace: cfg.RootNamespace,
+			OutboundTrafficPolicy: cfg.OutboundTrafficPolicy,
 		},
 		namespaces: map[string]*Namespace{},
 		classes:    map[string]*kubeobj.GatewayClass{},
@@ -56,6 +57,7 @@ func Build(in *kubeobj.Set, cfg Config) (*Mesh, error) {
 	b.selectServices(in.EndpointSlices)
 	b.buildPolicies(in.Policies)
 	b.buildMeshConfig(in.ConfigMaps)
+	b.buildEgress(in)
 	b.buildRouting(in)
 	b.buildIngress(in)
 	b.implicitNamespaces()

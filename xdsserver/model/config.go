@@ -39,6 +39,9 @@ type Config struct {
 	// the local demo), nobody writes the annotation: the model plays the node agent and
 	// enrolls pods from the istio.io/dataplane-mode labels as istio-cni would.
 	CaptureByNodeAgent bool
+	// OutboundTrafficPolicy is the mesh config's outboundTrafficPolicy.mode: ALLOW_ANY
+	// (Istio's default, used when empty) or REGISTRY_ONLY.
+	OutboundTrafficPolicy string
 }
 
 // Placement gives the ranges pod IPs and service VIPs are allocated from when the input has
@@ -61,6 +64,9 @@ const (
 	DefaultClusterID     = "Kubernetes"
 	DefaultClusterDomain = "cluster.local"
 	DefaultTrustDomain   = "cluster.local"
+
+	OutboundAllowAny     = "ALLOW_ANY"
+	OutboundRegistryOnly = "REGISTRY_ONLY"
 )
 
 // DefaultConfig is the configuration for a folder of YAML: Istio's defaults, DefaultPlacement,
@@ -75,6 +81,7 @@ func (c Config) WithDefaults() Config {
 	c.ClusterDomain = cmp.Or(c.ClusterDomain, DefaultClusterDomain)
 	c.TrustDomain = cmp.Or(c.TrustDomain, DefaultTrustDomain)
 	c.RootNamespace = cmp.Or(c.RootNamespace, "istio-system")
+	c.OutboundTrafficPolicy = cmp.Or(c.OutboundTrafficPolicy, OutboundAllowAny)
 	if !c.Placement.PodCIDR.IsValid() {
 		c.Placement.PodCIDR = DefaultPlacement.PodCIDR
 	}
@@ -99,6 +106,9 @@ func (c Config) Validate() error {
 	}
 	if !isTrustDomain(c.TrustDomain) {
 		return fmt.Errorf("trust domain %q is not valid", c.TrustDomain)
+	}
+	if c.OutboundTrafficPolicy != OutboundAllowAny && c.OutboundTrafficPolicy != OutboundRegistryOnly {
+		return fmt.Errorf("outboundTrafficPolicy mode %q is not ALLOW_ANY or REGISTRY_ONLY", c.OutboundTrafficPolicy)
 	}
 	if !isDNSLabel(c.RootNamespace) {
 		return fmt.Errorf("root namespace %q is not a valid name", c.RootNamespace)

@@ -66,7 +66,7 @@ func checkTrafficPolicy(c *checker, f string, p *networking.TrafficPolicy) {
 	checkConnectionPool(c, f+".connectionPool", p.GetConnectionPool())
 	checkLoadBalancer(c, f+".loadBalancer", p.GetLoadBalancer())
 	if p.GetTls() != nil {
-		c.warn(f+".tls", "TLS origination is not applied by this waypoint")
+		c.warn(f+".tls", "TLS origination is applied by waypoints toward ServiceEntry hosts only (egress), not to Services")
 	}
 	for i, pl := range p.GetPortLevelSettings() {
 		pf := idx(f+".portLevelSettings", i)
@@ -85,7 +85,7 @@ func checkTrafficPolicy(c *checker, f string, p *networking.TrafficPolicy) {
 		checkConnectionPool(c, pf+".connectionPool", pl.GetConnectionPool())
 		checkLoadBalancer(c, pf+".loadBalancer", pl.GetLoadBalancer())
 		if pl.GetTls() != nil {
-			c.warn(pf+".tls", "TLS origination is not applied by this waypoint")
+			c.warn(pf+".tls", "TLS origination is applied by waypoints toward ServiceEntry hosts only (egress), not to Services")
 		}
 	}
 	if p.GetTunnel() != nil {

@@ -130,7 +130,16 @@ func (r *Routing) For(s *Service) *ServiceRouting {
 	if r == nil || s == nil {
 		return nil
 	}
-	return r.Services[s.Key()]
+	return r.Services[RoutingKey(s)]
+}
+
+// RoutingKey is a Service's key in Routing.Services: "namespace/name" for a Kubernetes
+// Service, "ServiceEntry namespace/host" for a ServiceEntry's host.
+func RoutingKey(s *Service) string {
+	if s.Entry != nil {
+		return KindServiceEntry + " " + s.Namespace + "/" + s.Hostname
+	}
+	return s.Key()
 }
 
 // ServiceByHost returns the Service with that hostname, or nil.

@@ -180,6 +180,7 @@ func (bd *binder) bind() {
 			bd.precedence(s, sr)
 		}
 	}
+	bd.bindEntries()
 	bd.unused()
 }
 

@@ -62,9 +62,17 @@ type Mesh struct {
 	Services        []*Service  // including the Services of waypoints
 	Workloads       []*Workload // including the pods of waypoints
 	Waypoints       []*Waypoint
-	Policies        policies.Objects // valid AuthorizationPolicies and PeerAuthentications
-	Routing         *Routing         // VirtualServices, HTTPRoutes, DestinationRules (routing.go)
-	Ingress         *Ingress         // ingress Gateways (class istio) and their HTTPRoutes (ingress.go)
+	// ServiceEntries are the valid ServiceEntries (serviceentry.go); their Services are not in
+	// Services, and EntryWorkloads (their endpoints and the WorkloadEntries, by UID) are not
+	// in Workloads: both lists keep Kubernetes' one-object-per-name shape.
+	ServiceEntries []*ServiceEntry
+	EntryWorkloads []*Workload
+	// OutboundTrafficPolicy is the mesh config's outboundTrafficPolicy.mode (ALLOW_ANY or
+	// REGISTRY_ONLY); see the egress section of xdsserver/model/README.md for where it acts.
+	OutboundTrafficPolicy string
+	Policies              policies.Objects // valid AuthorizationPolicies and PeerAuthentications
+	Routing               *Routing         // VirtualServices, HTTPRoutes, DestinationRules (routing.go)
+	Ingress               *Ingress         // ingress Gateways (class istio) and their HTTPRoutes (ingress.go)
 	// MeshConfig is the istio ConfigMap's mesh config (extensionProviders); nil when none.
 	MeshConfig *meshconfig.Config
 
@@ -110,7 +118,11 @@ type Service struct {
 	Waypoint      *Waypoint // service traffic goes through this waypoint (nil: none)
 	WaypointOf    string    // "ns/name" of the waypoint whose own Service this is
 	Synthesized   bool      // made by the model (a waypoint's Service), not read
-	Origin        policies.Origin
+	// Entry is the ServiceEntry this Service is one host of (nil for a Kubernetes Service);
+	// CIDRs are its spec.addresses that are ranges, not single VIPs.
+	Entry  *ServiceEntry
+	CIDRs  []netip.Prefix
+	Origin policies.Origin
 }
 
 // ServicePort is one port of a Service.
@@ -148,7 +160,12 @@ type Workload struct {
 	Waypoint          *Waypoint         // workload traffic goes through this waypoint (nil: none)
 	WaypointOf        string            // "ns/name" of the waypoint this pod runs
 	Synthesized       bool              // made by the model (a waypoint's pod), not read
-	Origin            policies.Origin
+	// Kind is "" for a pod, WorkloadEntry or ServiceEntry (an endpoint of one) otherwise.
+	Kind     string
+	Hostname string // the DNS name ztunnels resolve, for an entry whose address is a name (IPs empty)
+	Network  string
+	Weight   uint32 // the endpoint's weight (0: default)
+	Origin   policies.Origin
 }
 
 // WorkloadService is a Service a workload is behind, with the ports resolved for that workload.
@@ -224,6 +241,9 @@ type LBMode string
 const (
 	LBStrict   LBMode = "STRICT"
 	LBFailover LBMode = "FAILOVER"
+	// LBPassthrough sends a connection to the address the client used (ServiceEntry
+	// resolution NONE).
+	LBPassthrough LBMode = "PASSTHROUGH"
 )
 
 // Key is "namespace/name".

@@ -252,7 +252,7 @@ func (m *Mesh) Validate() error {
 			errs = append(errs, fmt.Errorf("Pod %s: waypoint %s is not in the mesh", w.Key(), w.Waypoint.Key()))
 		}
 		for _, s := range w.Services {
-			if s.Service != nil && m.Service(s.Service.Namespace, s.Service.Name) != s.Service {
+			if s.Service != nil && s.Service.Entry == nil && m.Service(s.Service.Namespace, s.Service.Name) != s.Service {
 				errs = append(errs, fmt.Errorf("Pod %s: Service %s is not in the mesh", w.Key(), s.Service.Key()))
 			}
 		}

@@ -121,7 +121,11 @@ func internalEndpoint(addr interface{ String() string }, healthy bool) *endpoint
 // authzconfig.FilterName (the contract other readers use).
 func serviceRoute(rc routeCtx, ecds string) (*route.RouteConfiguration, error) {
 	sp := rc.sp
-	ac, err := authzconfig.EncodeRoute(&authzconfig.Route{Service: sp.svc.Name, ServiceNamespace: sp.svc.Namespace})
+	ar := &authzconfig.Route{Service: sp.svc.Name, ServiceNamespace: sp.svc.Namespace}
+	if sp.svc.Entry != nil {
+		ar.Kind = policies.KindServiceEntry // a ServiceEntry host: ServiceEntry targetRefs apply (egress.go)
+	}
+	ac, err := authzconfig.EncodeRoute(ar)
 	if err == nil {
 		ac, err = repack(ac)
 	}
@@ -170,7 +174,7 @@ func extensionConfig(mesh *model.Mesh, w *model.Waypoint, name string) (*core.Ty
 
 // Applicable lists the AuthorizationPolicies that can apply at waypoint w: those whose
 // targetRefs name its Gateway (in its namespace), its GatewayClass (from the root namespace),
-// or a Service bound to it (in the Service's namespace). Selector policies apply to workloads
+// or a Service or ServiceEntry bound to it (in its namespace). Selector policies apply to workloads
 // (enforced by ztunnel), not to waypoints.
 func Applicable(mesh *model.Mesh, w *model.Waypoint) []*policies.AuthorizationPolicy {
 	bound := map[string]bool{}
@@ -179,6 +183,7 @@ func Applicable(mesh *model.Mesh, w *model.Waypoint) []*policies.AuthorizationPo
 			bound[s.Key()] = true
 		}
 	}
+	boundEntries := entriesBound(mesh, w)
 	root := mesh.RootNamespace
 	if root == "" {
 		root = "istio-system"
@@ -201,6 +206,8 @@ func Applicable(mesh *model.Mesh, w *model.Waypoint) []*policies.AuthorizationPo
 				applies = ref.GetGroup() == "gateway.networking.k8s.io" && ap.Namespace == root && ref.GetName() == w.Class
 			case "Service":
 				applies = (ref.GetGroup() == "" || ref.GetGroup() == "core") && bound[ap.Namespace+"/"+ref.GetName()]
+			case "ServiceEntry":
+				applies = ref.GetGroup() == "networking.istio.io" && boundEntries[ap.Namespace+"/"+ref.GetName()]
 			}
 			if applies {
 				out = append(out, ap)

@@ -173,6 +173,7 @@ func translateWaypoint(mesh *model.Mesh, w *model.Waypoint, opts Options, r *Res
 			ports = append(ports, sp)
 		}
 	}
+	ports = append(ports, entryPorts(mesh, w, r)...) // egress (egress.go)
 	ecds := ExtensionConfigName(w.Namespace, w.Name)
 
 	out.Listeners = []*listener.Listener{
@@ -189,6 +190,18 @@ func translateWaypoint(mesh *model.Mesh, w *model.Waypoint, opts Options, r *Res
 			continue
 		}
 		out.Routes = append(out.Routes, rc)
+		if sp.svc.Entry != nil {
+			c, cla, err := entryCluster(mesh, sp)
+			if err != nil {
+				r.warn(w, "ServiceEntry "+sp.svc.Entry.Key()+" host "+sp.svc.Hostname, "port %d: %v: its cluster has no endpoint", sp.port.Port, err)
+				c, cla = upstreamCluster(sp, upstream{name: sp.name}), &endpoint.ClusterLoadAssignment{ClusterName: sp.name}
+			}
+			out.Clusters = append(out.Clusters, c)
+			if cla != nil {
+				out.Endpoints = append(out.Endpoints, cla)
+			}
+			continue
+		}
 		for _, u := range upstreams(mesh, sp) {
 			out.Clusters = append(out.Clusters, upstreamCluster(sp, u))
 			out.Endpoints = append(out.Endpoints, upstreamEndpoints(mesh, sp, u))

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 	"istio.io/istio/pkg/workloadapi"
 	"istio.io/istio/pkg/workloadapi/security"
 
@@ -45,10 +46,18 @@ func Translate(m *model.Mesh, opts Options) *Resources {
 	for _, w := range m.Workloads {
 		r.Addresses = append(r.Addresses, &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: Workload(m, w, z, opts)}})
 	}
+	for _, w := range m.EntryWorkloads {
+		r.Addresses = append(r.Addresses, &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: Workload(m, w, z, opts)}})
+	}
 	slices.SortStableFunc(r.Addresses, func(a, b *workloadapi.Address) int { return cmp.Compare(AddressName(a), AddressName(b)) })
 	var services []*workloadapi.Address
 	for _, s := range m.Services {
 		services = append(services, &workloadapi.Address{Type: &workloadapi.Address_Service{Service: Service(s, opts)}})
+	}
+	for _, se := range m.ServiceEntries {
+		for _, s := range se.Services {
+			services = append(services, &workloadapi.Address{Type: &workloadapi.Address_Service{Service: Service(s, opts)}})
+		}
 	}
 	slices.SortStableFunc(services, func(a, b *workloadapi.Address) int { return cmp.Compare(AddressName(a), AddressName(b)) })
 	r.Addresses = append(r.Addresses, services...)
@@ -88,6 +97,10 @@ func Workload(m *model.Mesh, w *model.Workload, z *policies.Ztunnel, opts Option
 	if w.HostNetwork {
 		out.NetworkMode = workloadapi.NetworkMode_HOST_NETWORK
 	}
+	out.Hostname, out.Network = w.Hostname, w.Network
+	if w.Weight > 0 {
+		out.Capacity = wrapperspb.UInt32(w.Weight)
+	}
 	if z != nil {
 		out.AuthorizationPolicies = z.WorkloadPolicies(w.Namespace, w.Labels)
 	}
@@ -117,6 +130,13 @@ func Service(s *model.Service, opts Options) *workloadapi.Service {
 	}
 	for _, ip := range s.VIPs {
 		out.Addresses = append(out.Addresses, &workloadapi.NetworkAddress{Network: "", Address: ip.AsSlice()})
+	}
+	for _, p := range s.CIDRs {
+		out.Addresses = append(out.Addresses, &workloadapi.NetworkAddress{Network: "", Address: p.Addr().AsSlice(), Length: proto.Uint32(uint32(p.Bits()))})
+	}
+	if s.Entry != nil {
+		// As istiod's constructServiceEntries: not canonical, with the ServiceEntry's SANs.
+		out.Canonical, out.SubjectAltNames = false, s.Entry.SubjectAltNames
 	}
 	for _, p := range s.Ports {
 		out.Ports = append(out.Ports, &workloadapi.Port{ServicePort: p.Port, TargetPort: p.TargetPort, AppProtocol: appProtocol(p.Protocol())})

@@ -1,10 +1,13 @@
 package proxy
 
 import (
+	"context"
 	"log/slog"
+	"net"
 	"net/netip"
 	"time"
 
+	"github.com/goambient/goambient/ztunnel/dnsproxy"
 	"github.com/goambient/goambient/ztunnel/hbone"
 	"github.com/goambient/goambient/ztunnel/identity"
 	"github.com/goambient/goambient/ztunnel/metrics"
@@ -54,12 +57,27 @@ type Config struct {
 
 	// Ready, when set, must also be true for /healthz/ready (e.g. "the state file was loaded").
 	Ready func() bool
+	// DNS, in namespace mode, is served inside each pod's namespace on 127.0.0.1:15053 (UDP and
+	// TCP), where istio-cni's DNS capture redirects the pod's queries (ztunnel/netns.DNSRules);
+	// its upstream queries leave from the pod's namespace with ztunnel's mark. nil: none.
+	DNS DNSServer
+	// Resolver resolves hostname workloads (ServiceEntry resolution DNS) when a connection goes
+	// to one; nil: Go's resolver, uncached.
+	Resolver HostResolver
 	// DrainGrace is how long open connections get after Shutdown starts (default 5s).
 	DrainGrace time.Duration
 	// DisableBaggage turns off the baggage header on outbound CONNECTs and in inbound answers,
 	// and reading the peer's (Istio's ztunnel always sends it outbound; its
 	// ENABLE_RESPONSE_BAGGAGE=false turns off the rest). For measuring what it costs.
 	DisableBaggage bool
+}
+
+// PortDNS is Istio's in-pod DNS capture port.
+const PortDNS = 15053
+
+// DNSServer is a DNS proxy served on a pod's sockets (ztunnel/dnsproxy.Proxy).
+type DNSServer interface {
+	ServeDialing(ctx context.Context, pc net.PacketConn, ln net.Listener, dial dnsproxy.Dial) error
 }
 
 // Listen holds the listen addresses; an empty one turns that listener off.

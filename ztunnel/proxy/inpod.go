@@ -36,9 +36,10 @@ type Netns interface {
 
 // inpodPod is one pod served in namespace mode.
 type inpodPod struct {
-	ns     Netns
-	client *hbone.Client // HBONE from inside the pod: the pool is the pod's, as Istio's
-	keys   []string      // its listeners in Proxy.listeners
+	ns      Netns
+	client  *hbone.Client // HBONE from inside the pod: the pool is the pod's, as Istio's
+	keys    []string      // its listeners in Proxy.listeners
+	stopDNS func()        // stops its DNS proxy (nil: none)
 }
 
 // reconcileNamespaces opens the three listeners of each local workload that has a namespace
@@ -153,6 +154,10 @@ func (p *Proxy) openPod(key string, ip netip.Addr, ns Netns) (*inpodPod, error) 
 		p.log.Info("listener established", "address", l.addr.String(), "component", l.name, "scope", "inpod", "pod", ip.String())
 		p.goServe(l.serve, ln)
 	}
+	if err := p.openPodDNS(key, pod, loop); err != nil {
+		p.dropPod(key, pod)
+		return nil, err
+	}
 	return pod, nil
 }
 
@@ -176,6 +181,9 @@ func (p *Proxy) dropPod(key string, pod *inpodPod) {
 		}
 	}
 	pod.client.Close()
+	if pod.stopDNS != nil {
+		pod.stopDNS()
+	}
 	delete(p.inpod, key)
 	p.log.Info("listeners closed", "scope", "inpod", "pod", key)
 }
@@ -186,6 +194,9 @@ func (p *Proxy) closePods() {
 	defer p.mu.Unlock()
 	for _, pod := range p.inpod {
 		pod.client.Close()
+		if pod.stopDNS != nil {
+			pod.stopDNS()
+		}
 	}
 }
 

@@ -78,6 +78,9 @@ func (p *Proxy) serveSOCKS5(ctx context.Context, req *socks5.Request) error {
 		return socks5.WithReply(socks5.ReplyHostUnreachable, err)
 	}
 	if !route.HBONE() {
+		if route, err = p.resolveRoute(ctx, route, dst); err != nil {
+			return socks5.WithReply(socks5.ReplyHostUnreachable, err)
+		}
 		var d net.Dialer
 		up, err := d.DialContext(ctx, "tcp", route.Dial.String())
 		if err != nil {
@@ -104,7 +107,11 @@ func (p *Proxy) serveSOCKS5(ctx context.Context, req *socks5.Request) error {
 // outbound opens the route's upstream for client and relays; it closes client.
 func (p *Proxy) outbound(ctx context.Context, st *state.State, client net.Conn, from netip.AddrPort, src *workloadapi.Workload, dst netip.AddrPort, route state.Route) {
 	start := time.Now()
-	up, err := p.dialRoute(ctx, st, from, src, route)
+	route, err := p.resolveRoute(ctx, route, dst)
+	var up net.Conn
+	if err == nil {
+		up, err = p.dialRoute(ctx, st, from, src, route)
+	}
 	if err != nil {
 		client.Close()
 		e := p.outboundEntry(st, from, src, dst, route)

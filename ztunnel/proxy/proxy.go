@@ -34,6 +34,7 @@ type Proxy struct {
 	earlyLog *slog.Logger
 	metrics  *metrics.Metrics
 	appAddr  func(netip.AddrPort) netip.AddrPort
+	resolver HostResolver
 	td       spiffeid.TrustDomain
 
 	client *hbone.Client
@@ -68,6 +69,7 @@ func New(cfg Config) (*Proxy, error) {
 		log:       cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler)),
 		metrics:   cfg.Metrics,
 		appAddr:   cfg.AppAddr,
+		resolver:  cfg.Resolver,
 		td:        td,
 		listeners: map[string]net.Listener{},
 		open:      map[*inboundConn]struct{}{},
@@ -77,6 +79,9 @@ func New(cfg Config) (*Proxy, error) {
 		p.metrics = metrics.New()
 	}
 	p.earlyLog = slog.New(lograte.NewHandler(p.log.Handler(), cmp.Or(cfg.HBONEServer.FailureLogsPerSecond, hbone.DefaultFailureLogsPerSecond)))
+	if p.resolver == nil {
+		p.resolver = systemResolver{}
+	}
 	if p.appAddr == nil {
 		p.appAddr = AppOffsetRule(DefaultAppOffset)
 	}

@@ -59,6 +59,9 @@ type Route struct {
 	Service *workloadapi.Service
 	// Waypoint is the waypoint workload the connection goes through, for the waypoint kinds.
 	Waypoint *workloadapi.Workload
+	// Hostname, for a Passthrough to an endpoint that has a DNS name instead of an address
+	// (ServiceEntry resolution DNS), is the name to resolve; Dial then has only the port.
+	Hostname string
 }
 
 // HBONE says whether the route tunnels the connection.
@@ -118,7 +121,7 @@ func (s *State) Waypoint(gw *workloadapi.GatewayAddress) (Waypoint, error) {
 func (s *State) Route(dst netip.AddrPort, src *workloadapi.Workload) (Route, error) {
 	ip, port := dst.Addr().Unmap(), dst.Port()
 	dst = netip.AddrPortFrom(ip, port)
-	if sv := s.byVIP[ip]; sv != nil {
+	if sv := s.serviceAt(ip); sv != nil {
 		r := Route{Service: sv.s}
 		if sv.waypoint != nil && !fromWaypoint(src, sv.waypoint) {
 			return s.viaWaypoint(r, ToServiceWaypoint, sv.waypoint, dst, src)
@@ -126,6 +129,9 @@ func (s *State) Route(dst netip.AddrPort, src *workloadapi.Workload) (Route, err
 		if sv.s.GetLoadBalancing().GetMode() == workloadapi.LoadBalancing_PASSTHROUGH {
 			r.Dial = dst
 			return r, nil
+		}
+		if len(sv.eps) == 0 && len(sv.hostEps) > 0 {
+			return s.viaHostname(r, sv, port)
 		}
 		ep, ok := s.pickEndpoint(sv, src)
 		if !ok {
@@ -146,6 +152,19 @@ func (s *State) Route(dst netip.AddrPort, src *workloadapi.Workload) (Route, err
 		return direct(r, wl, ip, port, nil), nil
 	}
 	return Route{Kind: Passthrough, Dial: dst}, nil
+}
+
+// viaHostname sends to one of a service's hostname endpoints (round robin), as ztunnel does
+// for a DNS ServiceEntry: plain TCP to the name, resolved when dialled, at the target port.
+func (s *State) viaHostname(r Route, sv *svcEntry, port uint16) (Route, error) {
+	ep := sv.hostEps[s.pick(sv, len(sv.hostEps))]
+	target, ok := sv.targetPort(ep.w, port)
+	if !ok {
+		target = port
+	}
+	r.Kind, r.Workload, r.Hostname = Passthrough, ep.w, ep.w.GetHostname()
+	r.Dial = netip.AddrPortFrom(netip.Addr{}, target)
+	return r, nil
 }
 
 // direct sends to a pod: HBONE when it speaks it, plain TCP otherwise.

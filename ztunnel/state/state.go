@@ -84,6 +84,7 @@ type State struct {
 	services  map[string]*svcEntry // "ns/hostname"
 	svcOf     map[*workloadapi.Service]*svcEntry
 	byVIP     map[netip.Addr]*svcEntry
+	byCIDR    []cidrEntry             // services whose address has a length (ServiceEntry CIDRs), longest first
 	byShort   map[shortName]*svcEntry // {name, ns} of "name.ns.svc.<cluster domain>" hostnames
 	byHost    map[string][]*svcEntry  // every hostname
 	authz     map[string]*security.Authorization
@@ -92,6 +93,11 @@ type State struct {
 }
 
 type shortName struct{ name, ns string }
+
+type cidrEntry struct {
+	prefix netip.Prefix
+	svc    *svcEntry
+}
 
 type wlEntry struct {
 	w        *workloadapi.Workload
@@ -107,6 +113,7 @@ type svcEntry struct {
 	vips     []netip.Addr
 	ports    map[uint16]uint16       // service port → target port (0: the same)
 	eps      []*wlEntry              // routable endpoints (HEALTHY unless ALLOW_ALL), by uid, with an address
+	hostEps  []*wlEntry              // routable endpoints with a hostname and no address (resolved when dialled)
 	epWLs    []*workloadapi.Workload // the same workloads
 	sans     []string
 	waypoint *target       // resolved Service.waypoint
@@ -219,6 +226,19 @@ func New(r Resources, opts ...Option) (*State, error) {
 				continue
 			}
 			ip = ip.Unmap()
+			if a.Length != nil {
+				pfx, err := ip.Prefix(int(a.GetLength()))
+				if err != nil || a.GetLength() == 0 {
+					fail("services", i, fmt.Sprintf(".addresses[%d].length", j), "%d is not a prefix length of %s", a.GetLength(), ip)
+					continue
+				}
+				if pfx.IsSingleIP() {
+					ip = pfx.Addr()
+				} else {
+					s.byCIDR = append(s.byCIDR, cidrEntry{prefix: pfx, svc: e})
+					continue
+				}
+			}
 			if prev, dup := ipOwner[ip]; dup {
 				fail("services", i, fmt.Sprintf(".addresses[%d].address", j), "%s is already the address of %s", ip, prev)
 				continue
@@ -272,10 +292,14 @@ func New(r Resources, opts ...Option) (*State, error) {
 		e := s.wlOf[w]
 		for key := range w.GetServices() {
 			sv := s.services[key]
-			if sv == nil || len(e.addrs) == 0 {
+			if sv == nil || (len(e.addrs) == 0 && w.GetHostname() == "") {
 				continue
 			}
 			if w.GetStatus() != workloadapi.WorkloadStatus_HEALTHY && sv.s.GetLoadBalancing().GetHealthPolicy() != workloadapi.LoadBalancing_ALLOW_ALL {
+				continue
+			}
+			if len(e.addrs) == 0 {
+				sv.hostEps = append(sv.hostEps, e)
 				continue
 			}
 			sv.eps = append(sv.eps, e)
@@ -296,6 +320,7 @@ func New(r Resources, opts ...Option) (*State, error) {
 			e.waypoint = s.resolve(gw)
 		}
 	}
+	slices.SortStableFunc(s.byCIDR, func(a, b cidrEntry) int { return b.prefix.Bits() - a.prefix.Bits() })
 	s.engine = l4.Compile(s.res.Authorizations)
 	return s, nil
 }
@@ -406,10 +431,38 @@ func (s *State) Service(key string) *workloadapi.Service {
 
 // ServiceByVIP returns the service that has this virtual IP, or nil.
 func (s *State) ServiceByVIP(ip netip.Addr) *workloadapi.Service {
-	if e := s.byVIP[ip.Unmap()]; e != nil {
+	if e := s.serviceAt(ip.Unmap()); e != nil {
 		return e.s
 	}
 	return nil
+}
+
+// serviceAt is the service whose VIP is ip, else the one whose CIDR (a ServiceEntry's address
+// range) holds it, the longest prefix first.
+func (s *State) serviceAt(ip netip.Addr) *svcEntry {
+	if e := s.byVIP[ip]; e != nil {
+		return e
+	}
+	for _, c := range s.byCIDR {
+		if c.prefix.Contains(ip) {
+			return c.svc
+		}
+	}
+	return nil
+}
+
+// HostnameEndpoints returns the routable endpoints of a service that have a hostname for the
+// ztunnel to resolve instead of an address (ServiceEntry resolution DNS). Do not modify.
+func (s *State) HostnameEndpoints(sv *workloadapi.Service) []*workloadapi.Workload {
+	e := s.svcEntry(sv)
+	if e == nil {
+		return nil
+	}
+	out := make([]*workloadapi.Workload, 0, len(e.hostEps))
+	for _, h := range e.hostEps {
+		out = append(out, h.w)
+	}
+	return out
 }
 
 // VIPs returns a service's virtual IPs, parsed. Do not modify the result.

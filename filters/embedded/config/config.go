@@ -438,7 +438,7 @@ func (s *Store) compileClusters(cs map[string]*cluster.Cluster, eps map[string]*
 	var errs []error
 	for _, name := range sortedKeys(cs) {
 		c := cs[name]
-		if c.GetType() != cluster.Cluster_EDS {
+		if c.GetType() != cluster.Cluster_EDS && c.GetType() != cluster.Cluster_STRICT_DNS && c.GetType() != cluster.Cluster_LOGICAL_DNS {
 			continue
 		}
 		svc := c.GetEdsClusterConfig().GetServiceName()

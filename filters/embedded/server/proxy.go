@@ -175,6 +175,9 @@ func (x *exchange) try(ctx context.Context, c *upstream.Cluster, h *upstream.Hos
 func (x *exchange) tryOnce(ctx context.Context, c *upstream.Cluster, h *upstream.Host, out *http.Request, mayRedo bool) attempt {
 	at := attempt{h: h}
 	x.e.UpstreamHost = x.hostName(h)
+	if c.Direct {
+		x.e.UpstreamHost = h.Addr.String() // outside the mesh: the address itself, as Envoy logs it
+	}
 	conn, err := c.Acquire(ctx, h, x.st.src.String(), x.dialer(c))
 	if err != nil {
 		switch {
@@ -329,6 +332,9 @@ func (x *exchange) hostName(h *upstream.Host) string {
 // original source in forwarded; plain TCP to a pod outside the mesh.
 func (x *exchange) dialer(c *upstream.Cluster) upstream.Dialer {
 	return func(ctx context.Context, h *upstream.Host) (net.Conn, error) {
+		if c.Direct {
+			return dialDirect(ctx, c, h)
+		}
 		st := x.snap.State
 		w := st.WorkloadByIP(h.Addr.Addr())
 		if w != nil && w.GetTunnelProtocol() != workloadapi.TunnelProtocol_HBONE {

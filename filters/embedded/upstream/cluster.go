@@ -2,6 +2,7 @@
 package upstream
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -40,8 +41,12 @@ type Cluster struct {
 	Outlier        *Outlier // nil: no outlier detection
 	PanicThreshold float64  // percent of healthy hosts under which every host is used
 	HTTP2          bool     // the upstream speaks HTTP/2 (not served by the embedded waypoint)
-	Hosts          []*Host
-	st             *clusterState
+	// Direct: the endpoints are outside the mesh (socket addresses: an egress waypoint's
+	// ServiceEntry), reached in plain TCP, or TLS originated with TLS (direct.go).
+	Direct bool
+	TLS    *tls.Config
+	Hosts  []*Host
+	st     *clusterState
 }
 
 // Limits are the circuit breakers (Envoy's default thresholds when not configured).
@@ -110,8 +115,23 @@ func (m *Manager) state(name string) *clusterState {
 func (m *Manager) Compile(c *cluster.Cluster, cla *endpoint.ClusterLoadAssignment) (*Cluster, error) {
 	out := &Cluster{Name: c.GetName(), ConnectTimeout: 5 * time.Second, PanicThreshold: 50, st: m.state(c.GetName()),
 		Limits: Limits{MaxConnections: 1024, MaxPendingRequests: 1024, MaxRequests: 1024, MaxRetries: 3}}
-	if c.GetType() != cluster.Cluster_EDS {
-		return nil, fmt.Errorf("cluster %s: type %s, want EDS", c.GetName(), c.GetType())
+	if c.GetType() != cluster.Cluster_EDS && !isDNS(c) {
+		return nil, fmt.Errorf("cluster %s: type %s, want EDS, STRICT_DNS or LOGICAL_DNS", c.GetName(), c.GetType())
+	}
+	if isDNS(c) {
+		cla = c.GetLoadAssignment()
+	}
+	if cla != nil {
+		direct, found, err := socketEndpoints(c.GetName(), cla, isDNS(c))
+		if err != nil {
+			return nil, err
+		}
+		if found {
+			cla, out.Direct = direct, true
+			if out.TLS, err = originTLS(c); err != nil {
+				return nil, err
+			}
+		}
 	}
 	switch c.GetLbPolicy() {
 	case cluster.Cluster_LEAST_REQUEST:

@@ -97,6 +97,7 @@ type listers struct {
 	authorizationPolicies, peerAuthentications                         cache.Store
 	gateways, gatewayClasses                                           cache.Store
 	virtualServices, destinationRules, httpRoutes                      cache.Store // routing.go
+	serviceEntries, workloadEntries                                    cache.Store // routing.go
 	secrets, referenceGrants                                           cache.Store // ingress.go
 	requestAuthentications, meshConfig                                 cache.Store // authn.go
 }
@@ -152,9 +153,10 @@ func (s *Source) Run(ctx context.Context, push func(*model.Mesh)) error {
 		peerAuthentications:   informers["PeerAuthentication"].GetStore(),
 		gateways:              informers["Gateway"].GetStore(), gatewayClasses: informers["GatewayClass"].GetStore(),
 		virtualServices: informers["VirtualService"].GetStore(), destinationRules: informers["DestinationRule"].GetStore(),
-		httpRoutes: informers["HTTPRoute"].GetStore(),
-		nodes:      informers["Node"].GetStore(),
-		secrets:    informers["Secret"].GetStore(), referenceGrants: informers["ReferenceGrant"].GetStore(),
+		httpRoutes:     informers["HTTPRoute"].GetStore(),
+		serviceEntries: informers["ServiceEntry"].GetStore(), workloadEntries: informers["WorkloadEntry"].GetStore(),
+		nodes:   informers["Node"].GetStore(),
+		secrets: informers["Secret"].GetStore(), referenceGrants: informers["ReferenceGrant"].GetStore(),
 		requestAuthentications: informers["RequestAuthentication"].GetStore(),
 		meshConfig:             informers["ConfigMap"].GetStore(),
 	}

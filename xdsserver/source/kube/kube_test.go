@@ -98,6 +98,10 @@ func objects(t *testing.T, paths ...string) (kube, istio, gw []runtime.Object) {
 				obj = &networkingclient.VirtualService{}
 			case "DestinationRule":
 				obj = &networkingclient.DestinationRule{}
+			case "ServiceEntry":
+				obj = &networkingclient.ServiceEntry{}
+			case "WorkloadEntry":
+				obj = &networkingclient.WorkloadEntry{}
 			case "":
 				continue
 			default:
@@ -114,7 +118,8 @@ func objects(t *testing.T, paths ...string) (kube, istio, gw []runtime.Object) {
 				}
 				namespaces[o.Name] = o
 				kube = append(kube, o)
-			case *securityclient.AuthorizationPolicy, *securityclient.PeerAuthentication, *securityclient.RequestAuthentication, *networkingclient.VirtualService, *networkingclient.DestinationRule:
+			case *securityclient.AuthorizationPolicy, *securityclient.PeerAuthentication, *securityclient.RequestAuthentication, *networkingclient.VirtualService, *networkingclient.DestinationRule,
+				*networkingclient.ServiceEntry, *networkingclient.WorkloadEntry:
 				if m, ok := obj.(metav1.Object); ok && m.GetNamespace() == "" {
 					m.SetNamespace("default") // kubectl's default namespace
 				}
@@ -139,7 +144,7 @@ type cluster struct {
 	written chan struct{} // a status write was stored
 }
 
-const informerCount = 15
+const informerCount = 17
 
 func newCluster(kube, istio, gw []runtime.Object) *cluster {
 	c := &cluster{
@@ -319,6 +324,7 @@ func TestSameAsFiles(t *testing.T) {
 		{"traffic-canary", []string{"traffic/mesh.yaml", "traffic/waypoint.yaml", "traffic/destination-rule.yaml", "traffic/virtual-service-canary.yaml"}},
 		{"traffic-delay", []string{"traffic/mesh.yaml", "traffic/waypoint.yaml", "traffic/virtual-service-delay.yaml"}},
 		{"jwt", []string{"jwt/mesh.yaml", "jwt/request-authentication.yaml", "jwt/require-jwt.yaml", "jwt/mesh-config.yaml", "jwt/custom-admin.yaml"}},
+		{"egress", []string{"egress/mesh.yaml", "egress/service-entry.yaml"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var paths []string
@@ -362,6 +368,32 @@ func TestSameAsFiles(t *testing.T) {
 					len(want.Workloads), len(want.Services), len(want.Waypoints), len(want.Policies.AuthorizationPolicies), len(want.Policies.PeerAuthentications))
 			}
 		})
+	}
+}
+
+// TestServiceEntryStatus: a ServiceEntry's VIPs are the ones istiod's allocator wrote to its
+// status, and a WorkloadEntry becomes a workload, read through the informers.
+func TestServiceEntryStatus(t *testing.T) {
+	se := &networkingclient.ServiceEntry{}
+	if err := yaml.UnmarshalStrict([]byte(`
+metadata: {name: api, namespace: default}
+spec: {hosts: [api.example.com], resolution: DNS, ports: [{name: http, number: 80, protocol: HTTP}]}
+status: {addresses: [{host: api.example.com, value: 240.240.3.4}]}`), se); err != nil {
+		t.Fatal(err)
+	}
+	we := &networkingclient.WorkloadEntry{}
+	if err := yaml.UnmarshalStrict([]byte(`
+metadata: {name: vm, namespace: default}
+spec: {address: 10.200.0.9, serviceAccount: vm}`), we); err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, newCluster(nil, []runtime.Object{se, we}, nil), Options{})
+	m := r.wait("the ServiceEntry and the WorkloadEntry", func(m *model.Mesh) bool { return len(m.ServiceEntries) == 1 && len(m.EntryWorkloads) == 2 })
+	if vips := m.ServiceEntries[0].Services[0].VIPs; len(vips) != 1 || vips[0].String() != "240.240.3.4" {
+		t.Errorf("VIPs %v, want the status's 240.240.3.4", vips)
+	}
+	if w := m.EntryWorkloads[1]; w.Kind != model.KindWorkloadEntry || w.ServiceAccount != "vm" || len(w.IPs) != 1 {
+		t.Errorf("WorkloadEntry workload %+v", w)
 	}
 }
 

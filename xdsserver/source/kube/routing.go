@@ -15,12 +15,15 @@ import (
 
 // routingInformers are the informers of the routing kinds a waypoint applies: VirtualServices
 // and DestinationRules (networking.istio.io/v1, which serves v1beta1 and v1alpha3 objects too)
-// and HTTPRoutes (gateway.networking.k8s.io/v1).
+// and HTTPRoutes (gateway.networking.k8s.io/v1); and of the egress kinds, ServiceEntries and
+// WorkloadEntries (networking.istio.io/v1).
 func routingInformers(isf istioinformers.SharedInformerFactory, gf gwinformers.SharedInformerFactory) map[string]cache.SharedIndexInformer {
 	return map[string]cache.SharedIndexInformer{
 		"VirtualService":  isf.Networking().V1().VirtualServices().Informer(),
 		"DestinationRule": isf.Networking().V1().DestinationRules().Informer(),
 		"HTTPRoute":       gf.Gateway().V1().HTTPRoutes().Informer(),
+		"ServiceEntry":    isf.Networking().V1().ServiceEntries().Informer(),
+		"WorkloadEntry":   isf.Networking().V1().WorkloadEntries().Informer(),
 	}
 }
 
@@ -60,6 +63,28 @@ func convertHTTPRoute(src any) (any, []error) {
 	return &kubeobj.HTTPRoute{Metadata: objectMeta(o), Spec: o.Spec, Origin: Origin}, nil
 }
 
+// convertServiceEntry keeps the addresses istiod's IP allocator wrote to the status, which the
+// model reuses as istiod does.
+func convertServiceEntry(src any) (any, []error) {
+	o, ok := src.(*networkingclient.ServiceEntry)
+	if !ok {
+		return nil, nil
+	}
+	se := &kubeobj.ServiceEntry{Metadata: objectMeta(o), Spec: &o.Spec, Origin: Origin}
+	for _, a := range o.Status.GetAddresses() {
+		se.Status = append(se.Status, kubeobj.ServiceEntryAddress{Value: a.GetValue(), Host: a.GetHost()})
+	}
+	return se, nil
+}
+
+func convertWorkloadEntry(src any) (any, []error) {
+	o, ok := src.(*networkingclient.WorkloadEntry)
+	if !ok {
+		return nil, nil
+	}
+	return &kubeobj.WorkloadEntry{Metadata: objectMeta(o), Spec: &o.Spec, Origin: Origin}, nil
+}
+
 // eachRouting converts the routing kinds into set.
 func (c *converter) eachRouting(l *listers, each func(kind string, store cache.Store, conv func(any) (any, []error), add func(any)), set *kubeobj.Set) {
 	each("VirtualService", l.virtualServices, convertVirtualService,
@@ -68,4 +93,8 @@ func (c *converter) eachRouting(l *listers, each func(kind string, store cache.S
 		func(o any) { set.DestinationRules = append(set.DestinationRules, o.(*kubeobj.DestinationRule)) })
 	each("HTTPRoute", l.httpRoutes, convertHTTPRoute,
 		func(o any) { set.HTTPRoutes = append(set.HTTPRoutes, o.(*kubeobj.HTTPRoute)) })
+	each("ServiceEntry", l.serviceEntries, convertServiceEntry,
+		func(o any) { set.ServiceEntries = append(set.ServiceEntries, o.(*kubeobj.ServiceEntry)) })
+	each("WorkloadEntry", l.workloadEntries, convertWorkloadEntry,
+		func(o any) { set.WorkloadEntries = append(set.WorkloadEntries, o.(*kubeobj.WorkloadEntry)) })
 }

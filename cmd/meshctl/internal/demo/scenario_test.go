@@ -23,7 +23,7 @@ var notChecked = map[string]string{
 
 func TestScenariosLoad(t *testing.T) {
 	names := Names()
-	if !slices.Equal(names, []string{"bookinfo-lite", "demo-strict", "gateway-api", "handson", "jwt", "traffic"}) {
+	if !slices.Equal(names, []string{"bookinfo-lite", "demo-strict", "egress", "gateway-api", "handson", "jwt", "traffic"}) {
 		t.Fatalf("scenarios: %v", names)
 	}
 	for _, n := range names {

@@ -305,6 +305,9 @@ func (s *stack) startApps() error {
 		}
 		b := ip.As4()
 		appIP := netip.AddrFrom4([4]byte{b[0], b[1] + appOffset, b[2], b[3]})
+		if !w.Ambient {
+			appIP = ip // outside the mesh no ztunnel holds the pod's address: the app listens on it
+		}
 		for port := range ports {
 			addr := netip.AddrPortFrom(appIP, uint16(port)).String()
 			ln, err := net.Listen("tcp", addr)
