@@ -39,6 +39,9 @@ type Config struct {
 	RootNamespace string
 	TrustDomain   string
 	Providers     map[string]*Provider // by name
+	// OutboundTrafficPolicy is outboundTrafficPolicy.mode ("ALLOW_ANY" or "REGISTRY_ONLY"),
+	// empty when the mesh config does not set it.
+	OutboundTrafficPolicy string
 }
 
 // Error is one problem with the mesh config, naming where it came from and the field.
@@ -77,6 +80,9 @@ func Parse(data []byte, origin string) (*Config, []error) {
 // FromProto validates a decoded MeshConfig.
 func FromProto(mc *meshv1alpha1.MeshConfig, origin string) (*Config, []error) {
 	c := &Config{RootNamespace: mc.GetRootNamespace(), TrustDomain: mc.GetTrustDomain(), Providers: map[string]*Provider{}}
+	if otp := mc.GetOutboundTrafficPolicy(); otp != nil {
+		c.OutboundTrafficPolicy = otp.GetMode().String()
+	}
 	var errs []error
 	fail := func(field, format string, args ...any) {
 		errs = append(errs, &Error{Origin: origin, Field: field, Reason: fmt.Sprintf(format, args...)})

@@ -31,4 +31,9 @@ func (b *builder) buildMeshConfig(cms []*kubeobj.ConfigMap) {
 		b.m.Errors = append(b.m.Errors, &policies.Error{Origin: cm.Origin, Kind: "ConfigMap", Object: key, Field: field, Reason: reason})
 	}
 	b.m.MeshConfig = mc
+	if mc != nil && mc.OutboundTrafficPolicy != "" {
+		// It changes nothing for ambient workloads, as in Istio (see the model's README); kept
+		// so that what a user configured is visible where the mesh is.
+		b.m.OutboundTrafficPolicy = mc.OutboundTrafficPolicy
+	}
 }

@@ -91,4 +91,22 @@ func TestOutboundTrafficPolicyConfig(t *testing.T) {
 	if _, err := model.Build(nil, model.Config{OutboundTrafficPolicy: "registry_only"}); err == nil {
 		t.Error("a misspelt mode was accepted")
 	}
+	// The istio ConfigMap's mesh config sets it, as istiod reads it there.
+	set, errs, err := kubeobj.Load([]byte(`apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+`), "mesh.yaml")
+	if err != nil || len(errs) > 0 {
+		t.Fatal(err, errs)
+	}
+	m, err := model.Build(set, model.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.OutboundTrafficPolicy != "REGISTRY_ONLY" || len(m.Errors) > 0 {
+		t.Errorf("from the istio ConfigMap: mesh has %q, errors %v", m.OutboundTrafficPolicy, m.Errors)
+	}
 }
