@@ -25,23 +25,7 @@ type RequestAuthentication struct {
 func ValidateRequestAuthentication(p *RequestAuthentication) []error {
 	v := &validator{origin: p.Origin, kind: "RequestAuthentication", object: p.Key()}
 	s := p.Spec
-	refs := s.GetTargetRefs()
-	if s.GetTargetRef() != nil && len(refs) > 0 {
-		v.add("spec.targetRef", "only one of targetRef or targetRefs can be set")
-	}
-	if s.GetSelector() != nil && (s.GetTargetRef() != nil || len(refs) > 0) {
-		v.add("spec.selector", "only one of targetRefs or selector can be set")
-	}
-	v.selector("spec.selector", s.GetSelector())
-	if r := s.GetTargetRef(); r != nil {
-		v.targetRef("spec.targetRef", r)
-	}
-	if len(refs) > 16 {
-		v.add("spec.targetRefs", "at most 16 target references are allowed, found %d", len(refs))
-	}
-	for i, r := range refs {
-		v.targetRef(fmt.Sprintf("spec.targetRefs[%d]", i), r)
-	}
+	v.binding(s.GetSelector(), s.GetTargetRef(), s.GetTargetRefs())
 	for i, r := range s.GetJwtRules() {
 		v.jwtRule(fmt.Sprintf("spec.jwtRules[%d]", i), r)
 	}

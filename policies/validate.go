@@ -32,23 +32,7 @@ func ValidateAuthorizationPolicy(p *AuthorizationPolicy) []error {
 			v.add("metadata.annotations["+annotationDryRun+"]", "must be true or false, got %q", val)
 		}
 	}
-	refs := s.GetTargetRefs()
-	if s.GetTargetRef() != nil && len(refs) > 0 {
-		v.add("spec.targetRef", "only one of targetRef or targetRefs can be set")
-	}
-	if s.GetSelector() != nil && (s.GetTargetRef() != nil || len(refs) > 0) {
-		v.add("spec.selector", "only one of targetRefs or selector can be set")
-	}
-	v.selector("spec.selector", s.GetSelector())
-	if r := s.GetTargetRef(); r != nil {
-		v.targetRef("spec.targetRef", r)
-	}
-	if len(refs) > 16 {
-		v.add("spec.targetRefs", "at most 16 target references are allowed, found %d", len(refs))
-	}
-	for i, r := range refs {
-		v.targetRef(fmt.Sprintf("spec.targetRefs[%d]", i), r)
-	}
+	v.binding(s.GetSelector(), s.GetTargetRef(), s.GetTargetRefs())
 
 	switch s.GetAction() {
 	case securityv1beta1.AuthorizationPolicy_CUSTOM:
@@ -76,6 +60,27 @@ func (v *validator) selector(field string, sel *typev1beta1.WorkloadSelector) {
 		if k == "" {
 			v.add(field+".matchLabels", "a label name must not be empty")
 		}
+	}
+}
+
+// binding checks what an object applies to, as istiod's webhook does for every policy kind:
+// a selector, one targetRef or up to 16 targetRefs, never two of them.
+func (v *validator) binding(sel *typev1beta1.WorkloadSelector, ref *typev1beta1.PolicyTargetReference, refs []*typev1beta1.PolicyTargetReference) {
+	if ref != nil && len(refs) > 0 {
+		v.add("spec.targetRef", "only one of targetRef or targetRefs can be set")
+	}
+	if sel != nil && (ref != nil || len(refs) > 0) {
+		v.add("spec.selector", "only one of targetRefs or selector can be set")
+	}
+	v.selector("spec.selector", sel)
+	if ref != nil {
+		v.targetRef("spec.targetRef", ref)
+	}
+	if len(refs) > 16 {
+		v.add("spec.targetRefs", "at most 16 target references are allowed, found %d", len(refs))
+	}
+	for i, r := range refs {
+		v.targetRef(fmt.Sprintf("spec.targetRefs[%d]", i), r)
 	}
 }
 

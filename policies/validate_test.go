@@ -50,8 +50,8 @@ func TestExamplesLoadUnchanged(t *testing.T) {
 	for _, e := range errs {
 		t.Error(e)
 	}
-	if n := len(objs.AuthorizationPolicies); n != 11 {
-		t.Errorf("want the 11 AuthorizationPolicies of the examples, got %d", n)
+	if n := len(objs.AuthorizationPolicies); n != 12 {
+		t.Errorf("want the 12 AuthorizationPolicies of the examples, got %d", n)
 	}
 	if n := len(objs.RequestAuthentications); n != 1 {
 		t.Errorf("want the jwt scenario's RequestAuthentication, got %d", n)

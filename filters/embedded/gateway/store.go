@@ -19,19 +19,19 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"istio.io/istio/pkg/workloadapi"
 
+	"github.com/goambient/goambient/filters/embedded/config"
 	"github.com/goambient/goambient/filters/embedded/router"
 	"github.com/goambient/goambient/filters/embedded/upstream"
 	"github.com/goambient/goambient/ztunnel/state"
-	"github.com/goambient/goambient/ztunnel/xds"
 )
 
-// Type URLs the gateway subscribes to.
+// Type URLs the gateway subscribes to: the waypoint's (filters/embedded/config), and SDS.
 const (
-	AddressType  = xds.AddressType
-	ListenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
-	RouteType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-	ClusterType  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-	EndpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+	AddressType  = config.AddressType
+	ListenerType = config.ListenerType
+	RouteType    = config.RouteType
+	ClusterType  = config.ClusterType
+	EndpointType = config.EndpointType
 	SecretType   = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 )
 
