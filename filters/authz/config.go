@@ -81,7 +81,7 @@ func (Parser) Parse(a *anypb.Any, callbacks api.ConfigCallbackHandler) (any, err
 		clients:       clients,
 		customInChain: c.CustomInChain,
 		providers:     names,
-		engine:  policies.Compile(objs.AuthorizationPolicies, policies.Options{RootNamespace: c.RootNamespace}),
+		engine:        policies.Compile(objs.AuthorizationPolicies, policies.Options{RootNamespace: c.RootNamespace}),
 		target: policies.Target{
 			Waypoint:     true,
 			Namespace:    c.Namespace,
