@@ -316,7 +316,11 @@ func (s *Store) extension(res map[string]*anypb.Any) (string, any, error) {
 	if gc.GetPluginName() != s.host.Name() {
 		return "", nil, fmt.Errorf("%s: plugin_name %q, want %q (Envoy would pass every request through)", best, gc.GetPluginName(), s.host.Name())
 	}
-	cfg, err := s.host.Parse(gc.GetPluginConfig())
+	pc, err := ownCustom(gc.GetPluginConfig())
+	if err != nil {
+		return "", nil, fmt.Errorf("%s: plugin config: %w", best, err)
+	}
+	cfg, err := s.host.Parse(pc)
 	if err != nil {
 		return "", nil, fmt.Errorf("%s: golang filter failed to parse plugin config: %w", best, err)
 	}
@@ -369,9 +373,11 @@ func (s *Store) parseRoutes(res map[string]*anypb.Any) (map[string]*parsedRoute,
 
 // checkFilterConfigs refuses per-filter configs for filters the embedded waypoint does not run:
 // the golang filter (under its generic name or the waypoint's ECDS name) and the fault filter.
+// The CUSTOM-match filter's (Envoy's chain) is accepted: the embedded authz filter does its
+// work, for the same route target.
 func checkFilterConfigs(m map[string]*anypb.Any, plugin string) error {
 	for k := range m {
-		if k != authzconfig.FilterName && k != fault.Name && !strings.HasPrefix(k, plugin+"/") {
+		if k != authzconfig.FilterName && k != fault.Name && !strings.HasPrefix(k, plugin+"/") && !strings.HasPrefix(k, authzconfig.CustomPluginName+"/") {
 			return fmt.Errorf("typed_per_filter_config[%s]: the embedded waypoint runs no such filter", k)
 		}
 	}
@@ -466,4 +472,16 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// ownCustom clears customInChain in the authz filter's config: the embedded waypoint runs no
+// ext_authz filter (Envoy's chain does), so its authz filter consults the CUSTOM providers
+// itself, with the same semantics.
+func ownCustom(a *anypb.Any) (*anypb.Any, error) {
+	c, err := authzconfig.DecodeConfig(a)
+	if err != nil || !c.CustomInChain {
+		return a, err
+	}
+	c.CustomInChain = false
+	return authzconfig.EncodeConfig(c)
 }
