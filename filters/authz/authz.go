@@ -144,6 +144,14 @@ func (f *filter) DecodeHeaders(h api.RequestHeaderMap, _ bool) api.StatusType {
 	if f.match {
 		return f.customMatch(c, d)
 	}
+	if c.customPhase {
+		// CUSTOM only (the embedded waypoint, before jwt_authn): the provider's allow lets
+		// the request go on to jwt_authn and the DENY/ALLOW phase.
+		if d.Custom.Policy == "" {
+			return api.Continue
+		}
+		return f.custom(c, h, d.CustomProvider, d.Custom.Policy, d.Custom.Rule, true, "")
+	}
 	if len(d.Audit) > 0 || d.DryRun.Applied {
 		f.logShadow(r, d, c.metrics)
 	}

@@ -26,6 +26,8 @@ type filterConfig struct {
 	// CustomInChain); providers then lists the provider names the mesh config declares.
 	customInChain bool
 	providers     map[string]bool
+	// customPhase: this filter runs CUSTOM only (authzconfig.Config's CustomPhase).
+	customPhase bool
 }
 
 // routeConfig is a parsed per-route config: only a target, to be merged into a filterConfig.
@@ -69,7 +71,9 @@ func (Parser) Parse(a *anypb.Any, callbacks api.ConfigCallbackHandler) (any, err
 	}
 	var clients map[string]extauthz.Client
 	var names map[string]bool
-	if c.CustomInChain {
+	if c.CustomInChain && c.CustomPhase {
+		err = errors.New("customInChain and customPhase: the CUSTOM phase would never call its providers")
+	} else if c.CustomInChain {
 		names, err = providerNames(c.Providers)
 	} else {
 		clients, err = providers(c.Providers)
@@ -80,6 +84,7 @@ func (Parser) Parse(a *anypb.Any, callbacks api.ConfigCallbackHandler) (any, err
 	return &filterConfig{
 		clients:       clients,
 		customInChain: c.CustomInChain,
+		customPhase:   c.CustomPhase,
 		providers:     names,
 		engine:        policies.Compile(objs.AuthorizationPolicies, policies.Options{RootNamespace: c.RootNamespace}),
 		target: policies.Target{

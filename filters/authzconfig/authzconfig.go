@@ -73,6 +73,11 @@ type Config struct {
 	// provider and decides ALLOW and DENY only. The embedded waypoint, which has no ext_authz
 	// filter, clears it and consults the providers itself.
 	CustomInChain bool `json:"customInChain,omitempty"`
+	// CustomPhase makes the filter run CUSTOM only, calling the providers itself: what the
+	// embedded waypoint runs where Envoy's chain has the CUSTOM-match and ext_authz filters
+	// (before jwt_authn), the config with CustomInChain then deciding DENY and ALLOW after
+	// jwt_authn. xdsserver never sets it.
+	CustomPhase bool `json:"customPhase,omitempty"`
 }
 
 // Route is the per-route config (typed_per_filter_config on a service's virtual host): which
