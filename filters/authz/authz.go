@@ -56,6 +56,9 @@ type filter struct {
 	why string // why there is no cfg
 	// cancel ends the ext_authz check of a CUSTOM rule, if one runs.
 	cancel context.CancelFunc
+	// match: the CUSTOM-match mode (authzconfig.CustomPluginName), which only marks the
+	// requests a CUSTOM rule matches for the chain's ext_authz filters.
+	match bool
 }
 
 // scratch is one evaluation's reusable storage.
@@ -138,10 +141,21 @@ func (f *filter) DecodeHeaders(h api.RequestHeaderMap, _ bool) api.StatusType {
 
 	d := &s.dec
 	c.engine.Evaluate(r, d)
+	if f.match {
+		return f.customMatch(c, d)
+	}
+	if c.customPhase {
+		// CUSTOM only (the embedded waypoint, before jwt_authn): the provider's allow lets
+		// the request go on to jwt_authn and the DENY/ALLOW phase.
+		if d.Custom.Policy == "" {
+			return api.Continue
+		}
+		return f.custom(c, h, d.CustomProvider, d.Custom.Policy, d.Custom.Rule, true, "")
+	}
 	if len(d.Audit) > 0 || d.DryRun.Applied {
 		f.logShadow(r, d, c.metrics)
 	}
-	if d.Custom.Policy != "" {
+	if d.Custom.Policy != "" && !c.customInChain {
 		// CUSTOM first (Envoy's ext_authz runs before the RBAC filters in istiod's chain),
 		// only for the requests its rules match.
 		return f.custom(c, h, d.CustomProvider, d.Custom.Policy, d.Custom.Rule, d.Allowed, d.Details)

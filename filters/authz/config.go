@@ -22,6 +22,12 @@ type filterConfig struct {
 	metrics *metrics
 	// clients are the ext_authz clients of the providers CUSTOM policies may name.
 	clients map[string]extauthz.Client
+	// customInChain: the chain's ext_authz filters enforce CUSTOM (authzconfig.Config's
+	// CustomInChain); providers then lists the provider names the mesh config declares.
+	customInChain bool
+	providers     map[string]bool
+	// customPhase: this filter runs CUSTOM only (authzconfig.Config's CustomPhase).
+	customPhase bool
 }
 
 // routeConfig is a parsed per-route config: only a target, to be merged into a filterConfig.
@@ -63,13 +69,24 @@ func (Parser) Parse(a *anypb.Any, callbacks api.ConfigCallbackHandler) (any, err
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("%s: %w", authzconfig.PluginName, errors.Join(errs...))
 	}
-	clients, err := providers(c.Providers)
+	var clients map[string]extauthz.Client
+	var names map[string]bool
+	if c.CustomInChain && c.CustomPhase {
+		err = errors.New("customInChain and customPhase: the CUSTOM phase would never call its providers")
+	} else if c.CustomInChain {
+		names, err = providerNames(c.Providers)
+	} else {
+		clients, err = providers(c.Providers)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", authzconfig.PluginName, err)
 	}
 	return &filterConfig{
-		clients: clients,
-		engine:  policies.Compile(objs.AuthorizationPolicies, policies.Options{RootNamespace: c.RootNamespace}),
+		clients:       clients,
+		customInChain: c.CustomInChain,
+		customPhase:   c.CustomPhase,
+		providers:     names,
+		engine:        policies.Compile(objs.AuthorizationPolicies, policies.Options{RootNamespace: c.RootNamespace}),
 		target: policies.Target{
 			Waypoint:     true,
 			Namespace:    c.Namespace,

@@ -116,7 +116,7 @@ func (f *filter) custom(c *filterConfig, h api.RequestHeaderMap, provider, polic
 			f.reply(c.metrics, denyStatus, denyBody, grpcDenied, details)
 			return
 		}
-		if c.metrics != nil {
+		if c.metrics != nil && !c.customPhase { // the DENY/ALLOW phase counts it
 			inc(c.metrics.allowed)
 		}
 		dec.Continue(api.Continue)

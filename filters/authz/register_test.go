@@ -35,9 +35,10 @@ func TestRegisteredName(t *testing.T) {
 		}
 		return true
 	})
-	// authz, and filters/istiostats's request metrics.
+	// authz, its CUSTOM-match mode, and filters/istiostats's request metrics.
 	wants := [][]string{
 		{"authzconfig.PluginName", "authz.Factory", "authz.Parser{}"},
+		{"authzconfig.CustomPluginName", "authz.CustomFactory", "authz.Parser{}"},
 		{"istiostats.PluginName", "istiostats.Factory", "istiostats.Parser{}"},
 	}
 	if len(calls) != len(wants) {

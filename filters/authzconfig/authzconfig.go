@@ -35,6 +35,20 @@ const (
 	// StatsPluginName is the plugin_name of filters/istiostats's filter (Istio's request
 	// metrics), which xdsserver puts first in each service chain of main_internal.
 	StatsPluginName = "goambient.stats"
+
+	// CustomPluginName is the plugin_name of the authz filter's CUSTOM-match mode, which
+	// xdsserver puts before the chain's envoy.filters.http.ext_authz filters in place of
+	// istiod's CUSTOM shadow RBAC filter: it sets the dynamic metadata that filter would set
+	// (CustomMetadataFilter / CustomPolicyIDKey) for the requests a CUSTOM rule matches.
+	CustomPluginName = "goambient.authz.custom"
+	// CustomMetadataFilter and CustomPolicyIDKey locate that metadata: istiod's ext_authz
+	// filter_enabled_metadata reads envoy.filters.http.rbac's
+	// istio_ext_authz_shadow_effective_policy_id, a value starting with
+	// istio-ext-authz-<provider>- for the provider's ext_authz filter to run.
+	CustomMetadataFilter = "envoy.filters.http.rbac"
+	CustomPolicyIDKey    = "istio_ext_authz_shadow_effective_policy_id"
+	CustomResultKey      = "istio_ext_authz_shadow_engine_result"
+	CustomIDPrefix       = "istio-ext-authz"
 )
 
 // Config is the filter's plugin_config: who the waypoint is and the AuthorizationPolicies that
@@ -54,6 +68,16 @@ type Config struct {
 	// name. A name with none: a matching CUSTOM rule denies, as istiod does for a provider it
 	// cannot find.
 	Providers []extprovider.Provider `json:"providers,omitempty"`
+	// CustomInChain says that the chain enforces CUSTOM itself (Envoy: the CUSTOM-match filter
+	// and envoy.filters.http.ext_authz before this filter): the filter then never calls a
+	// provider and decides ALLOW and DENY only. The embedded waypoint, which has no ext_authz
+	// filter, clears it and consults the providers itself.
+	CustomInChain bool `json:"customInChain,omitempty"`
+	// CustomPhase makes the filter run CUSTOM only, calling the providers itself: what the
+	// embedded waypoint runs where Envoy's chain has the CUSTOM-match and ext_authz filters
+	// (before jwt_authn), the config with CustomInChain then deciding DENY and ALLOW after
+	// jwt_authn. xdsserver never sets it.
+	CustomPhase bool `json:"customPhase,omitempty"`
 }
 
 // Route is the per-route config (typed_per_filter_config on a service's virtual host): which

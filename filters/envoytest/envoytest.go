@@ -41,6 +41,8 @@ type Response struct {
 	LocalReply     *LocalReply // the reply Envoy sends instead (nil when Continued)
 	RequestHeaders http.Header // the request headers after the filter, as sent upstream
 	Logs           []string    // "level: message" for every cb.Log at or above the host's level
+	// Metadata is the dynamic metadata after the filter ran (what the next filters see).
+	Metadata map[string]map[string]any
 }
 
 // LocalReply is a reply the filter asked Envoy to send (SendLocalReply), as Envoy sends it: for

@@ -177,7 +177,17 @@ func (st *stream) response() Response {
 		LocalReply:     st.lr,
 		RequestHeaders: st.reqHeaders.httpHeader(),
 		Logs:           append([]string(nil), st.logs...),
+		Metadata:       st.metadataMap(),
 	}
+}
+
+// metadataMap is the dynamic metadata after the filter ran; st.mu is held.
+func (st *stream) metadataMap() map[string]map[string]any {
+	out := make(map[string]map[string]any, len(st.metadata))
+	for name, s := range st.metadata {
+		out[name] = s.AsMap()
+	}
+	return out
 }
 
 // api.FilterCallbackHandler

@@ -150,7 +150,7 @@ func serviceRoute(rc routeCtx, ecds string) (*route.RouteConfiguration, error) {
 
 // extensionConfig is the ECDS resource of the waypoint's authz filter: its identity and the
 // AuthorizationPolicies that can apply there.
-func extensionConfig(mesh *model.Mesh, w *model.Waypoint, name string) (*core.TypedExtensionConfig, error) {
+func extensionConfig(mesh *model.Mesh, w *model.Waypoint, name string, customInChain bool) (*core.TypedExtensionConfig, error) {
 	aps := Applicable(mesh, w)
 	pol, err := policies.MarshalAuthorizationPolicies(aps)
 	if err != nil {
@@ -165,6 +165,7 @@ func extensionConfig(mesh *model.Mesh, w *model.Waypoint, name string) (*core.Ty
 		TrustDomain:   mesh.TrustDomain,
 		Policies:      string(pol),
 		Providers:     customProviders(mesh, aps),
+		CustomInChain: customInChain,
 	})
 	if err != nil {
 		return nil, err

@@ -175,6 +175,13 @@ func translateWaypoint(mesh *model.Mesh, w *model.Waypoint, opts Options, r *Res
 	}
 	ports = append(ports, entryPorts(mesh, w, r)...) // egress (egress.go)
 	ecds := ExtensionConfigName(w.Namespace, w.Name)
+	// CUSTOM (ext_authz) first in each chain, before jwt_authn, as istiod orders them.
+	aps := Applicable(mesh, w)
+	customECDS := CustomExtensionConfigName(w.Namespace, w.Name)
+	custom := customFilters(mesh, aps, customECDS)
+	for i := range ports {
+		ports[i].pre = append(slices.Clone(custom), ports[i].pre...)
+	}
 
 	out.Listeners = []*listener.Listener{
 		connectTerminateListener(td),
@@ -183,8 +190,16 @@ func translateWaypoint(mesh *model.Mesh, w *model.Waypoint, opts Options, r *Res
 	}
 	out.Clusters = []*cluster.Cluster{mainInternalCluster(), connectOriginateCluster(td), blackHoleCluster()}
 	out.Clusters = append(out.Clusters, authnClusters(mesh, w, ports)...)
+	if custom != nil {
+		cls, eps := extAuthzClusters(mesh, aps)
+		out.Clusters = appendNewClusters(out.Clusters, cls)
+		out.Endpoints = append(out.Endpoints, eps...)
+	}
 	for _, sp := range ports {
 		rc, err := serviceRoute(routeCtx{mesh: mesh, w: w, sp: sp}, ecds)
+		if err == nil && custom != nil {
+			err = addCustomRoute(rc, ecds, customECDS)
+		}
 		if err != nil {
 			r.warn(w, "service "+sp.svc.Key(), "route: %v", err)
 			continue
@@ -207,7 +222,13 @@ func translateWaypoint(mesh *model.Mesh, w *model.Waypoint, opts Options, r *Res
 			out.Endpoints = append(out.Endpoints, upstreamEndpoints(mesh, sp, u))
 		}
 	}
-	ext, err := extensionConfig(mesh, w, ecds)
+	ext, err := extensionConfig(mesh, w, ecds, custom != nil)
+	if err == nil && custom != nil {
+		var cext *core.TypedExtensionConfig
+		if cext, err = customExtensionConfigOf(ext, customECDS); err == nil {
+			out.ExtensionConfigs = append(out.ExtensionConfigs, cext)
+		}
+	}
 	if err != nil {
 		r.warn(w, "policies", "authz config: %v", err)
 	} else {

@@ -242,6 +242,12 @@ func collect(m proto.Message, where string, rf *refs) {
 		if x.GetConfigDiscovery() != nil {
 			rf.add(rf.ecds, x.GetName(), where)
 		}
+	case *core.HttpUri: // ext_authz's HTTP service, a remote JWKS
+		if c := x.GetCluster(); c != "" {
+			rf.add(rf.clusters, c, where)
+		}
+	case *core.GrpcService_EnvoyGrpc: // ext_authz's gRPC service
+		rf.add(rf.clusters, x.GetClusterName(), where)
 	case *tlsv3.SdsSecretConfig:
 		rf.add(rf.secrets, x.GetName(), where)
 	case *core.EnvoyInternalAddress:

@@ -1,9 +1,12 @@
 package waypointxds
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
+	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
@@ -142,5 +145,33 @@ func TestSecretsFromOptions(t *testing.T) {
 	}
 	if err := Validate(r); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestValidateExtAuthzClusters: an ext_authz filter's provider cluster (HTTP service and gRPC
+// service) and the CUSTOM-match filter's ECDS resource must exist.
+func TestValidateExtAuthzClusters(t *testing.T) {
+	for _, tc := range []struct{ in, w, cluster string }{
+		{"testdata/custom-http.in.yaml", "shop/waypoint", "outbound|4180||oauth2-proxy.auth.example.com"},
+		{"testdata/jwt.in.yaml", "default/waypoint", "outbound|9191||opa.default.svc.cluster.local"},
+	} {
+		r := Translate(loadMesh(t, tc.in), Options{})
+		if err := Validate(r); err != nil {
+			t.Fatalf("%s: valid resources: %v", tc.in, err)
+		}
+		w := r.Waypoints[tc.w]
+		cls := w.Clusters
+		w.Clusters = slices.DeleteFunc(slices.Clone(cls), func(c *cluster.Cluster) bool { return c.GetName() == tc.cluster })
+		if err := Validate(r); err == nil || !strings.Contains(err.Error(), `refers to cluster "`+tc.cluster+`"`) {
+			t.Errorf("%s without %s: Validate = %v", tc.in, tc.cluster, err)
+		}
+		w.Clusters = cls
+		exts := w.ExtensionConfigs
+		w.ExtensionConfigs = slices.DeleteFunc(slices.Clone(exts), func(e *core.TypedExtensionConfig) bool {
+			return strings.HasPrefix(e.GetName(), authzconfig.CustomPluginName+"/")
+		})
+		if err := Validate(r); err == nil || !strings.Contains(err.Error(), `refers to extension config "`+authzconfig.CustomPluginName+"/") {
+			t.Errorf("%s without the CUSTOM-match ECDS resource: Validate = %v", tc.in, err)
+		}
 	}
 }

@@ -13,6 +13,7 @@ func init() {
 	// The name must be the plugin_name Envoy is given, or Envoy passes every request through:
 	// filters/authz's TestRegisteredName checks this call, and the built library.
 	http.RegisterHttpFilterFactoryAndConfigParser(authzconfig.PluginName, authz.Factory, authz.Parser{})
+	http.RegisterHttpFilterFactoryAndConfigParser(authzconfig.CustomPluginName, authz.CustomFactory, authz.Parser{})
 	http.RegisterHttpFilterFactoryAndConfigParser(istiostats.PluginName, istiostats.Factory, istiostats.Parser{})
 }
 

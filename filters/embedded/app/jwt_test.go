@@ -119,12 +119,19 @@ func TestJWTScenarioCustom(t *testing.T) {
 	f.apply(t, strings.Join([]string{jwtFile(t, "request-authentication.yaml"), jwtFile(t, "require-jwt.yaml"), mc, jwtFile(t, "custom-admin.yaml")}, "\n---\n"))
 	alice := demoToken(t, map[string]any{"sub": "alice", "aud": "appb", "groups": []string{"admins"}})
 	bob := demoToken(t, map[string]any{"sub": "bob", "aud": "appb", "groups": []string{"admins"}})
+	forged := jwttest.SignWith(jwttest.Forger("demo-1"), "https://issuer.goambient.local", map[string]any{"sub": "alice", "aud": "appb", "groups": []string{"admins"}})
+	// istiod's chain runs CUSTOM (ext_authz) before jwt_authn: OPA sees the client's token
+	// (it lets alice in only by verifying it), a forged one included, which OPA refuses
+	// before jwt_authn would answer 401 (before this order was fixed, the embedded waypoint
+	// answered that 401 without asking OPA).
 	for _, c := range []struct {
 		name, token, path string
 		status            int
 		body, details     string
 	}{
 		{"alice on /admin", alice, "/admin/headers", 200, "", "via_upstream"},
+		{"forged alice on /admin: OPA's 403 before jwt_authn's 401", forged, "/admin/headers", 403, "opa: admin is for alice", "ext_authz_denied"},
+		{"forged alice elsewhere: jwt_authn's 401", forged, "/headers", 401, "Jwt verification fails", "jwt_authn_access_denied{Jwt_verification_fails}"},
 		{"bob on /admin: OPA's 403", bob, "/admin/headers", 403, "opa: admin is for alice", "ext_authz_denied"},
 		{"no token on /admin: OPA's 403", "", "/admin/headers", 403, "opa: admin is for alice", "ext_authz_denied"},
 		{"bob elsewhere", bob, "/headers", 200, "", "via_upstream"},

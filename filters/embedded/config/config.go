@@ -82,6 +82,8 @@ type Table struct {
 	// NoRoute is the authz config when no route matches: the filter-level config alone (Envoy
 	// merges no per-route config without a route). Nil while there is no filter config.
 	NoRoute any
+	// NoRouteCustom is the CUSTOM phase's config when no route matches (nil: no CUSTOM phase).
+	NoRouteCustom any
 	// JWT is the chain's jwt_authn filter (from main_internal's chain of the same name), run
 	// before the authz filter; nil when no RequestAuthentication applies.
 	JWT    *jwtauthn.Filter
@@ -93,7 +95,10 @@ type Table struct {
 // compiled fault (nil: none).
 type Extras struct {
 	Authz any
-	Fault *fault.Fault
+	// Custom is the authz filter's CUSTOM-phase config, run before jwt_authn as Envoy's chain
+	// runs ext_authz (nil: the chain has none; Authz then does CUSTOM too).
+	Custom any
+	Fault  *fault.Fault
 }
 
 // Extras returns a route's filter configs.
@@ -139,6 +144,7 @@ type Store struct {
 	endpoints  map[string]*endpoint.ClusterLoadAssignment
 	synced     map[string]bool
 	jwt        map[string]*jwtauthn.Filter // by chain (RDS) name
+	custom     any                         // the authz filter's CUSTOM-phase config (nil: none)
 	remotes    *jwtauthn.RemoteCache
 
 	cur   atomic.Pointer[Snapshot]
@@ -176,14 +182,14 @@ func (s *Store) Apply(typeURL string, res map[string]*anypb.Any) error {
 		}
 		s.st = st
 	case ExtensionType:
-		name, cfg, err := s.extension(res)
+		name, cfg, custom, err := s.extension(res)
 		if err != nil {
 			return err
 		}
 		if name != s.filterName {
 			s.log.Info("filter config selected", "ecds", name)
 		}
-		s.filterName, s.filter = name, cfg
+		s.filterName, s.filter, s.custom = name, cfg, custom
 	case RouteType:
 		routes, err := s.parseRoutes(res)
 		if err != nil {
@@ -225,18 +231,24 @@ func (s *Store) publish(clusters map[string]*upstream.Cluster) {
 		Tables: make(map[string]*Table, len(s.routes)), Clusters: clusters}
 	for n, pr := range s.routes {
 		t := &Table{Table: pr.table, JWT: s.jwt[n], extras: make(map[*router.Route]*Extras, len(pr.table.Routes))}
-		var vh any
+		var vh, cvh any
 		if s.filter != nil {
-			t.NoRoute = s.filter
-			vh = s.filter
+			t.NoRoute, t.NoRouteCustom = s.filter, s.custom
+			vh, cvh = s.filter, s.custom
 			if pr.vhost != nil {
 				vh = s.host.Merge(s.filter, pr.vhost)
+				if s.custom != nil {
+					cvh = s.host.Merge(s.custom, pr.vhost)
+				}
 			}
 		}
 		for _, rt := range pr.table.Routes {
-			e := &Extras{Fault: pr.faults[rt], Authz: vh}
+			e := &Extras{Fault: pr.faults[rt], Authz: vh, Custom: cvh}
 			if vh != nil && pr.routes[rt] != nil {
 				e.Authz = s.host.Merge(vh, pr.routes[rt])
+				if cvh != nil {
+					e.Custom = s.host.Merge(cvh, pr.routes[rt])
+				}
 			}
 			t.extras[rt] = e
 		}
@@ -276,7 +288,7 @@ func (s *Store) addresses(res map[string]*anypb.Any) (*state.State, error) {
 
 // extension picks this waypoint's ECDS resource (goambient.authz/<ns>/<gateway>, where the pod
 // is the gateway or <gateway>-<something>) and parses its plugin config.
-func (s *Store) extension(res map[string]*anypb.Any) (string, any, error) {
+func (s *Store) extension(res map[string]*anypb.Any) (name string, cfg, custom any, err error) {
 	prefix := s.node.ExtensionPrefix()
 	best := ""
 	for name := range res {
@@ -301,26 +313,33 @@ func (s *Store) extension(res map[string]*anypb.Any) (string, any, error) {
 			if len(res) > 0 {
 				s.log.Warn("no filter config for this waypoint: denying every request", "want", prefix+"<gateway>", "candidates", len(mine))
 			}
-			return "", nil, nil
+			return "", nil, nil, nil
 		}
 		best = mine[0]
 	}
 	var tec core.TypedExtensionConfig
 	if err := res[best].UnmarshalTo(&tec); err != nil {
-		return "", nil, fmt.Errorf("%s: %w", best, err)
+		return "", nil, nil, fmt.Errorf("%s: %w", best, err)
 	}
 	var gc golang.Config
 	if err := tec.GetTypedConfig().UnmarshalTo(&gc); err != nil {
-		return "", nil, fmt.Errorf("%s: typed_config: %w", best, err)
+		return "", nil, nil, fmt.Errorf("%s: typed_config: %w", best, err)
 	}
 	if gc.GetPluginName() != s.host.Name() {
-		return "", nil, fmt.Errorf("%s: plugin_name %q, want %q (Envoy would pass every request through)", best, gc.GetPluginName(), s.host.Name())
+		return "", nil, nil, fmt.Errorf("%s: plugin_name %q, want %q (Envoy would pass every request through)", best, gc.GetPluginName(), s.host.Name())
 	}
-	cfg, err := s.host.Parse(gc.GetPluginConfig())
+	cfg, err = s.host.Parse(gc.GetPluginConfig())
 	if err != nil {
-		return "", nil, fmt.Errorf("%s: golang filter failed to parse plugin config: %w", best, err)
+		return "", nil, nil, fmt.Errorf("%s: golang filter failed to parse plugin config: %w", best, err)
 	}
-	return best, cfg, nil
+	pc, err := customPhase(gc.GetPluginConfig())
+	if err != nil || pc == nil {
+		return best, cfg, nil, err
+	}
+	if custom, err = s.host.Parse(pc); err != nil {
+		return "", nil, nil, fmt.Errorf("%s: golang filter failed to parse plugin config (CUSTOM phase): %w", best, err)
+	}
+	return best, cfg, custom, nil
 }
 
 // parseRoutes compiles every route configuration and parses its filters' per-route configs.
@@ -369,9 +388,11 @@ func (s *Store) parseRoutes(res map[string]*anypb.Any) (map[string]*parsedRoute,
 
 // checkFilterConfigs refuses per-filter configs for filters the embedded waypoint does not run:
 // the golang filter (under its generic name or the waypoint's ECDS name) and the fault filter.
+// The CUSTOM-match filter's (Envoy's chain) is accepted: the embedded authz filter does its
+// work, for the same route target.
 func checkFilterConfigs(m map[string]*anypb.Any, plugin string) error {
 	for k := range m {
-		if k != authzconfig.FilterName && k != fault.Name && !strings.HasPrefix(k, plugin+"/") {
+		if k != authzconfig.FilterName && k != fault.Name && !strings.HasPrefix(k, plugin+"/") && !strings.HasPrefix(k, authzconfig.CustomPluginName+"/") {
 			return fmt.Errorf("typed_per_filter_config[%s]: the embedded waypoint runs no such filter", k)
 		}
 	}
@@ -466,4 +487,17 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// customPhase is the config of the authz filter's CUSTOM phase when a's chain enforces CUSTOM
+// before jwt_authn (customInChain; nil otherwise): the embedded waypoint has no ext_authz
+// filter, so it runs the authz filter twice in istiod's order — CUSTOM calling the providers
+// itself (this config), jwt_authn, then DENY and ALLOW (a as is).
+func customPhase(a *anypb.Any) (*anypb.Any, error) {
+	c, err := authzconfig.DecodeConfig(a)
+	if err != nil || !c.CustomInChain {
+		return nil, err
+	}
+	c.CustomInChain, c.CustomPhase = false, true
+	return authzconfig.EncodeConfig(c)
 }

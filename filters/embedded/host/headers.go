@@ -164,10 +164,22 @@ func (r *Request) HTTPHeader() http.Header {
 }
 
 // headerMap is the filter's view of a Request: Envoy's RequestHeaderMap (keys lower-cased on
-// access, pseudo headers included in Get and Set).
-type headerMap struct{ r *Request }
+// access, pseudo headers included in Get and Set). Once the stream s has ended (Decode
+// returned), every access is dropped: the Request then belongs to the server again, which
+// reuses it for its next request, and a filter answering late must not read or change it.
+type headerMap struct {
+	r *Request
+	s *stream
+}
 
 var _ api.RequestHeaderMap = headerMap{}
+
+// held takes s's liveness read lock and reports whether the request is still the filter's;
+// the caller releases the lock (m.s.live.RUnlock) whatever the answer.
+func (m headerMap) held() bool {
+	m.s.live.RLock()
+	return !m.s.ended
+}
 
 func (m headerMap) GetRaw(name string) string {
 	v, _ := m.get(name)
@@ -175,6 +187,10 @@ func (m headerMap) GetRaw(name string) string {
 }
 
 func (m headerMap) get(name string) (string, bool) {
+	defer m.s.live.RUnlock()
+	if !m.held() {
+		return "", false
+	}
 	r := m.r
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -206,6 +222,10 @@ func (m headerMap) Values(key string) []string {
 		}
 		return nil
 	}
+	defer m.s.live.RUnlock()
+	if !m.held() {
+		return nil
+	}
 	r := m.r
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -218,13 +238,25 @@ func (m headerMap) Values(key string) []string {
 	return out
 }
 
-func (m headerMap) Set(key, value string) { m.r.Set(lower(key), value) }
-func (m headerMap) Add(key, value string) { m.r.Add(lower(key), value) }
-func (m headerMap) Del(key string)        { m.r.Del(lower(key)) }
+// write runs f on the request while the stream lives.
+func (m headerMap) write(f func(r *Request)) {
+	defer m.s.live.RUnlock()
+	if m.held() {
+		f(m.r)
+	}
+}
+
+func (m headerMap) Set(key, value string) { m.write(func(r *Request) { r.Set(lower(key), value) }) }
+func (m headerMap) Add(key, value string) { m.write(func(r *Request) { r.Add(lower(key), value) }) }
+func (m headerMap) Del(key string)        { m.write(func(r *Request) { r.Del(lower(key)) }) }
 
 // Range visits the pseudo headers, then each header value, holding the request's lock as
 // Envoy holds its map's: f must not call the map's other methods.
 func (m headerMap) Range(f func(key, value string) bool) {
+	defer m.s.live.RUnlock()
+	if !m.held() {
+		return
+	}
 	r := m.r
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -241,9 +273,12 @@ func (m headerMap) Range(f func(key, value string) bool) {
 }
 
 func (m headerMap) RangeWithCopy(f func(key, value string) bool) {
-	m.r.mu.Lock()
-	copied := append([]Header{{":authority", m.r.authority}, {":path", m.r.path}, {":method", m.r.method}, {":scheme", m.r.scheme}}, m.r.list...)
-	m.r.mu.Unlock()
+	var copied []Header
+	m.write(func(r *Request) {
+		r.mu.Lock()
+		copied = append([]Header{{":authority", r.authority}, {":path", r.path}, {":method", r.method}, {":scheme", r.scheme}}, r.list...)
+		r.mu.Unlock()
+	})
 	for _, h := range copied {
 		if !f(h.Name, h.Value) {
 			return
@@ -257,10 +292,16 @@ func (m headerMap) GetAllHeaders() map[string][]string {
 	return out
 }
 
-func (m headerMap) Scheme() string     { return m.r.Scheme() }
-func (m headerMap) Method() string     { return m.r.Method() }
-func (m headerMap) Host() string       { return m.r.Authority() }
-func (m headerMap) Path() string       { return m.r.Path() }
-func (m headerMap) SetMethod(v string) { m.r.mu.Lock(); m.r.set(":method", v); m.r.mu.Unlock() }
-func (m headerMap) SetHost(v string)   { m.r.mu.Lock(); m.r.set(":authority", v); m.r.mu.Unlock() }
-func (m headerMap) SetPath(v string)   { m.r.mu.Lock(); m.r.set(":path", v); m.r.mu.Unlock() }
+func (m headerMap) Scheme() string { v, _ := m.get(":scheme"); return v }
+func (m headerMap) Method() string { v, _ := m.get(":method"); return v }
+func (m headerMap) Host() string   { v, _ := m.get(":authority"); return v }
+func (m headerMap) Path() string   { v, _ := m.get(":path"); return v }
+func (m headerMap) SetMethod(v string) {
+	m.write(func(r *Request) { r.mu.Lock(); r.set(":method", v); r.mu.Unlock() })
+}
+func (m headerMap) SetHost(v string) {
+	m.write(func(r *Request) { r.mu.Lock(); r.set(":authority", v); r.mu.Unlock() })
+}
+func (m headerMap) SetPath(v string) {
+	m.write(func(r *Request) { r.mu.Lock(); r.set(":path", v); r.mu.Unlock() })
+}

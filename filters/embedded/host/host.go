@@ -140,17 +140,26 @@ type Result struct {
 func (h *Host) Decode(ctx context.Context, config any, r *Request, c Conn) Result {
 	s := streams.Get().(*stream)
 	s.reset(h, r, c)
-	defer streams.Put(s)
+	var status api.StatusType
+	defer func() {
+		s.end()
+		// A filter that went on in its own goroutine (api.Running) may still hold s and call
+		// it after its request ended (a provider answering after the timeout): such a stream
+		// is left to the garbage collector rather than handed to the next request.
+		if status != api.Running {
+			streams.Put(s)
+		}
+	}()
 	var f api.StreamFilter
 	if s.guard(func() { f = h.p.Factory(config, s) }) {
 		return s.result()
 	}
-	var status api.StatusType
-	if !s.guard(func() { status = f.DecodeHeaders(headerMap{r}, true) }) {
+	hm := headerMap{r, s}
+	if !s.guard(func() { status = f.DecodeHeaders(hm, true) }) {
 		s.settle(ctx, status)
 	}
 	s.guard(f.OnStreamComplete)
-	s.guard(func() { f.OnLog(headerMap{r}, nil, nil, nil) })
+	s.guard(func() { f.OnLog(hm, nil, nil, nil) })
 	s.guard(func() { f.OnDestroy(api.Normal) })
 	return s.result()
 }
@@ -170,12 +179,17 @@ type stream struct {
 	reply     LocalReply
 	replied   bool
 	done      chan struct{} // one token per decision of a Running filter
-	state     []Header      // filter state strings besides the peer principal
-	metadata  map[string]map[string]any
+	// live guards ended: once Decode returns, the filter's view of the request (headerMap)
+	// reads and changes nothing, the Request being the server's again.
+	live     sync.RWMutex
+	ended    bool
+	state    []Header // filter state strings besides the peer principal
+	metadata map[string]map[string]any
 }
 
 func (s *stream) reset(h *Host, r *Request, c Conn) {
 	s.h, s.r, s.c = h, r, c
+	s.ended = false
 	s.decided, s.continued, s.replied = false, false, false
 	s.reply = LocalReply{}
 	s.state = s.state[:0]
@@ -194,6 +208,13 @@ func (s *stream) reset(h *Host, r *Request, c Conn) {
 	case <-s.done:
 	default:
 	}
+}
+
+// end ends the filter's access to the request: it waits for an access in progress.
+func (s *stream) end() {
+	s.live.Lock()
+	s.ended = true
+	s.live.Unlock()
 }
 
 func (s *stream) result() Result {

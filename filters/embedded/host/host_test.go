@@ -267,3 +267,85 @@ func BenchmarkAuthz(b *testing.B) {
 		}
 	})
 }
+
+// lateFilter goes on in its own goroutine (api.Running) and acts only when the test says so:
+// it then sets a header and continues, or answers 403 (deny).
+type lateFilter struct {
+	api.PassThroughStreamFilter
+	cb      api.FilterCallbackHandler
+	started chan<- struct{}
+	release <-chan struct{}
+	acted   chan<- struct{}
+	deny    bool
+}
+
+func (f *lateFilter) DecodeHeaders(h api.RequestHeaderMap, _ bool) api.StatusType {
+	go func() {
+		<-f.release
+		if f.deny {
+			f.cb.DecoderFilterCallbacks().SendLocalReply(403, "denied", nil, 7, "late_filter_denied")
+		} else {
+			h.Set("x-late", "1")
+			h.Del("authorization")
+			f.cb.DecoderFilterCallbacks().Continue(api.Continue)
+		}
+		f.acted <- struct{}{}
+	}()
+	f.started <- struct{}{}
+	return api.Running
+}
+
+type lateParser struct{}
+
+func (lateParser) Parse(*anypb.Any, api.ConfigCallbackHandler) (any, error) { return nil, nil }
+func (lateParser) Merge(p, _ any) any                                       { return p }
+
+// TestLateAnswerAfterStreamEnded: a filter answering after its request timed out (a slow
+// ext_authz provider) must touch neither the next request on the same Request object (the
+// server pools them) nor the stream object the host may hand to that request. Each round: a
+// first request times out (504) while its filter waits; the Request is reset for a second
+// one, whose filter also waits; the first filter then sets a header, deletes one and
+// continues; the second denies. The second must end denied, its headers untouched. The
+// peer is a fake filter (the only way to control when the late answer comes); run under -race.
+func TestLateAnswerAfterStreamEnded(t *testing.T) {
+	for round := range 20 {
+		started, acted := make(chan struct{}, 2), make(chan struct{}, 2)
+		release1, release2 := make(chan struct{}), make(chan struct{})
+		n := 0
+		h, err := New(Plugin{Name: "late", Parser: lateParser{}, Factory: func(_ any, cb api.FilterCallbackHandler) api.StreamFilter {
+			n++
+			if n == 1 {
+				return &lateFilter{cb: cb, started: started, release: release1, acted: acted}
+			}
+			return &lateFilter{cb: cb, started: started, release: release2, acted: acted, deny: true}
+		}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := request("GET", "/", nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-started; cancel() }() // the request's timeout, once the filter waits
+		if res := h.Decode(ctx, nil, r, conn("")); res.Reply == nil || res.Reply.Status != 504 {
+			t.Fatalf("round %d: first request: %+v, want the 504 of a filter that never resumed", round, res)
+		}
+
+		r.Reset("GET", "/second", "handson:8080", "http", "HTTP/1.1", http.Header{"Authorization": {"Bearer second"}})
+		second := make(chan Result, 1)
+		go func() { second <- h.Decode(context.Background(), nil, r, conn("")) }()
+		<-started
+		close(release1) // the first filter answers late, while the second request waits
+		<-acted
+		close(release2)
+		res := <-second
+		<-acted
+		if res.Reply == nil || res.Reply.Status != 403 {
+			t.Fatalf("round %d: second request: %+v, want its own filter's 403", round, res)
+		}
+		if v, ok := r.Header("x-late"); ok {
+			t.Fatalf("round %d: the first filter's late answer set x-late=%q on the second request", round, v)
+		}
+		if v, _ := r.Header("authorization"); v != "Bearer second" {
+			t.Fatalf("round %d: second request's authorization = %q: the first filter's late answer changed it", round, v)
+		}
+	}
+}

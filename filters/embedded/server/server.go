@@ -455,12 +455,12 @@ func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer
 
 	// The route, then the filters in istiod's order: authorization, fault, router.
 	x.rt = x.table.Select(hreq)
-	authz := x.table.NoRoute
+	authz, custom := x.table.NoRoute, x.table.NoRouteCustom
 	var extras *config.Extras
 	if x.rt != nil {
 		x.e.RouteName = x.rt.Name
 		extras = x.table.Extras(x.rt)
-		authz = extras.Authz
+		authz, custom = extras.Authz, extras.Custom
 		if x.rt.Action != nil {
 			x.cluster, x.weighted = x.rt.Action.Pick(s.rnd.next())
 			x.e.UpstreamCluster = x.cluster
@@ -470,21 +470,31 @@ func (s *Server) handle(ctx context.Context, req *http.Request, bw *bufio.Writer
 		// Fail closed: no filter config (yet) means no request passes.
 		return x.reply(http.StatusForbidden, "RBAC: access denied", "goambient_no_filter_config", 0, nil)
 	}
-	// istiod's waypoint chain: jwt_authn (RequestAuthentication) before the authz filter.
+	// istiod's waypoint chain: CUSTOM (its shadow RBAC and ext_authz), jwt_authn
+	// (RequestAuthentication), then the RBAC filters (DENY, ALLOW). The provider sees the
+	// request as the client sent it (the token too, valid or not); jwt_authn then verifies
+	// what the provider let through (an Authorization header it set included).
+	conn := host.Conn{
+		PeerPrincipal: st.peer, PeerPrincipalKey: authzconfig.PeerPrincipalKey, RouteName: x.e.RouteName,
+		DownstreamRemoteAddress: st.src.String(), DownstreamLocalAddress: st.vip.String(), GRPC: isGRPC(req),
+	}
+	if custom != nil {
+		if res := s.o.Host.Decode(ctx, custom, hreq, conn); !res.Continue {
+			lr := res.Reply
+			return x.localReply(lr.Status, lr.Body, lr.Details, 0, lr.Headers)
+		}
+	}
 	metadata, authn, done, keep := s.authenticate(ctx, x, req)
 	if done {
 		return keep
 	}
-	res := s.o.Host.Decode(ctx, authz, hreq, host.Conn{
-		PeerPrincipal: st.peer, PeerPrincipalKey: authzconfig.PeerPrincipalKey, RouteName: x.e.RouteName,
-		DownstreamRemoteAddress: st.src.String(), DownstreamLocalAddress: st.vip.String(), GRPC: isGRPC(req),
-		Metadata: metadata,
-	})
+	authn.Apply(hreq) // jwt_authn's header changes (the token removed unless forwarded) precede the RBAC filters
+	conn.Metadata = metadata
+	res := s.o.Host.Decode(ctx, authz, hreq, conn)
 	if !res.Continue {
 		lr := res.Reply
 		return x.localReply(lr.Status, lr.Body, lr.Details, 0, lr.Headers)
 	}
-	authn.Apply(hreq) // after the CUSTOM check, which sees the token (ext_authz runs before jwt_authn in istiod's chain)
 	if x.rt == nil {
 		return x.reply(http.StatusNotFound, "", "route_not_found", accesslog.NoRouteFound, nil)
 	}
