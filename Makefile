@@ -23,7 +23,7 @@ opa-test:
 build: # static binaries: nothing under cmd/ needs cgo (filters.so is built by `make filters`)
 	CGO_ENABLED=0 $(GO) build -o bin/ ./cmd/...
 
-# The four scenarios of manifests/examples end to end on loopback (xdsserver, two ztunnels,
+# The scenarios of manifests/examples end to end on loopback (xdsserver, two ztunnels,
 # the embedded waypoint, the demo apps); SCENARIO=handson|bookinfo-lite|demo-strict|traffic|jwt|egress|gateway-api plays one.
 SCENARIO ?= all
 demo:
@@ -39,6 +39,9 @@ bench:
 	$(GO) test -run '^$$' -bench WaypointVsDirect -benchtime 3s ./filters/embedded/app/
 	$(GO) test -run '^$$' -bench Routes100VsOne -benchtime 3s ./filters/embedded/app/
 	$(GO) test -run '^$$' -bench GatewayVsDirect -benchtime 3s ./filters/embedded/app/
+	$(GO) test -run '^$$' -bench WaypointMetricsOnOff -benchtime 3000x -count 3 ./filters/embedded/app/
+	$(GO) test -run '^$$' -bench 'JWTValidation|ExtAuthzOPA' -benchtime 2s -count 3 ./filters/authz/
+	$(GO) test -run '^$$' -bench . -benchtime 10000x ./ztunnel/dnsproxy/
 	$(GO) test -run '^$$' -bench Select -benchmem ./filters/embedded/router/
 	$(GO) test -run '^$$' -bench Translate ./xdsserver/wds/
 	$(GO) test -run '^$$' -bench OnePolicyPush -benchtime 30x ./xdsserver/server/
